@@ -1,0 +1,120 @@
+"""
+What the proxy reports about its connections, and a recorder that keeps nothing.
+
+The proxy calls these once per connection event or once per read chunk, never
+once per message, so any implementation (see L{gateway.metrics}) stays off the
+per-message hot path.
+"""
+
+from typing import Protocol
+
+# Close reasons: every accepted connection that is not rejected ends with one.
+CLIENT_CLOSED = "client_closed"
+BACKEND_CLOSED = "backend_closed"
+IDLE_TIMEOUT = "idle_timeout"
+PROTOCOL_ERROR = "protocol_error"
+BACKEND_UNAVAILABLE = "backend_unavailable"
+TLS_ERROR = "tls_error"
+SHUTDOWN = "shutdown"
+
+CLOSE_REASONS = (
+    CLIENT_CLOSED,
+    BACKEND_CLOSED,
+    IDLE_TIMEOUT,
+    PROTOCOL_ERROR,
+    BACKEND_UNAVAILABLE,
+    TLS_ERROR,
+    SHUTDOWN,
+)
+
+# Which side sent the bytes that broke the rules.
+CLIENT = "client"
+BACKEND = "backend"
+
+
+class ListenerStats(Protocol):
+    """
+    Events of the connections accepted by one listener.
+    """
+
+    def accepted(self) -> None:
+        """
+        A connection was accepted (it may still be rejected at once).
+        """
+
+    def rejected(self) -> None:
+        """
+        An accepted connection was closed at once: the connection limit.
+        """
+
+    def closed(self, reason: str, duration: float) -> None:
+        """
+        A connection that was not rejected has ended, for C{reason}.
+        """
+
+    def upstream(self, messages: int, payloadBytes: int) -> None:
+        """
+        C{messages} client messages went to the backend in one chunk.
+        """
+
+    def downstream(self, messages: int, payloadBytes: int) -> None:
+        """
+        C{messages} backend messages went to the client in one chunk.
+        """
+
+    def protocolError(self, peer: str, reason: str) -> None:
+        """
+        C{peer} (L{CLIENT} or L{BACKEND}) sent bytes that broke the framing.
+        """
+
+    def tlsHandshakeFailed(self) -> None:
+        """
+        A TLS handshake failed or never completed.
+        """
+
+
+class BackendStats(Protocol):
+    """
+    Events of the connections made to one backend.
+    """
+
+    def connected(self, seconds: float) -> None:
+        """
+        A connection to the backend was established after C{seconds}.
+        """
+
+    def connectFailed(self) -> None:
+        """
+        A connection attempt to the backend failed or timed out.
+        """
+
+
+class Recorder(Protocol):
+    """
+    Hands out the per-listener and per-backend event sinks.
+    """
+
+    def listener(self, name: str) -> ListenerStats: ...
+
+    def backend(self, name: str) -> BackendStats: ...
+
+
+class _Nothing:
+    def __getattr__(self, name: str):
+        return _ignore
+
+
+def _ignore(*args: object) -> None:
+    pass
+
+
+class NoRecorder:
+    """
+    A L{Recorder} that keeps nothing, for when metrics are disabled.
+    """
+
+    def listener(self, name: str) -> ListenerStats:
+        return _Nothing()  # type: ignore[return-value]
+
+    def backend(self, name: str) -> BackendStats:
+        return _Nothing()  # type: ignore[return-value]
