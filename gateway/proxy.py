@@ -118,6 +118,8 @@ def _canHalfClose(transport: ITransport) -> bool:
 
 
 def _shutWrite(transport: ITransport) -> None:
+    # Its producer must be gone first: a transport that drains its buffer
+    # with a paused producer resumes that producer instead of shutting down.
     if _canHalfClose(transport):
         transport.loseWriteConnection()  # type: ignore[attr-defined]
     else:
@@ -235,6 +237,7 @@ class ClientProtocol(Protocol, TimeoutMixin):
     _handshakeDone = False
     _broken = False
     _reported = False
+    _linked = False
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -298,13 +301,25 @@ class ClientProtocol(Protocol, TimeoutMixin):
         backendTransport = backend.transport
         self.transport.registerProducer(backendTransport, True)
         backendTransport.registerProducer(self.transport, True)
+        self._linked = True
         if self._pending:
             backendTransport.write(b"".join(self._pending))
             self._pending = []
         if self._clientReadDone:
+            self._unlink()
             _shutWrite(backendTransport)
         else:
             self.transport.resumeProducing()
+
+    def _unlink(self) -> None:
+        """
+        Undo the producer registrations, as a side stops reading or closes.
+        """
+        if self._linked:
+            self._linked = False
+            self.transport.unregisterProducer()
+            if not self._backendGone:
+                self.backend.transport.unregisterProducer()
 
     def dataReceived(self, data: bytes) -> None:
         if self._broken:
@@ -367,6 +382,7 @@ class ClientProtocol(Protocol, TimeoutMixin):
             return
         self._sendUpstream(out, messages, payload)
         if self.backend is not None:
+            self._unlink()
             _shutWrite(self.backend.transport)
         self._endIfBothDone()
 
@@ -385,6 +401,7 @@ class ClientProtocol(Protocol, TimeoutMixin):
             self._protocolError(stats.BACKEND, error)
             return
         self._sendDownstream(out, messages, payload)
+        self._unlink()
         _shutWrite(self.transport)
         self._endIfBothDone()
 
@@ -406,16 +423,16 @@ class ClientProtocol(Protocol, TimeoutMixin):
         self._noteReason(stats.CLIENT_CLOSED)
         if self._connecting is not None:
             self._connecting.cancel()
+        self._unlink()
         if self.backend is not None and not self._backendGone:
-            self.backend.transport.unregisterProducer()
             self.backend.transport.loseConnection()
         self._maybeReport()
 
     def backendConnectionLost(self, reason: Failure) -> None:
+        self._unlink()
         self._backendGone = True
         self._noteReason(stats.BACKEND_CLOSED)
         if not self._clientGone:
-            self.transport.unregisterProducer()
             self.transport.loseConnection()
         self._maybeReport()
 
@@ -451,11 +468,11 @@ class ClientProtocol(Protocol, TimeoutMixin):
         self._broken = True
         if self._connecting is not None:
             self._connecting.cancel()
+        self._unlink()
         transports = [self.transport]
         if self.backend is not None and not self._backendGone:
             transports.append(self.backend.transport)
         for transport in transports:
-            transport.unregisterProducer()
             if abort:
                 transport.abortConnection()
             else:
