@@ -286,7 +286,8 @@ class ClientProtocol(Protocol, TimeoutMixin):
             client=self.clientAddress,
             error=failure.getErrorMessage(),
         )
-        self.abort(stats.BACKEND_UNAVAILABLE)
+        self._noteReason(stats.BACKEND_UNAVAILABLE)
+        self._closeBoth(abort=False)
 
     def backendConnected(self, backend: BackendProtocol) -> None:
         """

@@ -51,7 +51,7 @@ class ListenerService(Service):
         endpoint: IStreamServerEndpoint,
         factory: IProtocolFactory,
     ) -> None:
-        self.name = name
+        self.listenerName = name
         self.option = option
         self.description = description
         self.endpoint = endpoint
@@ -91,7 +91,7 @@ class ListenerService(Service):
         self.port = port
         self.log.info(
             "listening on {listener} at {address}",
-            listener=self.name,
+            listener=self.listenerName,
             address=describeAddress(port.getHost()),
         )
         self.bound.callback(None)
