@@ -28,6 +28,7 @@ DEADLINE = 20.0
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 _LISTENING = re.compile(r"listening on (\S+) at (\S+):(\d+)")
+_READY = "gateway ready:"
 
 
 class GatewayProcess(ProcessProtocol):
@@ -35,12 +36,12 @@ class GatewayProcess(ProcessProtocol):
     One C{twistd -n gateway} process, its output and its end.
 
     @ivar ports: listener name to bound port, from the gateway's log.
-    @ivar ready: fires once C{expected} listeners have been reported.
+    @ivar ready: fires once the gateway has logged that every listener is
+        bound.
     @ivar ended: fires with the exit code (or the signal's negative number).
     """
 
-    def __init__(self, expected: int) -> None:
-        self.expected = expected
+    def __init__(self) -> None:
         self.ports: dict[str, int] = {}
         self.output = b""
         self.errors = b""
@@ -52,9 +53,10 @@ class GatewayProcess(ProcessProtocol):
         self.output += data
         if self.ready.called:
             return
-        for match in _LISTENING.finditer(self.output.decode("utf-8", "replace")):
-            self.ports[match.group(1)] = int(match.group(3))
-        if len(self.ports) >= self.expected:
+        text = self.output.decode("utf-8", "replace")
+        if _READY in text:
+            for match in _LISTENING.finditer(text):
+                self.ports[match.group(1)] = int(match.group(3))
             self.ready.callback(self)
 
     def errReceived(self, data: bytes) -> None:
@@ -80,10 +82,10 @@ class GatewayProcess(ProcessProtocol):
 
     def port(self, name: str | None = None) -> int:
         """
-        The port of listener C{name}, or of the only listener.
+        The port of listener C{name}, or of the only proxy listener.
         """
         if name is None:
-            (port,) = self.ports.values()
+            (port,) = [p for n, p in self.ports.items() if n != "metrics"]
             return port
         return self.ports[name]
 
@@ -106,16 +108,17 @@ def gatewayCommand(args: list[str], logger: list[str] | None = None) -> list[str
 def runGateway(
     testCase: TestCase,
     args: list[str],
-    expected: int = 1,
     env: dict[str, str] | None = None,
     twistdArgs: list[str] | None = None,
 ) -> Deferred[GatewayProcess]:
     """
-    Start a gateway with C{args}; fires once its C{expected} listeners are
-    bound. The test stops it (SIGTERM, then SIGKILL past the deadline) when
-    it ends.
+    Start a gateway with C{args} (and metrics on a free port, unless
+    C{args} say otherwise); fires once every listener is bound. The test
+    stops it (SIGTERM, then SIGKILL past the deadline) when it ends.
     """
-    process = GatewayProcess(expected)
+    if "--metrics" not in args:
+        args = [*args, "--metrics", "tcp:0:interface=127.0.0.1"]
+    process = GatewayProcess()
     environment = dict(os.environ)
     environment.update(env or {})
     reactor.spawnProcess(
@@ -148,7 +151,7 @@ def runToEnd(args: list[str], env: dict[str, str] | None = None) -> Deferred:
     Run C{twistd gateway args} expecting it to end by itself; fires with the
     process (its C{exitCode}, C{output}, C{errors}).
     """
-    process = GatewayProcess(expected=10**6)
+    process = GatewayProcess()
     process.ready.addErrback(lambda failure: None)
     environment = dict(os.environ)
     environment.update(env or {})

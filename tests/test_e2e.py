@@ -125,13 +125,20 @@ class LifecycleTests(TestCase):
         gateway = await runGateway(self, LISTEN)
         code = await gateway.stop("TERM")
         self.assertIn(code, (0, -15))
+        self.assertIn("gateway ready", gateway.log())
         self.assertNotIn("Traceback", gateway.log())
 
     async def test_severalListeners(self):
         gateway = await runGateway(
-            self, LISTEN + ["--listen", "tcp:0:interface=127.0.0.1"], expected=1
+            self,
+            [
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--listen",
+                "tcp6:0:interface=\\:\\:1",
+            ],
         )
-        self.assertIn("tcp:0", gateway.ports)
+        self.assertEqual(set(gateway.ports), {"tcp:0", "tcp6:0", "metrics"})
 
 
 class BadOptionTests(TestCase):
