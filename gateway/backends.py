@@ -88,6 +88,10 @@ class BackendPool:
         Connect C{factory} to the first backend that accepts.
 
         Its C{backendName} is set to the name of the backend being tried.
+        The protocols it builds have a C{ready} Deferred (see
+        L{gateway.proxy.BackendProtocol}): an attempt lasts until it fires,
+        so a TLS backend whose certificate fails verification counts as a
+        failed connection, and the connect timeout covers the handshake.
         Cancelling the result cancels the attempt under way.
 
         @raise NoBackendAvailable: (asynchronously) when every one failed.
@@ -100,6 +104,7 @@ class BackendPool:
             factory.backendName = backend.name  # type: ignore[attr-defined]
             started = self._clock.seconds()
             attempt = backend.endpoint.connect(factory)
+            attempt.addCallback(lambda protocol: protocol.ready)
             attempt.addTimeout(self._connectTimeout, self._clock)
             try:
                 protocol = await attempt

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from gateway import stats
 from gateway.codec import Framing, FramingError
@@ -112,12 +112,13 @@ def describeAddress(address: IAddress) -> str:
 
 
 def _canHalfClose(transport: ITransport) -> bool:
-    # Twisted's TLS layer cannot shut only its write side (its
-    # loseWriteConnection would reach past TLS to the socket), so a TLS
-    # connection ends as a whole once everything written to it is sent.
-    return not isinstance(transport, TLSMemoryBIOProtocol) and hasattr(
-        transport, "loseWriteConnection"
-    )
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        # Twisted's TLS layer has no loseWriteConnection of its own: the name
+        # would reach past TLS to the socket under it, so such a connection
+        # (a TLS backend) ends as a whole once what was written is sent.
+        # gateway.tls's server side defines one that sends close_notify.
+        return hasattr(type(transport), "loseWriteConnection")
+    return hasattr(transport, "loseWriteConnection")
 
 
 def _shutWrite(transport: ITransport) -> None:
@@ -181,14 +182,40 @@ async def _nothing() -> None:
 class BackendProtocol(Protocol):
     """
     The backend end of a pair: hands every event to its client protocol.
+
+    @ivar ready: fires with this protocol once the connection can carry
+        messages: at once over TCP, once the backend's certificate is verified
+        over TLS. It fails with the reason when the connection ends before,
+        and the client never hears of that connection; cancelling it aborts
+        the connection.
     """
+
+    _ready = False
 
     def __init__(self, client: ClientProtocol, backendName: str) -> None:
         self.client = client
         self.backendName = backendName
+        self.ready: Deferred[BackendProtocol] = Deferred(self._cancelReady)
+
+    def _cancelReady(self, ready: Deferred[BackendProtocol]) -> None:
+        self.transport.abortConnection()
 
     def connectionMade(self) -> None:
+        if isinstance(self.transport, TLSMemoryBIOProtocol):
+            # Nothing is written to a TLS backend before its handshake is
+            # done, so one that fails verification never sees a message.
+            # Declared here, not on the class: Twisted's endpoints keep only
+            # one of IHalfCloseableProtocol and IHandshakeListener on the
+            # protocol wrapper they put around one that provides both, and
+            # a TCP backend's half-close would be lost.
+            alsoProvides(self, IHandshakeListener)
+        else:
+            self.handshakeCompleted()
+
+    def handshakeCompleted(self) -> None:
+        self._ready = True
         self.client.backendConnected(self)
+        self.ready.callback(self)
 
     def dataReceived(self, data: bytes) -> None:
         self.client.backendDataReceived(data)
@@ -200,7 +227,10 @@ class BackendProtocol(Protocol):
         pass
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.client.backendConnectionLost(reason)
+        if self._ready:
+            self.client.backendConnectionLost(reason)
+        elif not self.ready.called:
+            self.ready.errback(reason)
 
 
 class BackendFactory(Factory):
@@ -266,6 +296,9 @@ class ClientProtocol(Protocol, TimeoutMixin):
 
     def handshakeCompleted(self) -> None:
         self._handshakeDone = True
+        # Behind haproxy: the client's address is known once the PROXY header
+        # is read, which is after connectionMade and before the handshake.
+        self.clientAddress = describeAddress(self.transport.getPeer())
         if not self._clientGone and not self._broken:
             self._connectBackend()
 

@@ -11,6 +11,12 @@ open connections keep what they started with.
 
 Every mistake in the files is a L{TLSError} whose message is one line naming
 the option and the file, fit to show an operator as it is.
+
+L{wrapFactory} puts a L{HalfCloseableTLSProtocol} under each accepted
+connection: Twisted's TLS layer, changed so that a client's close_notify ends
+only the client's direction (Twisted's answers it at once and closes, losing
+the replies still on their way: its ticket 5341), and so that a close never
+waits forever for the client's close_notify (Twisted's ticket 7926).
 """
 
 from __future__ import annotations
@@ -31,13 +37,22 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 from OpenSSL import SSL, crypto
+from OpenSSL.SSL import WantReadError, ZeroReturnError
 from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
     IReactorTime,
 )
 from twisted.internet.ssl import CertificateOptions, TLSVersion
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import (
+    BufferingTLSTransport,
+    TLSMemoryBIOFactory,
+    TLSMemoryBIOProtocol,
+)
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 CERT_OPTION = "--tls-cert"
@@ -51,6 +66,11 @@ MIN_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
 # Set on top of what CertificateOptions sets (which already includes
 # OP_NO_COMPRESSION).  OpenSSL builds without it get 0: nothing to add.
 _EXTRA_OPTIONS = getattr(SSL, "OP_NO_RENEGOTIATION", 0)
+
+# Once the gateway has closed a TLS connection (sent its close_notify), how
+# long the client has to answer with its own before the socket is closed
+# without it.  Twisted alone would wait for ever (its ticket 7926).
+CLOSE_NOTIFY_TIMEOUT = 5.0
 
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL
@@ -385,22 +405,143 @@ class ReloadableServerTLS:
         return self.current.serverConnectionForTLS(tlsProtocol)
 
 
+@implementer(IHalfCloseableProtocol)
+class HalfCloseableTLSProtocol(BufferingTLSTransport):
+    """
+    Server-side TLS over one accepted connection, where either side can end
+    its own direction of the stream and go on with the other.
+
+    Changes to Twisted's TLS layer, for a wrapped protocol that provides
+    L{IHalfCloseableProtocol}:
+
+      - the client's close_notify ends only the client's direction: the
+        wrapped protocol gets C{readConnectionLost} and may go on writing
+        until it closes the connection itself;
+      - C{loseWriteConnection} sends the gateway's close_notify (once what
+        was written is sent) and goes on reading until the client's;
+      - C{loseConnection} also sends close_notify, and closes the socket
+        once the client has answered, or L{CLOSE_NOTIFY_TIMEOUT} seconds
+        later without the answer (what was written is still sent first).
+
+    A TCP FIN with no close_notify before it cuts the TLS stream short: the
+    connection ends as Twisted ends it, as if it were lost.  A wrapped
+    protocol that cannot half-close gets Twisted's behaviour throughout,
+    apart from the close timeout.
+    """
+
+    factory: HalfCloseableTLSFactory
+    _peerFinished = False
+    _closeTimer: IDelayedCall | None = None
+
+    def _halfCloseable(self) -> bool:
+        return IHalfCloseableProtocol.providedBy(self.wrappedProtocol)
+
+    def _flushReceiveBIO(self) -> None:
+        # TLSMemoryBIOProtocol._flushReceiveBIO, but for what happens when the
+        # client's close_notify arrives (the ZeroReturnError).
+        if self._peerFinished:
+            # Nothing can follow a close_notify.
+            return
+        while not self._lostTLSConnection:
+            try:
+                data = self._tlsConnection.recv(2**15)
+            except WantReadError:
+                break
+            except ZeroReturnError:
+                closing = self.disconnecting
+                if self._halfCloseable():
+                    self._peerFinished = True
+                    self.wrappedProtocol.readConnectionLost()
+                    if not closing:
+                        # Keep the connection for the replies still to come.
+                        break
+                # Both sides have sent close_notify: the TLS close is done.
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+            else:
+                if not self._aborted:
+                    ProtocolWrapper.dataReceived(self, data)
+        self._flushSendBIO()
+
+    def readConnectionLost(self) -> None:
+        """
+        The client's TCP FIN: expected after its close_notify; without one,
+        the TLS stream was cut short and the connection ends now.
+        """
+        if not self._peerFinished:
+            self.transport.abortConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def loseWriteConnection(self) -> None:
+        """
+        End the gateway's direction: close_notify once everything written so
+        far is sent. Reading goes on until the client's close_notify.
+        """
+        super().loseConnection()
+
+    def loseConnection(self) -> None:
+        """
+        Close: close_notify once everything written is sent, then the socket,
+        when the client answers or after L{CLOSE_NOTIFY_TIMEOUT}.
+        """
+        super().loseConnection()
+        if self.connected and self._closeTimer is None:
+            self._closeTimer = self.factory.clock.callLater(
+                CLOSE_NOTIFY_TIMEOUT, self._closeNotifyTimedOut
+            )
+
+    def _closeNotifyTimedOut(self) -> None:
+        self._closeTimer = None
+        # An orderly close: whatever is still buffered is sent first.
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._closeTimer is not None:
+            self._closeTimer.cancel()
+            self._closeTimer = None
+        super().connectionLost(reason)
+
+
+class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
+    """
+    Server-side TLS with L{HalfCloseableTLSProtocol} under each connection.
+
+    @ivar clock: where the close timeout and the buffered writes are
+        scheduled.
+    """
+
+    protocol = HalfCloseableTLSProtocol
+
+    def __init__(
+        self,
+        creator: IOpenSSLServerConnectionCreator,
+        wrappedFactory: IProtocolFactory,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        super().__init__(creator, False, wrappedFactory, clock)
+        self.clock = self._clock
+
+
 def wrapFactory(
     creator: IOpenSSLServerConnectionCreator,
     factory: IProtocolFactory,
     clock: IReactorTime | None = None,
-) -> TLSMemoryBIOFactory:
+) -> HalfCloseableTLSFactory:
     """
     Put TLS server-side under the protocols C{factory} builds, for handing to
     a server endpoint's C{listen}.
 
     The wrapped protocols are connected when the TCP connection is accepted,
     before the handshake; those that provide
-    L{twisted.internet.interfaces.IHandshakeListener} learn when it is done.
+    L{twisted.internet.interfaces.IHandshakeListener} learn when it is done,
+    and those that provide L{IHalfCloseableProtocol} can half-close (see
+    L{HalfCloseableTLSProtocol}).
 
-    @param clock: where the TLS layer schedules its buffered writes; the
-        global reactor when L{None}.
+    @param clock: where the TLS layer schedules its buffered writes and its
+        close timeout; the global reactor when L{None}.
     """
-    if clock is None:
-        return TLSMemoryBIOFactory(creator, False, factory)
-    return TLSMemoryBIOFactory(creator, False, factory, clock)
+    return HalfCloseableTLSFactory(creator, factory, clock)
