@@ -3,10 +3,16 @@ Tests for L{gateway.proxy}: one client/backend pair driven by hand.
 """
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.internet.testing import (
+    StringTransport,
+    StringTransportWithDisconnection,
+)
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import stats
@@ -201,6 +207,69 @@ class ConnectTests(SynchronousTestCase):
             ["accepted", "accepted", "rejected"],
         )
         self.assertEqual(len(harness.connections), 1)
+
+
+class TLSBackendTests(SynchronousTestCase):
+    """
+    A backend reached over TLS joins its pair only once its handshake is
+    done.
+    """
+
+    def connectTLSBackend(self, harness):
+        backendFactory, attempt = harness.attempts[0]
+        tlsFactory = TLSMemoryBIOFactory(
+            optionsForClientTLS("backend.example"),
+            True,
+            backendFactory,
+            harness.clock,
+        )
+        tlsProtocol = tlsFactory.buildProtocol(None)
+        tlsProtocol.makeConnection(StringTransport())
+        return tlsProtocol, tlsProtocol.wrappedProtocol
+
+    def test_readyAfterHandshake(self):
+        """
+        The client stays paused until the handshake is done; then the pair
+        is joined and C{ready} fires. Nothing is sent in clear.
+        """
+        harness = Harness()
+        client, clientTransport = harness.connectClient()
+        client.dataReceived(b"early\n")
+        tlsProtocol, backend = self.connectTLSBackend(harness)
+        self.assertNoResult(backend.ready)
+        self.assertIsNone(client.backend)
+        self.assertEqual(clientTransport.producerState, "paused")
+        backend.handshakeCompleted()
+        self.assertIs(self.successResultOf(backend.ready), backend)
+        self.assertIs(client.backend, backend)
+        self.assertEqual(clientTransport.producerState, "producing")
+        harness.clock.advance(0)
+        self.assertNotIn(b"early", tlsProtocol.transport.value())
+
+    def test_failedHandshake(self):
+        """
+        A connection lost before its handshake is done fails C{ready} with
+        the reason, and the client does not hear of it (the backend pool
+        goes on to the next backend).
+        """
+        harness = Harness()
+        client, clientTransport = harness.connectClient()
+        tlsProtocol, backend = self.connectTLSBackend(harness)
+        tlsProtocol.connectionLost(Failure(ConnectionLost("cut")))
+        self.failureResultOf(backend.ready, ConnectionLost)
+        self.assertTrue(clientTransport.connected)
+        self.assertEqual(harness.stats.named("closed"), [])
+
+    def test_cancelAborts(self):
+        """
+        Cancelling C{ready} (the connect timeout) aborts the connection.
+        """
+        harness = Harness()
+        harness.connectClient()
+        tlsProtocol, backend = self.connectTLSBackend(harness)
+        backend.ready.cancel()
+        self.failureResultOf(backend.ready, CancelledError)
+        self.assertTrue(tlsProtocol.transport.disconnecting)
 
 
 class TranslationTests(SynchronousTestCase):

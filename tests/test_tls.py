@@ -7,6 +7,9 @@ and reloading.
 from __future__ import annotations
 
 import os
+import socket
+import ssl
+import time
 from dataclasses import dataclass
 
 import trustme
@@ -21,7 +24,9 @@ from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
@@ -33,18 +38,21 @@ from twisted.internet.ssl import (
     TLSVersion,
     optionsForClientTLS,
 )
+from twisted.internet.threads import deferToThread
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from gateway import tls
 from gateway.tls import (
     ReloadableServerTLS,
     TLSError,
     loadServerTLS,
     wrapFactory,
 )
+from tests.tlsclient import CLOSE_NOTIFY, TLSClient, rawReceiveAll
 
 
 @dataclass
@@ -938,3 +946,204 @@ class ReloadTests(_LoopbackTestCase):
         bob = self.pki.client("bob", issuer=newCA)
         client = await self.handshake(_clientTLS(self.pki, None, bob))
         self.assertEqual(await client.echo(b"ping"), b"ping")
+
+
+@implementer(IHandshakeListener)
+class _Server(Protocol):
+    """
+    Records what it receives and how it ends; what it does once the
+    handshake is done, or once the client has ended its side, is the
+    factory's C{onHandshake} and C{onReadLost}.
+    """
+
+    reason: Failure | None = None
+
+    def connectionMade(self) -> None:
+        self.received = b""
+        self.readLost = False
+        self.lost: Deferred[None] = Deferred()
+        self.factory.connections.append(self)
+
+    def handshakeCompleted(self) -> None:
+        self.factory.onHandshake(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.reason = reason
+        self.lostAt = time.monotonic()
+        self.lost.callback(None)
+
+
+@implementer(IHalfCloseableProtocol)
+class _HalfCloseServer(_Server):
+    def readConnectionLost(self) -> None:
+        self.readLost = True
+        self.factory.onReadLost(self)
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+class HalfCloseTests(TestCase):
+    """
+    L{HalfCloseableTLSProtocol}: each side ends its own direction with
+    close_notify, over real sockets, with a client that can half-close
+    (L{tests.tlsclient.TLSClient}).
+    """
+
+    def setUp(self) -> None:
+        self.pki = _PKI(self.mktemp())
+        self.gw = self.pki.server("gw", "gw.example")
+
+    def listen(
+        self, protocol: type[_Server], onHandshake=None, onReadLost=None
+    ) -> list[_Server]:
+        factory = ServerFactory.forProtocol(protocol)
+        factory.connections = []
+        factory.onHandshake = onHandshake or (lambda server: None)
+        factory.onReadLost = onReadLost or (lambda server: None)
+        creator = loadServerTLS([self.gw.certFile], [self.gw.keyFile])
+        port = reactor.listenTCP(
+            0, wrapFactory(creator, factory, reactor), interface="127.0.0.1"
+        )
+        self.port = port.getHost().port
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: DeferredList([c.lost for c in factory.connections]))
+        return factory.connections
+
+    async def client(self) -> TLSClient:
+        context = ssl.create_default_context(
+            cadata=self.pki.ca.cert_pem.bytes().decode("ascii")
+        )
+        client = await deferToThread(TLSClient, context, "gw.example", self.port)
+        self.addCleanup(client.close)
+        return await deferToThread(client.handshake)
+
+    async def test_clientCloseNotify(self) -> None:
+        """
+        The client's close_notify reaches a half-closeable protocol as
+        C{readConnectionLost}; what it writes after still reaches the
+        client, then its own close_notify once it closes.
+        """
+
+        def answer(server: _Server) -> None:
+            server.transport.write(b"reply to " + server.received)
+            server.transport.loseConnection()
+
+        servers = self.listen(_HalfCloseServer, onReadLost=answer)
+        client = await self.client()
+        await deferToThread(client.send, b"question")
+        await deferToThread(client.closeNotify)
+        received = await deferToThread(client.receiveAll)
+        self.assertEqual(received, (b"reply to question", CLOSE_NOTIFY))
+        await servers[0].lost
+        self.assertTrue(servers[0].readLost)
+        self.assertIsInstance(servers[0].reason.value, ConnectionDone)
+
+    async def test_clientCloseNotifyAndFIN(self) -> None:
+        """
+        The same when a TCP FIN follows the client's close_notify.
+        """
+
+        def answer(server: _Server) -> None:
+            server.transport.write(b"reply")
+            server.transport.loseConnection()
+
+        servers = self.listen(_HalfCloseServer, onReadLost=answer)
+        client = await self.client()
+        await deferToThread(client.closeNotify, True)
+        received = await deferToThread(client.receiveAll)
+        self.assertEqual(received, (b"reply", CLOSE_NOTIFY))
+        await servers[0].lost
+        self.assertTrue(servers[0].readLost)
+
+    async def test_notHalfCloseable(self) -> None:
+        """
+        A protocol that cannot half-close gets Twisted's behaviour: the
+        client's close_notify is answered at once and the connection ends.
+        """
+        servers = self.listen(_Server)
+        client = await self.client()
+        await deferToThread(client.closeNotify)
+        received = await deferToThread(client.receiveAll)
+        self.assertEqual(received, (b"", CLOSE_NOTIFY))
+        await servers[0].lost
+        self.assertIsInstance(servers[0].reason.value, ConnectionDone)
+
+    async def test_loseWriteConnection(self) -> None:
+        """
+        C{loseWriteConnection} sends close_notify after what was written,
+        and the server reads on until the client's close_notify.
+        """
+
+        def greet(server: _Server) -> None:
+            server.transport.write(b"hello")
+            server.transport.loseWriteConnection()
+
+        servers = self.listen(
+            _HalfCloseServer,
+            onHandshake=greet,
+            onReadLost=lambda server: server.transport.loseConnection(),
+        )
+        client = await self.client()
+        received = await deferToThread(client.receiveAll)
+        self.assertEqual(received, (b"hello", CLOSE_NOTIFY))
+        await deferToThread(client.send, b"more")
+        await deferToThread(client.closeNotify)
+        self.assertEqual(await deferToThread(rawReceiveAll, client.socket), b"")
+        await servers[0].lost
+        self.assertEqual((servers[0].received, servers[0].readLost), (b"more", True))
+
+    async def test_FINWithoutCloseNotify(self) -> None:
+        """
+        A TCP FIN with no close_notify cuts the TLS stream: the connection
+        is lost, not half-closed.
+        """
+        servers = self.listen(_HalfCloseServer)
+        client = await self.client()
+        await deferToThread(client.send, b"cut")
+        client.socket.shutdown(socket.SHUT_WR)
+        await servers[0].lost
+        self.assertEqual((servers[0].received, servers[0].readLost), (b"cut", False))
+        self.assertIsInstance(servers[0].reason.value, ConnectionLost)
+
+    async def test_closeNotifyNeverAnswered(self) -> None:
+        """
+        A client that never answers the server's close_notify (and keeps
+        its socket open) does not keep the connection: the socket is closed
+        L{CLOSE_NOTIFY_TIMEOUT} after C{loseConnection}, what was written
+        first still delivered. (Twisted alone would wait for ever.)
+        """
+        self.patch(tls, "CLOSE_NOTIFY_TIMEOUT", 0.2)
+        closedAt = []
+
+        def close(server: _Server) -> None:
+            server.transport.write(b"bye")
+            server.transport.loseConnection()
+            closedAt.append(time.monotonic())
+
+        servers = self.listen(_HalfCloseServer, onHandshake=close)
+        client = await self.client()
+        # Reading the close_notify does not answer it.
+        received = await deferToThread(client.receiveAll)
+        self.assertEqual(received, (b"bye", CLOSE_NOTIFY))
+        self.assertEqual(await deferToThread(rawReceiveAll, client.socket), b"")
+        await servers[0].lost
+        self.assertGreaterEqual(servers[0].lostAt - closedAt[0], 0.2)
+
+    async def test_closeNotifyAnswered(self) -> None:
+        """
+        A client that answers close_notify ends the connection then, and
+        the close timeout is cancelled (trial would find it left over).
+        """
+        servers = self.listen(
+            _HalfCloseServer, onHandshake=lambda s: s.transport.loseConnection()
+        )
+        client = await self.client()
+        received = await deferToThread(client.receiveAll)
+        self.assertEqual(received, (b"", CLOSE_NOTIFY))
+        await deferToThread(client.closeNotify)
+        await servers[0].lost
+        self.assertIsInstance(servers[0].reason.value, ConnectionDone)

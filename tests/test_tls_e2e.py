@@ -186,12 +186,17 @@ class ListenerTests(TLSTestCase):
     async def test_wrongNameNotVerified(self):
         """
         A client asking for a name the certificate does not carry fails to
-        verify it: the test above cannot pass by verifying nothing.
+        verify it (the test above cannot pass by verifying nothing), and the
+        gateway counts the handshake it abandoned.
         """
         gateway = await runGateway(self, LISTEN_TLS + self.gatewayCertificate())
         client = await self.connect(gateway.port(), serverName="elsewhere.example")
         with self.assertRaises(ssl.SSLCertVerificationError):
             await deferToThread(client.handshake)
+        client.close()
+        await waitForSample(
+            gateway, 1, "gateway_tls_handshake_failures_total", listener=LISTENER
+        )
 
     async def test_sni(self):
         """
@@ -372,7 +377,8 @@ class StalledHandshakeTests(TLSTestCase):
         """
         A client that sends nothing, and one that sends half a ClientHello,
         are closed by the idle timeout, counted as failed handshakes with
-        close reason idle_timeout, and never reach the backend.
+        close reason idle_timeout, and never reach the backend. One that
+        does not speak TLS at all is closed at once, reason tls_error.
         """
         backend, backendPort = listenBackend(self)
         gateway = await runGateway(
@@ -394,9 +400,22 @@ class StalledHandshakeTests(TLSTestCase):
         started = time.monotonic()
         for client in (silent, half):
             self.assertEqual(await deferToThread(rawReceiveAll, client.socket), b"")
+        # Not closed at once: the idle timeout (1 s) ended them.
         self.assertGreaterEqual(time.monotonic() - started, 0.5)
+        plain = await self.connect(gateway.port())
+        plain.socket.sendall(b"hello\n")
+        # Closed by its failed handshake (perhaps after an alert), not by the
+        # timeout: the reason counted below says which.
+        await deferToThread(rawReceiveAll, plain.socket)
         await waitForSample(
-            gateway, 2, "gateway_tls_handshake_failures_total", listener=LISTENER
+            gateway, 3, "gateway_tls_handshake_failures_total", listener=LISTENER
+        )
+        await waitForSample(
+            gateway,
+            1,
+            "gateway_connections_closed_total",
+            listener=LISTENER,
+            reason="tls_error",
         )
         await waitForSample(
             gateway,
