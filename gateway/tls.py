@@ -489,7 +489,13 @@ class HalfCloseableTLSProtocol(BufferingTLSTransport):
         when the client answers or after L{CLOSE_NOTIFY_TIMEOUT}.
         """
         super().loseConnection()
-        if self.connected and self._closeTimer is None:
+        if not self.connected or self._aborted:
+            return
+        # The client's answer (or its FIN) must be read: the wrapped
+        # protocol may have paused reading, as the proxy does while it
+        # has no backend.
+        self.transport.resumeProducing()
+        if self._closeTimer is None:
             self._closeTimer = self.factory.clock.callLater(
                 CLOSE_NOTIFY_TIMEOUT, self._closeNotifyTimedOut
             )

@@ -52,6 +52,7 @@ from gateway.tls import (
     loadServerTLS,
     wrapFactory,
 )
+from tests.e2e import DEADLINE
 from tests.tlsclient import CLOSE_NOTIFY, TLSClient, rawReceiveAll
 
 
@@ -1146,4 +1147,24 @@ class HalfCloseTests(TestCase):
         self.assertEqual(received, (b"", CLOSE_NOTIFY))
         await deferToThread(client.closeNotify)
         await servers[0].lost
+        self.assertIsInstance(servers[0].reason.value, ConnectionDone)
+
+    async def test_closeWhilePaused(self) -> None:
+        """
+        A protocol that closes while it has paused reading (as the proxy
+        does until it has a backend) still reads the client's answer, and
+        the connection ends then, not at the close timeout.
+        """
+        self.patch(tls, "CLOSE_NOTIFY_TIMEOUT", DEADLINE * 10)
+
+        def pauseThenClose(server: _Server) -> None:
+            server.transport.pauseProducing()
+            server.transport.loseConnection()
+
+        servers = self.listen(_HalfCloseServer, onHandshake=pauseThenClose)
+        client = await self.client()
+        received = await deferToThread(client.receiveAll)
+        self.assertEqual(received, (b"", CLOSE_NOTIFY))
+        await deferToThread(client.closeNotify)
+        await servers[0].lost.addTimeout(DEADLINE, reactor)
         self.assertIsInstance(servers[0].reason.value, ConnectionDone)
