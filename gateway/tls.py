@@ -424,13 +424,15 @@ class HalfCloseableTLSProtocol(BufferingTLSTransport):
         later without the answer (what was written is still sent first).
 
     A TCP FIN with no close_notify before it cuts the TLS stream short: the
-    connection ends as Twisted ends it, as if it were lost.  A wrapped
-    protocol that cannot half-close gets Twisted's behaviour throughout,
-    apart from the close timeout.
+    connection ends as if it were lost (at once; or once what was written is
+    sent, when the gateway was closing it anyway).  A wrapped protocol that
+    cannot half-close gets Twisted's behaviour, apart from the close
+    timeout.
     """
 
     factory: HalfCloseableTLSFactory
     _peerFinished = False
+    _closing = False
     _closeTimer: IDelayedCall | None = None
 
     def _halfCloseable(self) -> bool:
@@ -448,14 +450,16 @@ class HalfCloseableTLSProtocol(BufferingTLSTransport):
             except WantReadError:
                 break
             except ZeroReturnError:
-                closing = self.disconnecting
-                if self._halfCloseable():
+                if self._halfCloseable() and not self._closing:
+                    # Sent by loseWriteConnection, or not sent yet.
+                    ourCloseNotifySent = self.disconnecting
                     self._peerFinished = True
                     self.wrappedProtocol.readConnectionLost()
-                    if not closing:
+                    if not ourCloseNotifySent:
                         # Keep the connection for the replies still to come.
                         break
-                # Both sides have sent close_notify: the TLS close is done.
+                # Answer it and close, as Twisted does; or, when the gateway
+                # had sent its own close_notify first, the close is complete.
                 self._shutdownTLS()
                 self._tlsShutdownFinished(None)
             except SSL.Error:
@@ -467,10 +471,16 @@ class HalfCloseableTLSProtocol(BufferingTLSTransport):
 
     def readConnectionLost(self) -> None:
         """
-        The client's TCP FIN: expected after its close_notify; without one,
-        the TLS stream was cut short and the connection ends now.
+        The client's TCP FIN: expected after its close_notify, or once TLS is
+        over. Without one, the TLS stream was cut short: when the gateway
+        was closing anyway, the socket closes once what was written is sent;
+        otherwise at once, as Twisted ends a connection that is lost.
         """
-        if not self._peerFinished:
+        if self._peerFinished or self._lostTLSConnection:
+            return
+        if self.disconnecting:
+            self.transport.loseConnection()
+        else:
             self.transport.abortConnection()
 
     def writeConnectionLost(self) -> None:
@@ -488,6 +498,7 @@ class HalfCloseableTLSProtocol(BufferingTLSTransport):
         Close: close_notify once everything written is sent, then the socket,
         when the client answers or after L{CLOSE_NOTIFY_TIMEOUT}.
         """
+        self._closing = True
         super().loseConnection()
         if not self.connected or self._aborted:
             return

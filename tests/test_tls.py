@@ -1137,7 +1137,9 @@ class HalfCloseTests(TestCase):
     async def test_closeNotifyAnswered(self) -> None:
         """
         A client that answers close_notify ends the connection then, and
-        the close timeout is cancelled (trial would find it left over).
+        the close timeout is cancelled (trial would find it left over). The
+        answer is not news to the protocol that closed: no
+        C{readConnectionLost}.
         """
         servers = self.listen(
             _HalfCloseServer, onHandshake=lambda s: s.transport.loseConnection()
@@ -1148,6 +1150,7 @@ class HalfCloseTests(TestCase):
         await deferToThread(client.closeNotify)
         await servers[0].lost
         self.assertIsInstance(servers[0].reason.value, ConnectionDone)
+        self.assertFalse(servers[0].readLost)
 
     async def test_closeWhilePaused(self) -> None:
         """
