@@ -337,6 +337,20 @@ class ReadinessResource(Resource):
         return b"not ready\n"
 
 
+class QuietSite(Site):
+    """
+    A L{Site} that writes no access log.
+
+    Prometheus scrapes every few seconds; a log line per scrape (with the
+    scraper's address in it) would drown the events an operator reads.
+    """
+
+    noisy = False
+
+    def log(self, request: Request) -> None:
+        pass
+
+
 def metricsSite(
     registry: CollectorRegistry,
     isReady: Callable[[], bool],
@@ -344,7 +358,7 @@ def metricsSite(
 ) -> Site:
     """
     The site serving C{/metrics}, C{/healthz} and C{/readyz}; any other path
-    is 404.
+    is 404. Requests are not logged.
 
     @param reactor: for the HTTP timeouts; the global reactor when omitted.
     """
@@ -352,4 +366,4 @@ def metricsSite(
     root.putChild(b"metrics", MetricsResource(registry))
     root.putChild(b"healthz", HealthResource())
     root.putChild(b"readyz", ReadinessResource(isReady))
-    return Site(root, reactor=reactor)
+    return QuietSite(root, reactor=reactor)

@@ -8,14 +8,24 @@ import subprocess
 import sys
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
+from zope.interface import implementer
 
 import gateway
 from gateway.metrics import GatewayMetrics, metricsSite
+from gateway.proxy import Connections
+from gateway.service import GatewayService, ListenerService
 from gateway.stats import (
     BACKEND,
     CLIENT,
@@ -27,6 +37,7 @@ from gateway.stats import (
     ListenerStats,
     Recorder,
 )
+from gateway.tap import Options, makeService
 
 LISTENER = "tcp:7000"
 OTHER_LISTENER = "tls:7443"
@@ -475,9 +486,165 @@ class MetricsSiteTests(SynchronousTestCase):
             response.headers[b"content-type"], b"text/plain; charset=utf-8"
         )
 
+    def test_noAccessLog(self) -> None:
+        """
+        Requests leave no log event behind, where a plain twisted.web
+        L{Site} logs a line for each.
+        """
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        plain = Site(self.site.resource, reactor=Clock())
+        for site in [plain, self.site]:
+            site.doStart()
+            self.addCleanup(site.doStop)
+        get(plain, b"/metrics")
+        self.assertTrue(
+            any("GET /metrics" in formatEvent(event) for event in events), events
+        )
+        del events[:]
+        for path in [b"/metrics", b"/healthz", b"/readyz", b"/nope"]:
+            get(self.site, path)
+        self.assertEqual(events, [])
+
     def test_otherPaths(self) -> None:
         """
         Any other path is 404.
         """
         for path in [b"/", b"/nope", b"/metrics/extra", b"/healthz/x", b"/readyzz"]:
             self.assertEqual(get(self.site, path).code, 404, path)
+
+
+@implementer(IStreamServerEndpoint)
+class BindsLater:
+    """
+    An endpoint whose C{listen} fires only when the test says so.
+    """
+
+    def __init__(self) -> None:
+        self.listening: Deferred[IListeningPort] = Deferred()
+
+    def listen(self, factory: Factory) -> Deferred[IListeningPort]:
+        return self.listening
+
+
+class LingeringConnection:
+    """
+    What L{Connections} holds: a connection that leaves only when aborted.
+    """
+
+    def __init__(self, connections: Connections) -> None:
+        self.connections = connections
+        self.abortedFor: str | None = None
+
+    def abort(self, reason: str) -> None:
+        self.abortedFor = reason
+        self.connections.remove(self)
+
+
+class ReadinessTests(SynchronousTestCase):
+    """
+    C{/readyz} follows L{GatewayService.ready}: 503 until every listener is
+    bound, 200 while serving, 503 again from the moment draining starts.
+    """
+
+    def readyz(self, site: Site) -> int:
+        return get(site, b"/readyz").code
+
+    def test_gatewayService(self) -> None:
+        """
+        A listener that binds late keeps the gateway unready until it does;
+        stopping makes it unready at once, before the drain ends.
+        """
+        clock = MemoryReactorClock()
+        connections = Connections(10)
+        service = GatewayService(connections, clock, drainTimeout=5)
+        endpoint = BindsLater()
+        ListenerService(
+            "tcp:7000", "--listen", "tcp:7000", endpoint, Factory()
+        ).setServiceParent(service)
+        site = metricsSite(CollectorRegistry(), service.ready, clock)
+
+        self.assertEqual(self.readyz(site), 503)
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual(self.readyz(site), 503)
+        endpoint.listening.callback(clock.listenTCP(7000, Factory()))
+        self.assertEqual(self.readyz(site), 200)
+
+        connection = LingeringConnection(connections)
+        connections.add(connection)
+        stopped = service.stopService()
+        self.assertNoResult(stopped)
+        self.assertEqual(self.readyz(site), 503)
+        clock.advance(5)  # the drain timeout
+        self.assertEqual(connection.abortedFor, "shutdown")
+        self.successResultOf(stopped)
+        self.assertEqual(self.readyz(site), 503)
+
+    def test_makeService(self) -> None:
+        """
+        In the service C{makeService} builds, C{/readyz} turns 503 and
+        C{gateway_draining} 1 when stopping starts, while a connection is
+        still open; C{/metrics} has no C{_created} series.
+        """
+        options = Options()
+        options.parseOptions(
+            [
+                "--listen",
+                "tcp:7000:interface=127.0.0.1",
+                "--backend",
+                "tcp:host=127.0.0.1:port=9000",
+                "--metrics",
+                "tcp:9180:interface=127.0.0.1",
+                "--drain-timeout",
+                "5",
+            ]
+        )
+        reactor = MemoryReactorClock()
+        service = makeService(options, reactor=reactor)
+        listeners = {
+            listener.listenerName: listener.factory for listener in service.listeners()
+        }
+        self.assertEqual(set(listeners), {"tcp:7000", "metrics"})
+        site = listeners["metrics"]
+
+        def metric(name: str, **labels: str) -> float | None:
+            body = get(site, b"/metrics").body.decode("utf-8")
+            self.assertNotIn("_created", body)
+            for family in text_string_to_metric_families(body):
+                for sample in family.samples:
+                    if sample.name == name and sample.labels == labels:
+                        return sample.value
+            return None
+
+        self.assertEqual(self.readyz(site), 503)
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual(self.readyz(site), 200)
+        self.assertEqual(metric("gateway_draining"), 0)
+
+        client = listeners["tcp:7000"].buildProtocol(
+            IPv4Address("TCP", "127.0.0.1", 40000)
+        )
+        client.makeConnection(StringTransport())
+        self.assertEqual(metric("gateway_connections_active", listener="tcp:7000"), 1)
+
+        stopped = service.stopService()
+        self.assertNoResult(stopped)
+        self.assertEqual(self.readyz(site), 503)
+        self.assertEqual(get(site, b"/healthz").code, 200)
+        self.assertEqual(metric("gateway_draining"), 1)
+        self.assertEqual(metric("gateway_connections_active", listener="tcp:7000"), 1)
+
+        client.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(stopped)
+        self.assertEqual(metric("gateway_connections_active", listener="tcp:7000"), 0)
+        self.assertEqual(
+            metric(
+                "gateway_connections_closed_total",
+                listener="tcp:7000",
+                reason="client_closed",
+            ),
+            1,
+        )
