@@ -177,21 +177,29 @@ class GatewayMetricsTests(SynchronousTestCase):
         """
         self.assertIsNone(self.value("gateway_connections_active", listener=LISTENER))
         self.metrics.listener(LISTENER)
-        zeros = [
-            ("gateway_connections_accepted_total", {}),
-            ("gateway_connections_active", {}),
-            ("gateway_connections_rejected_total", {"reason": "limit"}),
-            ("gateway_connection_duration_seconds_count", {}),
-            ("gateway_connection_duration_seconds_sum", {}),
-            ("gateway_messages_total", {"direction": "upstream"}),
-            ("gateway_messages_total", {"direction": "downstream"}),
-            ("gateway_message_bytes_total", {"direction": "upstream"}),
-            ("gateway_message_bytes_total", {"direction": "downstream"}),
-            ("gateway_tls_handshake_failures_total", {}),
-        ] + [
-            ("gateway_connections_closed_total", {"reason": reason})
-            for reason in CLOSE_REASONS
-        ]
+        zeros = (
+            [
+                ("gateway_connections_accepted_total", {}),
+                ("gateway_connections_active", {}),
+                ("gateway_connections_rejected_total", {"reason": "limit"}),
+                ("gateway_connection_duration_seconds_count", {}),
+                ("gateway_connection_duration_seconds_sum", {}),
+                ("gateway_messages_total", {"direction": "upstream"}),
+                ("gateway_messages_total", {"direction": "downstream"}),
+                ("gateway_message_bytes_total", {"direction": "upstream"}),
+                ("gateway_message_bytes_total", {"direction": "downstream"}),
+                ("gateway_tls_handshake_failures_total", {}),
+            ]
+            + [
+                ("gateway_connections_closed_total", {"reason": reason})
+                for reason in CLOSE_REASONS
+            ]
+            + [
+                ("gateway_protocol_errors_total", {"peer": peer, "reason": reason})
+                for peer in [CLIENT, BACKEND]
+                for reason in ["too_long", "malformed", "unencodable", "truncated"]
+            ]
+        )
         for name, labels in zeros:
             self.assertEqual(
                 self.value(name, listener=LISTENER, **labels), 0, (name, labels)
@@ -325,7 +333,11 @@ class GatewayMetricsTests(SynchronousTestCase):
 
         self.assertEqual(value(CLIENT, "too_long"), 2)
         self.assertEqual(value(BACKEND, "unencodable"), 1)
-        self.assertIsNone(value(BACKEND, "too_long"))
+        self.assertEqual(value(BACKEND, "too_long"), 0)
+        # A reason that is not known yet gets its series when it happens.
+        self.assertIsNone(value(CLIENT, "surprising"))
+        stats.protocolError(CLIENT, "surprising")
+        self.assertEqual(value(CLIENT, "surprising"), 1)
 
     def test_tlsHandshakeFailures(self) -> None:
         """

@@ -307,13 +307,15 @@ class CountingTests(TestCase):
             ],
             down,
         )
+        # Every (peer, reason) series is there from the start; two were hit.
         self.assertEqual(
             after.series("gateway_protocol_errors_total"),
             {
                 frozenset(
-                    {"listener": LISTENER, "peer": peer, "reason": "too_long"}.items()
-                ): 1
+                    {"listener": LISTENER, "peer": peer, "reason": reason}.items()
+                ): (1 if reason == "too_long" else 0)
                 for peer in ["client", "backend"]
+                for reason in ["too_long", "malformed", "unencodable", "truncated"]
             },
         )
         self.assertEqual(listener("gateway_tls_handshake_failures_total"), 0)
