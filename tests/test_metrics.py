@@ -2,6 +2,7 @@
 Tests for L{gateway.metrics}.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -660,3 +661,182 @@ class ReadinessTests(SynchronousTestCase):
             ),
             1,
         )
+
+
+def projectFile(*parts: str) -> str:
+    """
+    A file of the checkout (trial runs in _trial_temp).
+    """
+    return os.path.join(os.path.dirname(os.path.dirname(gateway.__file__)), *parts)
+
+
+def series(name: str, values: str, **labels: str) -> dict[str, str]:
+    """
+    One input series of a promtool rule test, scraped from instance
+    C{gw:9180}.
+    """
+    labels = {"instance": "gw:9180", "job": "gateway"} | labels
+    inner = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    return {"series": f"{name}{{{inner}}}", "values": values}
+
+
+class PrometheusConfigTests(SynchronousTestCase):
+    """
+    The example Prometheus configuration and alerting rules in C{etc/} are
+    valid, and the alerts fire when, and only when, they should.
+    """
+
+    def promtool(self, *args: str) -> None:
+        promtool = shutil.which("promtool")
+        if promtool is None:
+            raise self.skipTest(
+                "promtool is not on PATH (Debian: apt-get install prometheus)"
+            )
+        result = subprocess.run([promtool, *args], capture_output=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
+    def test_config(self) -> None:
+        """
+        C{promtool check config} accepts C{etc/prometheus.yml} and the rule
+        file it loads.
+        """
+        self.promtool("check", "config", projectFile("etc", "prometheus.yml"))
+
+    def test_alerts(self) -> None:
+        """
+        Each example alert fires for the series it is about once its C{for}
+        has passed, and not for the healthy series next to it.
+        """
+        # Per minute: backend .5 fails 10 connects of 100, .6 fails 1 of 100.
+        # Listener tcp:7000 closes 5 pairs of 105 on a client protocol error,
+        # tcp:7443 1 of 1001.
+        failing, healthy = "tcp:10.0.0.5:9000", "tcp:10.0.0.6:9000"
+        tests = {
+            "rule_files": [projectFile("etc", "gateway-alerts.yml")],
+            "evaluation_interval": "1m",
+            "tests": [
+                {
+                    "interval": "1m",
+                    "input_series": [
+                        series(
+                            "gateway_backend_connect_failures_total",
+                            "0+10x40",
+                            backend=failing,
+                        ),
+                        series(
+                            "gateway_backend_connect_seconds_count",
+                            "0+90x40",
+                            backend=failing,
+                        ),
+                        series(
+                            "gateway_backend_connect_failures_total",
+                            "0+1x40",
+                            backend=healthy,
+                        ),
+                        series(
+                            "gateway_backend_connect_seconds_count",
+                            "0+99x40",
+                            backend=healthy,
+                        ),
+                        series(
+                            "gateway_connections_closed_total",
+                            "0+100x40",
+                            listener="tcp:7000",
+                            reason="client_closed",
+                        ),
+                        series(
+                            "gateway_connections_closed_total",
+                            "0+5x40",
+                            listener="tcp:7000",
+                            reason="protocol_error",
+                        ),
+                        series(
+                            "gateway_protocol_errors_total",
+                            "0+5x40",
+                            listener="tcp:7000",
+                            peer="client",
+                            reason="too_long",
+                        ),
+                        series(
+                            "gateway_protocol_errors_total",
+                            "0+0x40",
+                            listener="tcp:7000",
+                            peer="backend",
+                            reason="too_long",
+                        ),
+                        series(
+                            "gateway_connections_closed_total",
+                            "0+1000x40",
+                            listener="tcp:7443",
+                            reason="client_closed",
+                        ),
+                        series(
+                            "gateway_connections_closed_total",
+                            "0+1x40",
+                            listener="tcp:7443",
+                            reason="protocol_error",
+                        ),
+                        series(
+                            "gateway_protocol_errors_total",
+                            "0+1x40",
+                            listener="tcp:7443",
+                            peer="client",
+                            reason="malformed",
+                        ),
+                    ],
+                    "alert_rule_test": [
+                        # Before the rules' "for" has passed: nothing yet.
+                        {
+                            "eval_time": "4m",
+                            "alertname": "GatewayBackendConnectFailures",
+                            "exp_alerts": [],
+                        },
+                        {
+                            "eval_time": "9m",
+                            "alertname": "GatewayProtocolErrors",
+                            "exp_alerts": [],
+                        },
+                        {
+                            "eval_time": "30m",
+                            "alertname": "GatewayBackendConnectFailures",
+                            "exp_alerts": [
+                                {
+                                    "exp_labels": {
+                                        "severity": "warning",
+                                        "instance": "gw:9180",
+                                        "backend": failing,
+                                    },
+                                    "exp_annotations": {
+                                        "summary": "gw:9180: over 5% of connects"
+                                        f" to {failing} fail"
+                                    },
+                                }
+                            ],
+                        },
+                        {
+                            "eval_time": "30m",
+                            "alertname": "GatewayProtocolErrors",
+                            "exp_alerts": [
+                                {
+                                    "exp_labels": {
+                                        "severity": "warning",
+                                        "instance": "gw:9180",
+                                        "listener": "tcp:7000",
+                                        "peer": "client",
+                                    },
+                                    "exp_annotations": {
+                                        "summary": "gw:9180: over 1% of pairs on"
+                                        " tcp:7000 end in a client protocol error"
+                                    },
+                                }
+                            ],
+                        },
+                    ],
+                }
+            ],
+        }
+        path = self.mktemp() + ".yml"
+        # JSON is YAML.
+        with open(path, "w") as file:
+            json.dump(tests, file)
+        self.promtool("test", "rules", path)
