@@ -135,6 +135,9 @@ class Held(Protocol):
 
 
 async def hold(port: int) -> Held:
+    """
+    Connect a L{Held} client to the gateway on C{port}.
+    """
     client = Held()
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
     await connectProtocol(endpoint, client).addTimeout(DEADLINE, reactor)
@@ -192,6 +195,9 @@ async def scrape(gateway: GatewayProcess, openMetrics: bool = False) -> Scrape:
 
 
 def lines(messages: list[bytes]) -> bytes:
+    """
+    C{messages} as the gateway's clients send them: each ended by a newline.
+    """
     return b"".join(message + b"\n" for message in messages)
 
 
