@@ -78,15 +78,15 @@ class ListenerService(Service):
         if self._listening is not None:
             return
         self._listening = self.endpoint.listen(self.factory)
-        outcome: list[object] = []
-        self._listening.addBoth(outcome.append)
-        if outcome and isinstance(outcome[0], Failure):
-            raise ListenFailed(self._failureLine(outcome[0]))
-        if outcome:
-            self._bound(outcome[0])  # type: ignore[arg-type]
-        else:
+        if not self._listening.called:
             # An endpoint that binds later: report when it is done.
             self._listening.addCallbacks(self._bound, self._failedLate)
+            return
+        outcome: list[object] = []
+        self._listening.addBoth(outcome.append)
+        if isinstance(outcome[0], Failure):
+            raise ListenFailed(self._failureLine(outcome[0]))
+        self._bound(outcome[0])  # type: ignore[arg-type]
 
     def _failureLine(self, failure: Failure) -> str:
         return (
