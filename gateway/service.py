@@ -42,6 +42,7 @@ class ListenerService(Service):
 
     log = Logger(namespace="gateway.service")
     port: IListeningPort | None = None
+    _stopped = False
 
     def __init__(
         self,
@@ -78,15 +79,15 @@ class ListenerService(Service):
         if self._listening is not None:
             return
         self._listening = self.endpoint.listen(self.factory)
-        outcome: list[object] = []
-        self._listening.addBoth(outcome.append)
-        if outcome and isinstance(outcome[0], Failure):
-            raise ListenFailed(self._failureLine(outcome[0]))
-        if outcome:
-            self._bound(outcome[0])  # type: ignore[arg-type]
-        else:
+        if not self._listening.called:
             # An endpoint that binds later: report when it is done.
             self._listening.addCallbacks(self._bound, self._failedLate)
+            return
+        outcome: list[object] = []
+        self._listening.addBoth(outcome.append)
+        if isinstance(outcome[0], Failure):
+            raise ListenFailed(self._failureLine(outcome[0]))
+        self._bound(outcome[0])  # type: ignore[arg-type]
 
     def _failureLine(self, failure: Failure) -> str:
         return (
@@ -95,6 +96,10 @@ class ListenerService(Service):
         )
 
     def _bound(self, port: IListeningPort) -> None:
+        if self._stopped:
+            # Bound after the stop began: no one else would ever close it.
+            port.stopListening()
+            return
         self.port = port
         self.log.info(
             "listening on {listener} at {address}",
@@ -109,6 +114,7 @@ class ListenerService(Service):
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
+        self._stopped = True
         port, self.port = self.port, None
         if port is not None:
             return maybeDeferred(port.stopListening)
