@@ -162,7 +162,8 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_lifecycle(self) -> None:
         """
-        Starting sends READY=1 once every listener is bound; the SIGHUP
+        Starting sends READY=1 once every listener is bound and the reactor
+        runs; the SIGHUP
         handler sends RELOADING=1 then READY=1; stopping sends STOPPING=1
         first, closes the proxy listeners, then stops the rest in reverse
         order, the demo backend last.
@@ -173,9 +174,14 @@ class MakeServiceTests(SynchronousTestCase):
             "--metrics",
             "tcp:9181:interface=127.0.0.1",
         )
-        service = makeService(options, reactor=MemoryReactorClock())
+        reactor = MemoryReactorClock()
+        service = makeService(options, reactor=reactor)
         service.privilegedStartService()
         service.startService()
+        # twistd starts services before the reactor runs; SIGTERM is only
+        # handled (drained) once it does.
+        self.assertEqual(self.receiver.received(), [], "not before the reactor")
+        reactor.run()
         self.assertTrue(service.ready())
         self.assertEqual(
             self.receiver.received(), [b"READY=1\nSTATUS=0 active connections"]
