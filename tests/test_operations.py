@@ -383,6 +383,13 @@ class SystemdNotifyTests(TestCase):
     """
 
     async def test_lifecycle(self) -> None:
+        """
+        READY=1 first, once the listeners accept connections; watchdog pings
+        with C{WATCHDOG_USEC} set (every 0.5 s for 1 s: the exact cadence is
+        tested with a fake clock in test_notify); RELOADING=1 then READY=1
+        with the connection count on SIGHUP; STOPPING=1 on SIGTERM, after
+        which no ping comes.
+        """
         receiver, notifyPath = listenNotify(self)
         unixPath = os.path.join(temporaryDirectory(self), "gateway.sock")
         # Connected synchronously the moment READY=1 arrives: if the gateway
