@@ -20,10 +20,10 @@ from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.server import Site
 
 from gateway import stats
 from gateway.demo import DemoBackendService, Echo
+from gateway.metrics import QuietSite
 from gateway.notify import NotifyService
 from gateway.proxy import ProxyFactory
 from gateway.service import GatewayService, ListenerService, SignalService
@@ -135,7 +135,7 @@ class MakeServiceTests(SynchronousTestCase):
                 (7001, "127.0.0.1", ProxyFactory),
                 (7002, "::1", ProxyFactory),
                 (7443, "127.0.0.1", TLSMemoryBIOFactory),
-                (9181, "127.0.0.1", Site),
+                (9181, "127.0.0.1", QuietSite),
             ],
         )
         self.assertEqual(self.receiver.received(), [], "not ready before starting")
