@@ -1,0 +1,126 @@
+"""
+Choosing a backend: round robin over the configured ones, skipping failures.
+
+A backend whose connection attempt fails or times out is skipped by later
+attempts until its backoff has passed (passive health checking); the
+attempt that saw it fail moves straight on to the next backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from gateway.stats import BackendStats
+
+# After the first failure a backend is skipped for this long; each further
+# failure in a row doubles it, up to the maximum.
+FIRST_BACKOFF = 1.0
+MAX_BACKOFF = 30.0
+
+
+class NoBackendAvailable(Exception):
+    """
+    Every backend tried for one client failed.
+    """
+
+
+@dataclass
+class Backend:
+    """
+    One backend endpoint and what the pool remembers of its health.
+    """
+
+    name: str
+    endpoint: IStreamClientEndpoint
+    stats: BackendStats
+    failures: int = 0
+    retryAt: float = field(default=0.0)
+
+    def failed(self, now: float) -> None:
+        self.failures += 1
+        backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (self.failures - 1))
+        self.retryAt = now + backoff
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.retryAt = 0.0
+
+
+class BackendPool:
+    """
+    Connects each client to one of the backends, in turn.
+    """
+
+    log = Logger(namespace="gateway.backends")
+
+    def __init__(
+        self, backends: list[Backend], clock: IReactorTime, connectTimeout: float
+    ) -> None:
+        if not backends:
+            raise ValueError("a backend pool needs at least one backend")
+        self.backends = backends
+        self._clock = clock
+        self._connectTimeout = connectTimeout
+        self._next = 0
+
+    def candidates(self) -> list[Backend]:
+        """
+        The backends to try for the next client, in order.
+
+        Healthy backends in round-robin order; when none is healthy, the one
+        whose backoff ends first, so that a recovered backend is found.
+        """
+        backends = self.backends
+        start = self._next
+        self._next = (start + 1) % len(backends)
+        rotated = backends[start:] + backends[:start]
+        now = self._clock.seconds()
+        healthy = [backend for backend in rotated if backend.retryAt <= now]
+        return healthy or [min(rotated, key=lambda backend: backend.retryAt)]
+
+    def connect(self, factory: Factory) -> Deferred[IProtocol]:
+        """
+        Connect C{factory} to the first backend that accepts.
+
+        Its C{backendName} is set to the name of the backend being tried.
+        Cancelling the result cancels the attempt under way.
+
+        @raise NoBackendAvailable: (asynchronously) when every one failed.
+        """
+        return Deferred.fromCoroutine(self._connect(factory))
+
+    async def _connect(self, factory: Factory) -> IProtocol:
+        tried = []
+        for backend in self.candidates():
+            factory.backendName = backend.name  # type: ignore[attr-defined]
+            started = self._clock.seconds()
+            attempt = backend.endpoint.connect(factory)
+            attempt.addTimeout(self._connectTimeout, self._clock)
+            try:
+                protocol = await attempt
+            except CancelledError:
+                raise
+            except Exception as error:
+                backend.failed(self._clock.seconds())
+                backend.stats.connectFailed()
+                self.log.warn(
+                    "backend {backend} connect failed: {error}",
+                    backend=backend.name,
+                    error=_describe(error),
+                )
+                tried.append(backend.name)
+                continue
+            backend.succeeded()
+            backend.stats.connected(self._clock.seconds() - started)
+            return protocol
+        raise NoBackendAvailable("every backend failed: " + ", ".join(tried))
+
+
+def _describe(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

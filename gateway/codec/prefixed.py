@@ -1,0 +1,72 @@
+"""
+Framings that put each payload's length before it: C{int8}, C{int16}, C{int32}.
+"""
+
+import struct
+
+from gateway.codec._base import TOO_LONG, TRUNCATED, UNENCODABLE, FramingError
+
+_FORMATS = {1: ">B", 2: ">H", 4: ">I"}
+
+
+class LengthPrefixed:
+    """
+    An unsigned big-endian length of C{prefixSize} bytes, then the payload.
+    """
+
+    def __init__(self, prefixSize: int, maxSize: int) -> None:
+        self.name = f"int{prefixSize * 8}"
+        self.maxSize = maxSize
+        self.prefixSize = prefixSize
+        self.prefixLimit = 2 ** (prefixSize * 8) - 1
+        header = struct.Struct(_FORMATS[prefixSize])
+        self._unpackFrom = header.unpack_from
+        self._pack = header.pack
+
+    def decode(self, data: bytes) -> tuple[list[bytes], bytes]:
+        messages = []
+        append = messages.append
+        unpackFrom = self._unpackFrom
+        prefixSize = self.prefixSize
+        maxSize = self.maxSize
+        offset = 0
+        end = len(data)
+        while end - offset >= prefixSize:
+            (length,) = unpackFrom(data, offset)
+            if length > maxSize:
+                # Refused on the header alone, before buffering any body.
+                raise FramingError(
+                    TOO_LONG,
+                    f"{self.name} length {length} over the limit of {maxSize}",
+                    messages,
+                )
+            start = offset + prefixSize
+            stop = start + length
+            if stop > end:
+                break
+            append(data[start:stop])
+            offset = stop
+        return messages, data[offset:] if offset else data
+
+    def finish(self, rest: bytes) -> list[bytes]:
+        if rest:
+            raise FramingError(
+                TRUNCATED,
+                f"stream ended inside a {self.name} frame ({len(rest)} bytes)",
+            )
+        return []
+
+    def encode(self, messages: list[bytes]) -> bytes:
+        if messages and max(map(len, messages)) > self.prefixLimit:
+            good = []
+            for message in messages:
+                if len(message) > self.prefixLimit:
+                    break
+                good.append(message)
+            raise FramingError(
+                UNENCODABLE,
+                f"payload of {len(message)} bytes does not fit a {self.name} length",
+                good,
+            )
+        pack = self._pack
+        return b"".join([part for m in messages for part in (pack(len(m)), m)])

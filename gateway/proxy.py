@@ -1,0 +1,538 @@
+"""
+The translating proxy: every client connection gets its own backend connection.
+
+Bytes are translated per read chunk: a chunk is decoded into all the messages
+it completes, those are encoded for the other side and written with one call.
+Each transport is the streaming producer of the other, so a side that cannot
+keep up stops the gateway reading from the side that feeds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway import stats
+from gateway.codec import Framing, FramingError
+
+
+class Translator:
+    """
+    Turns one side's byte stream into the other side's, chunk by chunk.
+
+    It keeps the bytes of a message that is not complete yet; nothing else.
+    """
+
+    def __init__(self, decoder: Framing, encoder: Framing) -> None:
+        self._decoder = decoder
+        self._encoder = encoder
+        self._rest = b""
+
+    def feed(self, data: bytes) -> tuple[bytes, int, int]:
+        """
+        Translate one chunk.
+
+        @return: the bytes for the other side, how many messages they hold
+            and how many payload bytes.
+        @raise FramingError: when the chunk breaks either framing; the error's
+            C{salvage} holds the translation of the valid messages before it.
+        """
+        if self._rest:
+            data = self._rest + data
+        try:
+            messages, self._rest = self._decoder.decode(data)
+        except FramingError as error:
+            raise self._salvaged(error)
+        if not messages:
+            return b"", 0, 0
+        return self._encode(messages), len(messages), sum(map(len, messages))
+
+    def finish(self) -> tuple[bytes, int, int]:
+        """
+        Translate what is left once the sending side has ended its stream.
+        """
+        rest, self._rest = self._rest, b""
+        try:
+            messages = self._decoder.finish(rest)
+        except FramingError as error:
+            raise self._salvaged(error)
+        if not messages:
+            return b"", 0, 0
+        return self._encode(messages), len(messages), sum(map(len, messages))
+
+    def _encode(self, messages: list[bytes]) -> bytes:
+        try:
+            return self._encoder.encode(messages)
+        except FramingError as error:
+            raise self._salvaged(error)
+
+    def _salvaged(self, error: FramingError) -> FramingError:
+        # Messages that came before the bad ones were accepted: deliver them.
+        good = error.messages
+        try:
+            salvage = self._encoder.encode(good)
+        except FramingError as inner:
+            salvage = self._encoder.encode(inner.messages)
+            good = inner.messages
+        error.salvage = salvage  # type: ignore[attr-defined]
+        error.salvageCounts = (len(good), sum(map(len, good)))  # type: ignore[attr-defined]
+        return error
+
+
+def describeAddress(address: IAddress) -> str:
+    """
+    A short printable form of a peer's address, for logs only.
+    """
+    host = getattr(address, "host", None)
+    if host is not None:
+        if ":" in host:
+            return f"[{host}]:{address.port}"  # type: ignore[attr-defined]
+        return f"{host}:{address.port}"  # type: ignore[attr-defined]
+    name = getattr(address, "name", None)
+    if name:
+        return name.decode("utf-8", "replace") if isinstance(name, bytes) else name
+    return "unix" if name is not None else str(address)
+
+
+def _canHalfClose(transport: ITransport) -> bool:
+    # Twisted's TLS layer cannot shut only its write side (its
+    # loseWriteConnection would reach past TLS to the socket), so a TLS
+    # connection ends as a whole once everything written to it is sent.
+    return not isinstance(transport, TLSMemoryBIOProtocol) and hasattr(
+        transport, "loseWriteConnection"
+    )
+
+
+def _shutWrite(transport: ITransport) -> None:
+    # Its producer must be gone first: a transport that drains its buffer
+    # with a paused producer resumes that producer instead of shutting down.
+    if _canHalfClose(transport):
+        transport.loseWriteConnection()  # type: ignore[attr-defined]
+    else:
+        transport.loseConnection()
+
+
+class Connections:
+    """
+    Every open client connection of the gateway, across all listeners.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: set[ClientProtocol] = set()
+        self._emptyWaiters: list[Deferred[None]] = []
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def full(self) -> bool:
+        return len(self._open) >= self.limit
+
+    def add(self, connection: ClientProtocol) -> None:
+        self._open.add(connection)
+
+    def remove(self, connection: ClientProtocol) -> None:
+        self._open.discard(connection)
+        if not self._open:
+            waiters, self._emptyWaiters = self._emptyWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def whenEmpty(self) -> Deferred[None]:
+        """
+        A Deferred that fires once no connection is open.
+        """
+        if not self._open:
+            return Deferred.fromCoroutine(_nothing())
+        waiter: Deferred[None] = Deferred(self._emptyWaiters.remove)
+        self._emptyWaiters.append(waiter)
+        return waiter
+
+    def closeAll(self, reason: str) -> None:
+        """
+        End every open connection now, for C{reason}.
+        """
+        for connection in list(self._open):
+            connection.abort(reason)
+
+
+async def _nothing() -> None:
+    return None
+
+
+@implementer(IHalfCloseableProtocol)
+class BackendProtocol(Protocol):
+    """
+    The backend end of a pair: hands every event to its client protocol.
+    """
+
+    def __init__(self, client: ClientProtocol, backendName: str) -> None:
+        self.client = client
+        self.backendName = backendName
+
+    def connectionMade(self) -> None:
+        self.client.backendConnected(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.client.backendDataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        self.client.backendReadConnectionLost()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.client.backendConnectionLost(reason)
+
+
+class BackendFactory(Factory):
+    """
+    Builds the one backend protocol of one client connection.
+    """
+
+    noisy = False
+
+    def __init__(self, client: ClientProtocol) -> None:
+        self.client = client
+        self.backendName = ""
+
+    def buildProtocol(self, addr: IAddress) -> BackendProtocol:
+        return BackendProtocol(self.client, self.backendName)
+
+
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
+class ClientProtocol(Protocol, TimeoutMixin):
+    """
+    The client end of a pair, and the owner of the pair's life.
+
+    It opens the backend connection, translates in both directions, keeps
+    the pair's counts and chooses the one reason the pair ended for.
+    """
+
+    factory: ProxyFactory
+    backend: BackendProtocol | None = None
+    backendName = ""
+    closeReason: str | None = None
+    rejected = False
+    _connecting: Deferred[BackendProtocol] | None = None
+    _clientReadDone = False
+    _backendReadDone = False
+    _clientGone = False
+    _backendGone = True
+    _handshakeDone = False
+    _broken = False
+    _reported = False
+    _linked = False
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self.stats = factory.stats
+        self.stats.accepted()
+        if factory.connections.full():
+            self.rejected = True
+            self.stats.rejected()
+            self.transport.loseConnection()
+            return
+        factory.connections.add(self)
+        self.clock = factory.clock
+        self.callLater = factory.clock.callLater
+        self.startedAt = factory.clock.seconds()
+        self.clientAddress = describeAddress(self.transport.getPeer())
+        self.upstream = Translator(factory.clientFraming, factory.backendFraming)
+        self.downstream = Translator(factory.backendFraming, factory.clientFraming)
+        self.messagesUp = self.bytesUp = self.messagesDown = self.bytesDown = 0
+        self._pending: list[bytes] = []
+        self.setTimeout(factory.idleTimeout or None)
+        if not factory.tls:
+            self._connectBackend()
+
+    def handshakeCompleted(self) -> None:
+        self._handshakeDone = True
+        if not self._clientGone and not self._broken:
+            self._connectBackend()
+
+    def _connectBackend(self) -> None:
+        # Don't read anything until there is somewhere to send it.
+        self.transport.pauseProducing()
+        backendFactory = BackendFactory(self)
+        self._connecting = self.factory.connectBackend(backendFactory)
+        self._connecting.addCallbacks(self._backendAttemptDone, self._backendFailed)
+
+    def _backendAttemptDone(self, protocol: BackendProtocol) -> None:
+        self._connecting = None
+
+    def _backendFailed(self, failure: Failure) -> None:
+        self._connecting = None
+        if failure.check(CancelledError) or self._clientGone:
+            return
+        self.factory.log.warn(
+            "no backend for {client} on {listener}: {error}",
+            listener=self.factory.name,
+            client=self.clientAddress,
+            error=failure.getErrorMessage(),
+        )
+        self.abort(stats.BACKEND_UNAVAILABLE)
+
+    def backendConnected(self, backend: BackendProtocol) -> None:
+        """
+        The backend connection is up: start the flow both ways.
+        """
+        self.backendName = backend.backendName
+        if self._clientGone or self._broken:
+            backend.transport.abortConnection()
+            return
+        self.backend = backend
+        self._backendGone = False
+        backendTransport = backend.transport
+        self.transport.registerProducer(backendTransport, True)
+        backendTransport.registerProducer(self.transport, True)
+        self._linked = True
+        if self._pending:
+            backendTransport.write(b"".join(self._pending))
+            self._pending = []
+        if self._clientReadDone:
+            self._unlink()
+            _shutWrite(backendTransport)
+        else:
+            self.transport.resumeProducing()
+
+    def _unlink(self) -> None:
+        """
+        Undo the producer registrations, as a side stops reading or closes.
+        """
+        if self._linked:
+            self._linked = False
+            self.transport.unregisterProducer()
+            if not self._backendGone:
+                self.backend.transport.unregisterProducer()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._broken:
+            return
+        try:
+            out, messages, payload = self.upstream.feed(data)
+        except FramingError as error:
+            self._sendUpstream(error.salvage, *error.salvageCounts)
+            self._protocolError(stats.CLIENT, error)
+            return
+        if messages:
+            self._sendUpstream(out, messages, payload)
+        self.resetTimeout()
+
+    def _sendUpstream(self, out: bytes, messages: int, payload: int) -> None:
+        if not messages:
+            return
+        if self.backend is None:
+            self._pending.append(out)
+        else:
+            self.backend.transport.write(out)
+        self.messagesUp += messages
+        self.bytesUp += payload
+        self.stats.upstream(messages, payload)
+
+    def backendDataReceived(self, data: bytes) -> None:
+        if self._broken:
+            return
+        try:
+            out, messages, payload = self.downstream.feed(data)
+        except FramingError as error:
+            self._sendDownstream(error.salvage, *error.salvageCounts)
+            self._protocolError(stats.BACKEND, error)
+            return
+        if messages:
+            self._sendDownstream(out, messages, payload)
+        self.resetTimeout()
+
+    def _sendDownstream(self, out: bytes, messages: int, payload: int) -> None:
+        if not messages:
+            return
+        self.transport.write(out)
+        self.messagesDown += messages
+        self.bytesDown += payload
+        self.stats.downstream(messages, payload)
+
+    def readConnectionLost(self) -> None:
+        """
+        The client shut its write side: deliver the rest, then pass it on.
+        """
+        self._noteReason(stats.CLIENT_CLOSED)
+        self._clientReadDone = True
+        if self._broken:
+            return
+        try:
+            out, messages, payload = self.upstream.finish()
+        except FramingError as error:
+            self._sendUpstream(error.salvage, *error.salvageCounts)
+            self._protocolError(stats.CLIENT, error)
+            return
+        self._sendUpstream(out, messages, payload)
+        if self.backend is not None:
+            self._unlink()
+            _shutWrite(self.backend.transport)
+        self._endIfBothDone()
+
+    def backendReadConnectionLost(self) -> None:
+        """
+        The backend shut its write side: deliver the rest, then pass it on.
+        """
+        self._noteReason(stats.BACKEND_CLOSED)
+        self._backendReadDone = True
+        if self._broken:
+            return
+        try:
+            out, messages, payload = self.downstream.finish()
+        except FramingError as error:
+            self._sendDownstream(error.salvage, *error.salvageCounts)
+            self._protocolError(stats.BACKEND, error)
+            return
+        self._sendDownstream(out, messages, payload)
+        self._unlink()
+        _shutWrite(self.transport)
+        self._endIfBothDone()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def _endIfBothDone(self) -> None:
+        if self._clientReadDone and self._backendReadDone:
+            self._closeBoth(abort=False)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.rejected:
+            return
+        self.setTimeout(None)
+        self._clientGone = True
+        if self.factory.tls and not self._handshakeDone:
+            self.stats.tlsHandshakeFailed()
+            self._noteReason(stats.TLS_ERROR)
+        self._noteReason(stats.CLIENT_CLOSED)
+        if self._connecting is not None:
+            self._connecting.cancel()
+        self._unlink()
+        if self.backend is not None and not self._backendGone:
+            self.backend.transport.loseConnection()
+        self._maybeReport()
+
+    def backendConnectionLost(self, reason: Failure) -> None:
+        self._unlink()
+        self._backendGone = True
+        self._noteReason(stats.BACKEND_CLOSED)
+        if not self._clientGone:
+            self.transport.loseConnection()
+        self._maybeReport()
+
+    def timeoutConnection(self) -> None:
+        self.abort(stats.IDLE_TIMEOUT)
+
+    def abort(self, reason: str) -> None:
+        """
+        End the pair now, dropping whatever is not yet sent, for C{reason}.
+        """
+        self._noteReason(reason)
+        self._closeBoth(abort=True)
+
+    def _protocolError(self, peer: str, error: FramingError) -> None:
+        self.stats.protocolError(peer, error.reason)
+        self.factory.log.warn(
+            "protocol error from {peer} {client} on {listener}: {error}",
+            peer=peer,
+            client=self.clientAddress,
+            listener=self.factory.name,
+            reason=error.reason,
+            error=error.detail,
+        )
+        self._noteReason(stats.PROTOCOL_ERROR)
+        self._closeBoth(abort=False)
+
+    def _noteReason(self, reason: str) -> None:
+        if self.closeReason is None:
+            self.closeReason = reason
+
+    def _closeBoth(self, abort: bool) -> None:
+        # Whatever either side sends from now on is not translated.
+        self._broken = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+        self._unlink()
+        transports = [self.transport]
+        if self.backend is not None and not self._backendGone:
+            transports.append(self.backend.transport)
+        for transport in transports:
+            if abort:
+                transport.abortConnection()
+            else:
+                transport.loseConnection()
+
+    def _maybeReport(self) -> None:
+        if self._reported or not (self._clientGone and self._backendGone):
+            return
+        self._reported = True
+        duration = self.clock.seconds() - self.startedAt
+        reason = self.closeReason or stats.CLIENT_CLOSED
+        self.stats.closed(reason, duration)
+        self.factory.log.info(
+            "closed {listener} {client} via {backend} after {duration:.3f}s:"
+            " {messagesUp} messages ({bytesUp} bytes) up,"
+            " {messagesDown} messages ({bytesDown} bytes) down, {reason}",
+            listener=self.factory.name,
+            client=self.clientAddress,
+            backend=self.backendName or "none",
+            duration=duration,
+            messagesUp=self.messagesUp,
+            bytesUp=self.bytesUp,
+            messagesDown=self.messagesDown,
+            bytesDown=self.bytesDown,
+            reason=reason,
+        )
+        self.factory.connections.remove(self)
+
+
+class ProxyFactory(Factory):
+    """
+    The client connections of one listener.
+
+    @ivar name: the listener's label in metrics and logs (C{tcp:7000}).
+    @ivar tls: whether connections arrive through TLS, in which case the
+        backend is connected only once the handshake has completed.
+    """
+
+    protocol = ClientProtocol
+    noisy = False
+    log = Logger(namespace="gateway.proxy")
+
+    def __init__(
+        self,
+        name: str,
+        clientFraming: Framing,
+        backendFraming: Framing,
+        connectBackend: Callable[[BackendFactory], Deferred[BackendProtocol]],
+        connections: Connections,
+        clock: IReactorTime,
+        stats: stats.ListenerStats,
+        idleTimeout: float = 0,
+        tls: bool = False,
+    ) -> None:
+        self.name = name
+        self.clientFraming = clientFraming
+        self.backendFraming = backendFraming
+        self.connectBackend = connectBackend
+        self.connections = connections
+        self.clock = clock
+        self.stats = stats
+        self.idleTimeout = idleTimeout
+        self.tls = tls

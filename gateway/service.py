@@ -1,0 +1,182 @@
+"""
+The services twistd runs: one per listener, and the gateway that holds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway import stats
+from gateway.proxy import Connections, describeAddress
+
+
+class ListenFailed(SystemExit):
+    """
+    A listener could not be bound: startup ends with this one line.
+
+    It is a L{SystemExit} so that twistd, which calls
+    C{privilegedStartService} before its reactor runs, exits with a clear
+    message and no traceback.
+    """
+
+
+class ListenerService(Service):
+    """
+    Listens on one endpoint, binding as early as twistd allows.
+
+    Binding happens in C{privilegedStartService} (before twistd drops
+    privileges), and a failure there is raised at once: a gateway that cannot
+    listen where it was told must not start at all.
+    """
+
+    log = Logger(namespace="gateway.service")
+    port: IListeningPort | None = None
+
+    def __init__(
+        self,
+        name: str,
+        option: str,
+        description: str,
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
+    ) -> None:
+        self.name = name
+        self.option = option
+        self.description = description
+        self.endpoint = endpoint
+        self.factory = factory
+        self._listening: Deferred[IListeningPort] | None = None
+        self.bound: Deferred[None] = Deferred()
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        self._listen()
+
+    def _listen(self) -> None:
+        if self._listening is not None:
+            return
+        self._listening = self.endpoint.listen(self.factory)
+        outcome: list[object] = []
+        self._listening.addBoth(outcome.append)
+        if outcome and isinstance(outcome[0], Failure):
+            raise ListenFailed(self._failureLine(outcome[0]))
+        if outcome:
+            self._bound(outcome[0])  # type: ignore[arg-type]
+        else:
+            # An endpoint that binds later: report when it is done.
+            self._listening.addCallbacks(self._bound, self._failedLate)
+
+    def _failureLine(self, failure: Failure) -> str:
+        return (
+            f"gateway: {self.option} {self.description}: cannot listen:"
+            f" {failure.getErrorMessage()}"
+        )
+
+    def _bound(self, port: IListeningPort) -> None:
+        self.port = port
+        self.log.info(
+            "listening on {listener} at {address}",
+            listener=self.name,
+            address=describeAddress(port.getHost()),
+        )
+        self.bound.callback(None)
+
+    def _failedLate(self, failure: Failure) -> None:
+        self.log.critical("{line}", line=self._failureLine(failure))
+        self.bound.errback(failure)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return maybeDeferred(port.stopListening)
+        return None
+
+
+class GatewayService(MultiService):
+    """
+    Everything one gateway runs, stopped in the order a graceful stop needs.
+
+    Stopping first closes every listener (the kernel then refuses new
+    connections), then lets open connections finish for the drain timeout,
+    then ends the ones left, and only then stops the other services (the
+    demo backend among them), which open connections may still be using.
+    """
+
+    log = Logger(namespace="gateway.service")
+
+    def __init__(
+        self,
+        connections: Connections,
+        clock: IReactorTime,
+        drainTimeout: float,
+    ) -> None:
+        super().__init__()
+        self.connections = connections
+        self.clock = clock
+        self.drainTimeout = drainTimeout
+        self.draining = False
+        self.drainingHooks: list[Callable[[], None]] = []
+
+    def listeners(self) -> list[ListenerService]:
+        return [child for child in self if isinstance(child, ListenerService)]
+
+    def ready(self) -> bool:
+        """
+        Whether every listener is bound and the gateway is not draining.
+        """
+        return (
+            self.running
+            and not self.draining
+            and all(listener.port is not None for listener in self.listeners())
+        )
+
+    def whenBound(self) -> Deferred[list[None]]:
+        """
+        A Deferred that fires once every listener is bound.
+        """
+        return gatherResults([listener.bound for listener in self.listeners()])
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        listeners = self.listeners()
+        await gatherResults([maybeDeferred(s.stopService) for s in listeners])
+        self.draining = True
+        for hook in self.drainingHooks:
+            hook()
+        if len(self.connections):
+            self.log.info(
+                "draining {count} connections for up to {timeout}s",
+                count=len(self.connections),
+                timeout=self.drainTimeout,
+            )
+            drained = self.connections.whenEmpty()
+            drained.addTimeout(self.drainTimeout, self.clock, lambda result, t: None)
+            await drained
+        if len(self.connections):
+            self.log.info(
+                "drain timeout: closing {count} connections",
+                count=len(self.connections),
+            )
+            self.connections.closeAll(stats.SHUTDOWN)
+            await self.connections.whenEmpty()
+        others = [s for s in reversed(list(self)) if s not in listeners]
+        await gatherResults([maybeDeferred(IService(s).stopService) for s in others])

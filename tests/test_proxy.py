@@ -1,0 +1,376 @@
+"""
+Tests for L{gateway.proxy}: one client/backend pair driven by hand.
+"""
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway import stats
+from gateway.codec import framing
+from gateway.proxy import Connections, ProxyFactory, Translator
+
+LIMIT = 100
+
+
+class HalfCloseableTransport(StringTransportWithDisconnection):
+    """
+    A string transport that remembers a shut write side.
+    """
+
+    writeClosed = False
+
+    def loseWriteConnection(self):
+        self.writeClosed = True
+
+
+class RecordingStats:
+    """
+    A L{stats.ListenerStats} that writes down every event.
+    """
+
+    def __init__(self):
+        self.events = []
+
+    def __getattr__(self, name):
+        return lambda *args: self.events.append((name, *args))
+
+    def named(self, name):
+        return [event[1:] for event in self.events if event[0] == name]
+
+
+class Harness:
+    """
+    A proxy factory whose backend connections the test completes by hand.
+    """
+
+    def __init__(self, limit=10, idleTimeout=0, clientFraming="lf"):
+        self.clock = Clock()
+        self.stats = RecordingStats()
+        self.connections = Connections(limit)
+        self.attempts = []
+        self.cancelled = []
+        self.factory = ProxyFactory(
+            "tcp:7000",
+            framing(clientFraming, LIMIT),
+            framing("int32", LIMIT),
+            self._connectBackend,
+            self.connections,
+            self.clock,
+            self.stats,
+            idleTimeout=idleTimeout,
+        )
+
+    def _connectBackend(self, backendFactory):
+        backendFactory.backendName = "tcp:backend:9000"
+        attempt = Deferred(lambda d: self.cancelled.append(backendFactory))
+        self.attempts.append((backendFactory, attempt))
+        return attempt
+
+    def connectClient(self):
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 5000))
+        transport = HalfCloseableTransport(
+            peerAddress=IPv4Address("TCP", "192.0.2.1", 5000)
+        )
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def connectBackend(self, index=0):
+        backendFactory, attempt = self.attempts[index]
+        protocol = backendFactory.buildProtocol(None)
+        transport = HalfCloseableTransport()
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        attempt.callback(protocol)
+        return protocol, transport
+
+    def pair(self):
+        client, clientTransport = self.connectClient()
+        backend, backendTransport = self.connectBackend(len(self.attempts) - 1)
+        return client, clientTransport, backend, backendTransport
+
+
+def frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + payload
+
+
+class TranslatorTests(SynchronousTestCase):
+    def test_chunked(self):
+        """
+        Messages split across chunks come out whole, with their counts.
+        """
+        translator = Translator(framing("lf", LIMIT), framing("int32", LIMIT))
+        self.assertEqual(translator.feed(b"ab"), (b"", 0, 0))
+        self.assertEqual(translator.feed(b"c\n\nd"), (frame(b"abc") + frame(b""), 2, 3))
+        self.assertEqual(translator.finish(), (frame(b"d"), 1, 1))
+
+    def test_salvage(self):
+        """
+        A bad message fails the chunk, but the ones before it are salvaged.
+        """
+        from gateway.codec import FramingError
+
+        translator = Translator(framing("int32", LIMIT), framing("lf", LIMIT))
+        error = self.assertRaises(
+            FramingError, translator.feed, frame(b"ok") + frame(b"a\nb") + frame(b"x")
+        )
+        self.assertEqual(error.reason, "unencodable")
+        self.assertEqual((error.salvage, error.salvageCounts), (b"ok\n", (1, 2)))
+
+
+class ConnectTests(SynchronousTestCase):
+    def test_pausedUntilBackendConnected(self):
+        """
+        The client is not read until the backend exists; then both transports
+        are registered as each other's streaming producers.
+        """
+        harness = Harness()
+        client, clientTransport = harness.connectClient()
+        self.assertEqual(clientTransport.producerState, "paused")
+        self.assertEqual(len(harness.attempts), 1)
+        backend, backendTransport = harness.connectBackend()
+        self.assertEqual(clientTransport.producerState, "producing")
+        self.assertIs(clientTransport.producer, backendTransport)
+        self.assertTrue(clientTransport.streaming)
+        self.assertIs(backendTransport.producer, clientTransport)
+        self.assertTrue(backendTransport.streaming)
+
+    def test_earlyDataDelivered(self):
+        """
+        Bytes that arrive before the backend is connected are sent once it is.
+        """
+        harness = Harness()
+        client, clientTransport = harness.connectClient()
+        client.dataReceived(b"early\n")
+        backend, backendTransport = harness.connectBackend()
+        self.assertEqual(backendTransport.value(), frame(b"early"))
+
+    def test_backendUnavailable(self):
+        """
+        A failed backend connection closes the client, with that reason.
+        """
+        harness = Harness()
+        client, clientTransport = harness.connectClient()
+        harness.attempts[0][1].errback(ConnectionRefusedError())
+        self.assertFalse(clientTransport.connected)
+        self.assertEqual(
+            harness.stats.named("closed"), [(stats.BACKEND_UNAVAILABLE, 0.0)]
+        )
+        self.assertEqual(len(harness.connections), 0)
+
+    def test_clientGoneWhileConnecting(self):
+        """
+        A client that leaves before its backend connects cancels the attempt.
+        """
+        harness = Harness()
+        client, clientTransport = harness.connectClient()
+        clientTransport.loseConnection()
+        self.assertEqual(harness.cancelled, [harness.attempts[0][0]])
+        self.assertEqual(harness.stats.named("closed"), [(stats.CLIENT_CLOSED, 0.0)])
+
+    def test_connectionLimit(self):
+        """
+        Past the limit, a connection is accepted, counted and closed at once,
+        and never reaches a backend.
+        """
+        harness = Harness(limit=1)
+        harness.connectClient()
+        client, clientTransport = harness.connectClient()
+        self.assertFalse(clientTransport.connected)
+        self.assertEqual(len(harness.attempts), 1)
+        self.assertEqual(
+            [event[0] for event in harness.stats.events],
+            ["accepted", "accepted", "rejected"],
+        )
+        self.assertEqual(len(harness.connections), 1)
+
+
+class TranslationTests(SynchronousTestCase):
+    def test_bothWays(self):
+        """
+        Each direction is translated per chunk and counted once per chunk.
+        """
+        harness = Harness()
+        client, clientTransport, backend, backendTransport = harness.pair()
+        client.dataReceived(b"a\n\nbc\n")
+        self.assertEqual(
+            backendTransport.value(), frame(b"a") + frame(b"") + frame(b"bc")
+        )
+        backend.dataReceived(frame(b"x") + frame(b"yz")[:3])
+        backend.dataReceived(frame(b"yz")[3:])
+        self.assertEqual(clientTransport.value(), b"x\nyz\n")
+        self.assertEqual(harness.stats.named("upstream"), [(3, 3)])
+        self.assertEqual(harness.stats.named("downstream"), [(1, 1), (1, 2)])
+
+    def test_clientProtocolError(self):
+        """
+        An oversized client message closes the pair; the messages before it
+        in the same chunk are still delivered.
+        """
+        harness = Harness()
+        client, clientTransport, backend, backendTransport = harness.pair()
+        client.dataReceived(b"ok\n" + b"x" * (LIMIT + 1) + b"\n")
+        self.assertEqual(backendTransport.value(), frame(b"ok"))
+        self.assertFalse(clientTransport.connected)
+        self.assertFalse(backendTransport.connected)
+        self.assertEqual(
+            harness.stats.named("protocolError"), [(stats.CLIENT, "too_long")]
+        )
+        self.assertEqual(harness.stats.named("closed"), [(stats.PROTOCOL_ERROR, 0.0)])
+
+    def test_backendProtocolError(self):
+        """
+        A backend payload the client framing cannot carry is the backend's
+        protocol error.
+        """
+        harness = Harness()
+        client, clientTransport, backend, backendTransport = harness.pair()
+        backend.dataReceived(frame(b"fine") + frame(b"two\nlines"))
+        self.assertEqual(clientTransport.value(), b"fine\n")
+        self.assertEqual(
+            harness.stats.named("protocolError"), [(stats.BACKEND, "unencodable")]
+        )
+        self.assertEqual(harness.stats.named("closed"), [(stats.PROTOCOL_ERROR, 0.0)])
+
+    def test_otherPairsUntouched(self):
+        """
+        A protocol error on one pair leaves another pair working.
+        """
+        harness = Harness()
+        bad = harness.pair()
+        good = harness.pair()
+        bad[0].dataReceived(b"x" * (LIMIT + 1))
+        good[0].dataReceived(b"still\n")
+        self.assertTrue(good[1].connected)
+        self.assertEqual(good[3].value(), frame(b"still"))
+
+
+class HalfCloseTests(SynchronousTestCase):
+    def test_clientHalfClose(self):
+        """
+        A client that shuts its write side has its unterminated last line
+        delivered, the backend's write side shut, and still gets the replies.
+        """
+        harness = Harness()
+        client, clientTransport, backend, backendTransport = harness.pair()
+        client.dataReceived(b"a\nb")
+        client.readConnectionLost()
+        self.assertEqual(backendTransport.value(), frame(b"a") + frame(b"b"))
+        self.assertTrue(backendTransport.writeClosed)
+        self.assertIsNone(backendTransport.producer)
+        backend.dataReceived(frame(b"A") + frame(b"B"))
+        backend.readConnectionLost()
+        self.assertEqual(clientTransport.value(), b"A\nB\n")
+        self.assertFalse(clientTransport.connected)
+        self.assertFalse(backendTransport.connected)
+        self.assertEqual(harness.stats.named("closed"), [(stats.CLIENT_CLOSED, 0.0)])
+
+    def test_backendHalfClose(self):
+        """
+        A backend that shuts its write side: the client's write side is shut
+        and the client's remaining messages still reach the backend.
+        """
+        harness = Harness()
+        client, clientTransport, backend, backendTransport = harness.pair()
+        backend.dataReceived(frame(b"bye"))
+        backend.readConnectionLost()
+        self.assertEqual(clientTransport.value(), b"bye\n")
+        self.assertTrue(clientTransport.writeClosed)
+        client.dataReceived(b"late\n")
+        self.assertEqual(backendTransport.value(), frame(b"late"))
+        client.readConnectionLost()
+        self.assertFalse(clientTransport.connected)
+        self.assertEqual(harness.stats.named("closed"), [(stats.BACKEND_CLOSED, 0.0)])
+
+    def test_halfCloseBeforeBackendConnected(self):
+        """
+        A client that sends and shuts its side before the backend is connected
+        still has everything delivered, then the backend's side shut.
+        """
+        harness = Harness()
+        client, clientTransport = harness.connectClient()
+        client.dataReceived(b"quick")
+        client.readConnectionLost()
+        backend, backendTransport = harness.connectBackend()
+        self.assertEqual(backendTransport.value(), frame(b"quick"))
+        self.assertTrue(backendTransport.writeClosed)
+
+    def test_truncatedBackendFrame(self):
+        """
+        A backend that ends inside a frame has broken the framing.
+        """
+        harness = Harness()
+        client, clientTransport, backend, backendTransport = harness.pair()
+        backend.dataReceived(frame(b"whole") + frame(b"partial")[:6])
+        backend.readConnectionLost()
+        self.assertEqual(clientTransport.value(), b"whole\n")
+        self.assertEqual(
+            harness.stats.named("protocolError"), [(stats.BACKEND, "truncated")]
+        )
+
+
+class TimeoutTests(SynchronousTestCase):
+    def test_idle(self):
+        """
+        No bytes either way for the idle timeout closes the pair; a byte in
+        either direction starts the wait again.
+        """
+        harness = Harness(idleTimeout=10)
+        client, clientTransport, backend, backendTransport = harness.pair()
+        harness.clock.advance(9)
+        backend.dataReceived(frame(b"x"))
+        harness.clock.advance(9)
+        client.dataReceived(b"y\n")
+        harness.clock.advance(9)
+        self.assertTrue(clientTransport.connected)
+        harness.clock.advance(1)
+        self.assertFalse(clientTransport.connected)
+        self.assertFalse(backendTransport.connected)
+        self.assertEqual(harness.stats.named("closed"), [(stats.IDLE_TIMEOUT, 28.0)])
+
+    def test_idleWhileConnecting(self):
+        """
+        The idle timeout also ends a client whose backend never answers.
+        """
+        harness = Harness(idleTimeout=5)
+        client, clientTransport = harness.connectClient()
+        harness.clock.advance(5)
+        self.assertFalse(clientTransport.connected)
+        self.assertEqual(harness.cancelled, [harness.attempts[0][0]])
+        self.assertEqual(harness.stats.named("closed"), [(stats.IDLE_TIMEOUT, 5.0)])
+
+
+class ConnectionsTests(SynchronousTestCase):
+    def test_closeAll(self):
+        """
+        Closing all ends every pair with the reason given, and L{whenEmpty}
+        fires once they are gone.
+        """
+        harness = Harness()
+        first = harness.pair()
+        harness.connectClient()
+        emptied = harness.connections.whenEmpty()
+        self.assertNoResult(emptied)
+        harness.connections.closeAll(stats.SHUTDOWN)
+        self.successResultOf(emptied)
+        self.assertFalse(first[3].connected)
+        self.assertEqual(
+            [reason for reason, _ in harness.stats.named("closed")],
+            [stats.SHUTDOWN, stats.SHUTDOWN],
+        )
+
+    def test_whenEmptyCancelled(self):
+        """
+        A cancelled wait is forgotten, so emptying later does not fail.
+        """
+        harness = Harness()
+        client, clientTransport, _, _ = harness.pair()
+        waiting = harness.connections.whenEmpty()
+        waiting.cancel()
+        self.failureResultOf(waiting)
+        clientTransport.loseConnection()
+        self.assertEqual(len(harness.connections), 0)
