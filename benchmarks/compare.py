@@ -42,7 +42,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks import peers
-from benchmarks.processes import Child, ChildError, cpu_seconds, memory_kib
+from benchmarks.processes import (
+    Child,
+    ChildError,
+    all_cpu_seconds,
+    cpu_elsewhere,
+    cpu_seconds,
+    memory_kib,
+)
 from benchmarks.util import raise_nofile_limit
 
 
@@ -74,6 +81,9 @@ SETTLE = {"full": 1.0, "quick": 0.2}
 WINDOW_LINE = re.compile(r'^\{"event": "window".*\}$')
 RESULT_LINE = re.compile(r'^\{"event": "result".*\}$')
 READY_LINE = re.compile(r'^\{"event": "ready".*\}$')
+# CPU % used by processes outside the benchmark above which a run is
+# flagged as disturbed (other sessions, kernel threads).
+NOISY = 15.0
 # Beyond the run's own duration, how long a load generator may take.
 LOADGEN_SLACK = 60.0
 IDLE_OPEN_TIMEOUT = 300.0
@@ -97,6 +107,7 @@ class Run:
     proxy_cpu: float = math.nan
     backend_cpu: float = math.nan
     loadgen_cpu: float = math.nan
+    other_cpu: float = math.nan
     peak_rss_kib: float = math.nan
     errors: int = 0
     error_details: list[str] = field(default_factory=list)
@@ -209,12 +220,16 @@ def measure(
         )
         window = json.loads(loadgen.wait_for(WINDOW_LINE, LOADGEN_SLACK)[0])
         watched = {"proxy": peer.pid, "backend": echo.pid}
+        ours = {os.getpid(), echo.pid, loadgen.pid} | {peer.pid or echo.pid}
         sleep_until(window["start"])
         began = time.monotonic()
         before = {k: cpu_seconds(pid) for k, pid in watched.items() if pid}
+        everyone = all_cpu_seconds()
         sleep_until(window["end"])
         after = {k: cpu_seconds(pid) for k, pid in watched.items() if pid}
+        elsewhere = cpu_elsewhere(everyone, all_cpu_seconds(), ours)
         elapsed = time.monotonic() - began
+        run.other_cpu = 100 * elsewhere / elapsed
         result = json.loads(
             loadgen.wait_for(RESULT_LINE, plan.duration + LOADGEN_SLACK)[0]
         )
@@ -348,6 +363,8 @@ def describe(run: Run, reps: int) -> str:
     text = f"{where}: {run.msg_per_s:,.0f} msg/s"
     if not math.isnan(run.proxy_cpu):
         text += f", proxy CPU {run.proxy_cpu:.0f}%"
+    if run.other_cpu > NOISY:
+        text += f", DISTURBED: other processes used {run.other_cpu:.0f}% CPU"
     if not math.isnan(run.p50_us):
         text += f", p50 {run.p50_us:.0f} us, p99 {run.p99_us:.0f} us"
     if run.errors:
@@ -424,7 +441,8 @@ def report(
         out.append("")
         header = ["peer", "client framing", "msg/s"]
         header += ["p50 µs", "p99 µs", "p999 µs"] if latency else ["payload MB/s"]
-        header += ["proxy CPU %", "echo CPU %", "loadgen CPU %", "peak RSS MiB"]
+        header += ["proxy CPU %", "echo CPU %", "loadgen CPU %", "other CPU % (max)"]
+        header += ["peak RSS MiB"]
         header += ["errors"]
         rows = []
         for name in plan.peers:
@@ -448,6 +466,7 @@ def report(
                 number(stat(selected, lambda r: r.proxy_cpu)),
                 number(stat(selected, lambda r: r.backend_cpu)),
                 number(stat(selected, lambda r: r.loadgen_cpu)),
+                number(max((r.other_cpu for r in selected if r.ok), default=math.nan)),
                 number(stat(selected, lambda r: r.peak_rss_kib), 1, 1024),
             ]
             row.append(f"{errors}" + (f" ({failed} run(s) failed)" if failed else ""))
@@ -467,18 +486,22 @@ def report(
             mine = {r.rep: r for r in cell(scenario, baseline) if r.ok}
             for name in others:
                 theirs = {r.rep: r for r in cell(scenario, name) if r.ok}
-                ratios = [
-                    mine[i].msg_per_s / theirs[i].msg_per_s
-                    if i in mine and i in theirs and theirs[i].msg_per_s
-                    else math.nan
-                    for i in range(plan.reps)
-                ]
-                rows.append(
-                    [scenario.key, name]
-                    + [number(x, 2) for x in ratios]
-                    + [number(median(ratios), 2)]
-                )
+                ratios = []
+                cells = []
+                for i in range(plan.reps):
+                    if i in mine and i in theirs and theirs[i].msg_per_s:
+                        ratios.append(mine[i].msg_per_s / theirs[i].msg_per_s)
+                        noisy = max(mine[i].other_cpu, theirs[i].other_cpu) > NOISY
+                        cells.append(number(ratios[-1], 2) + (" *" if noisy else ""))
+                    else:
+                        cells.append("-")
+                rows.append([scenario.key, name, *cells, number(median(ratios), 2)])
         out += table(header, rows)
+        out.append("")
+        out.append(
+            f"\\* other processes used more than {NOISY:g} % CPU during one of "
+            "the two runs: that ratio is suspect."
+        )
         out.append("")
 
     if idle_runs:

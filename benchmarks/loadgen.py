@@ -452,6 +452,26 @@ def run(config: Config, start_at: float, end_at: float) -> dict:
     return summarize(config, parts)
 
 
+def _finish(stop: "asyncio.Future[None]") -> None:
+    if not stop.done():
+        stop.set_result(None)
+
+
+class _EndOfInput(asyncio.Protocol):
+    """
+    Ends idle mode when stdin closes, without a thread blocked on it.
+    """
+
+    def __init__(self, stop: "asyncio.Future[None]") -> None:
+        self.stop = stop
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        _finish(self.stop)
+
+
 async def hold_idle(config: Config) -> dict:
     """
     Open C{config.connections} idle pairs through the proxy, announce them,
@@ -486,12 +506,13 @@ async def hold_idle(config: Config) -> dict:
         "errors": sum(tally.errors.values()),
     }
     print(json.dumps(ready), flush=True)
-    stop = loop.create_future()
-    loop.add_signal_handler(
-        signal.SIGTERM, lambda: stop.done() or stop.set_result(None)
-    )
-    stdin_closed = loop.run_in_executor(None, sys.stdin.buffer.read)
-    await asyncio.wait([stop, stdin_closed], return_when=asyncio.FIRST_COMPLETED)
+    stop: asyncio.Future[None] = loop.create_future()
+    loop.add_signal_handler(signal.SIGTERM, _finish, stop)
+    try:
+        await loop.connect_read_pipe(lambda: _EndOfInput(stop), sys.stdin)
+    except (OSError, ValueError):
+        pass  # stdin is not a pipe, terminal or socket: wait for SIGTERM
+    await stop
     for client in clients:
         client.close()
     await asyncio.sleep(0)

@@ -163,6 +163,43 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def all_cpu_seconds() -> dict[int, tuple[int, float]]:
+    """
+    Every process's parent pid and CPU time (see L{cpu_seconds}), by pid.
+    Processes that end while this reads are left out.
+    """
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        found[int(entry.name)] = (int(fields[1]), cpu)
+    return found
+
+
+def cpu_elsewhere(
+    before: dict[int, tuple[int, float]],
+    after: dict[int, tuple[int, float]],
+    ours: set[int],
+) -> float:
+    """
+    CPU seconds used between two L{all_cpu_seconds} snapshots by processes
+    other than C{ours} and their children: a measure of interference.
+    """
+    total = 0.0
+    for pid, (parent, cpu) in after.items():
+        if pid in ours or parent in ours:
+            continue
+        total += cpu - before.get(pid, (parent, 0.0))[1]
+    return total
+
+
 def memory_kib(pid: int, key: str = "VmRSS") -> int:
     """
     A memory figure of a process from /proc/PID/status (VmRSS, VmHWM, ...).

@@ -397,6 +397,28 @@ class LoadgenRunTests(SynchronousTestCase):
         self.assertGreater(result["latency_us"]["samples"], 0)
         self.assertLessEqual(result["latency_us"]["p50"], result["latency_us"]["p99"])
 
+    def test_idle(self) -> None:
+        """
+        Idle mode opens its connections, says so, and holds them until its
+        stdin closes.
+        """
+        echo = start(self, "echo", "benchmarks.echo_backend")
+        child = Child(
+            "idle loadgen",
+            [sys.executable, "-m", "benchmarks.loadgen", "--port", str(echo)]
+            + ["--framing", "int32", "--mode", "idle", "--connections", "5"],
+            cwd=str(ROOT),
+            stdin=subprocess.PIPE,
+        )
+        self.addCleanup(child.stop)
+        ready = json.loads(child.wait_for(compare.READY_LINE, DEADLINE)[0])
+        self.assertEqual((ready["connections"], ready["errors"]), (5, 0))
+        assert child.process.stdin is not None
+        child.process.stdin.close()
+        result = json.loads(child.wait_for(compare.RESULT_LINE, DEADLINE)[0])
+        self.assertEqual(child.wait(DEADLINE), 0)
+        self.assertEqual((result["opened"], result["errors"]), (5, 0))
+
 
 class HarnessTests(SynchronousTestCase):
     """
@@ -420,6 +442,25 @@ class HarnessTests(SynchronousTestCase):
         self.assertEqual(
             [compare.rotated(names, rep)[0] for rep in range(4)], ["a", "b", "c", "a"]
         )
+
+    def test_compare(self) -> None:
+        """
+        The comparison script, cut down to one short run and a few idle
+        pairs, reports the peer it ran.
+        """
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.compare", "--peers", "naive"]
+            + ["--scenarios", "c", "--reps", "1", "--duration", "0.3"]
+            + ["--warmup", "0.1", "--idle-pairs", "20"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE * 6,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("## c. req/resp", done.stdout)
+        self.assertIn("| naive | lf |", done.stdout)
+        self.assertIn("## Idle pairs (20 client+backend pairs)", done.stdout)
 
     def test_report(self) -> None:
         """
