@@ -46,8 +46,9 @@ from benchmarks.processes import (
     Child,
     ChildError,
     all_cpu_seconds,
-    cpu_elsewhere,
+    cpu_of,
     cpu_seconds,
+    machine_cpu_seconds,
     memory_kib,
 )
 from benchmarks.util import raise_nofile_limit
@@ -224,12 +225,13 @@ def measure(
         sleep_until(window["start"])
         began = time.monotonic()
         before = {k: cpu_seconds(pid) for k, pid in watched.items() if pid}
-        everyone = all_cpu_seconds()
+        everyone, machine = all_cpu_seconds(), machine_cpu_seconds()
         sleep_until(window["end"])
         after = {k: cpu_seconds(pid) for k, pid in watched.items() if pid}
-        elsewhere = cpu_elsewhere(everyone, all_cpu_seconds(), ours)
+        machine = machine_cpu_seconds() - machine
+        mine = cpu_of(everyone, all_cpu_seconds(), ours)
         elapsed = time.monotonic() - began
-        run.other_cpu = 100 * elsewhere / elapsed
+        run.other_cpu = max(0.0, 100 * (machine - mine) / elapsed)
         result = json.loads(
             loadgen.wait_for(RESULT_LINE, plan.duration + LOADGEN_SLACK)[0]
         )
@@ -401,6 +403,18 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def disturbed(run: Run) -> bool:
+    return run.other_cpu > NOISY
+
+
+def usable(selected: list[Run]) -> list[Run]:
+    """
+    The runs to take medians of: the undisturbed ones when there are any.
+    """
+    ok = [r for r in selected if r.ok]
+    return [r for r in ok if not disturbed(r)] or ok
+
+
 def pick_baseline(names: list[str]) -> str | None:
     for candidate in ("gateway", "gateway-nometrics", "naive"):
         if candidate in names:
@@ -433,7 +447,7 @@ def report(
         return [r for r in runs if r.scenario == scenario.key and r.peer == name]
 
     def stat(selected: list[Run], get: Callable[[Run], float]) -> float:
-        return median(get(r) for r in selected if r.ok)
+        return median(get(r) for r in usable(selected))
 
     for scenario in plan.scenarios:
         latency = scenario.mode == "latency"
@@ -442,7 +456,7 @@ def report(
         header = ["peer", "client framing", "msg/s"]
         header += ["p50 µs", "p99 µs", "p999 µs"] if latency else ["payload MB/s"]
         header += ["proxy CPU %", "echo CPU %", "loadgen CPU %", "other CPU % (max)"]
-        header += ["peak RSS MiB"]
+        header += ["peak RSS MiB", "runs used"]
         header += ["errors"]
         rows = []
         for name in plan.peers:
@@ -468,6 +482,7 @@ def report(
                 number(stat(selected, lambda r: r.loadgen_cpu)),
                 number(max((r.other_cpu for r in selected if r.ok), default=math.nan)),
                 number(stat(selected, lambda r: r.peak_rss_kib), 1, 1024),
+                f"{len(usable(selected))}/{len(selected)}",
             ]
             row.append(f"{errors}" + (f" ({failed} run(s) failed)" if failed else ""))
             rows.append(row)
@@ -486,21 +501,24 @@ def report(
             mine = {r.rep: r for r in cell(scenario, baseline) if r.ok}
             for name in others:
                 theirs = {r.rep: r for r in cell(scenario, name) if r.ok}
-                ratios = []
-                cells = []
+                clean, noisy, cells = [], [], []
                 for i in range(plan.reps):
                     if i in mine and i in theirs and theirs[i].msg_per_s:
-                        ratios.append(mine[i].msg_per_s / theirs[i].msg_per_s)
-                        noisy = max(mine[i].other_cpu, theirs[i].other_cpu) > NOISY
-                        cells.append(number(ratios[-1], 2) + (" *" if noisy else ""))
+                        ratio = mine[i].msg_per_s / theirs[i].msg_per_s
+                        suspect = disturbed(mine[i]) or disturbed(theirs[i])
+                        (noisy if suspect else clean).append(ratio)
+                        cells.append(number(ratio, 2) + (" *" if suspect else ""))
                     else:
                         cells.append("-")
-                rows.append([scenario.key, name, *cells, number(median(ratios), 2)])
+                summary = number(median(clean or noisy), 2)
+                rows.append([scenario.key, name, *cells, summary])
         out += table(header, rows)
         out.append("")
         out.append(
             f"\\* other processes used more than {NOISY:g} % CPU during one of "
-            "the two runs: that ratio is suspect."
+            "the two runs: that ratio is suspect, and left out of the median "
+            "unless all are. Likewise, the medians in the tables above are "
+            "of the undisturbed runs when there are any (runs used)."
         )
         out.append("")
 

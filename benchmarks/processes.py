@@ -183,21 +183,32 @@ def all_cpu_seconds() -> dict[int, tuple[int, float]]:
     return found
 
 
-def cpu_elsewhere(
+def cpu_of(
     before: dict[int, tuple[int, float]],
     after: dict[int, tuple[int, float]],
-    ours: set[int],
+    pids: set[int],
 ) -> float:
     """
-    CPU seconds used between two L{all_cpu_seconds} snapshots by processes
-    other than C{ours} and their children: a measure of interference.
+    CPU seconds used between two L{all_cpu_seconds} snapshots by C{pids}
+    and their children.
     """
     total = 0.0
     for pid, (parent, cpu) in after.items():
-        if pid in ours or parent in ours:
-            continue
-        total += cpu - before.get(pid, (parent, 0.0))[1]
+        if pid in pids or parent in pids:
+            total += cpu - before.get(pid, (parent, 0.0))[1]
     return total
+
+
+def machine_cpu_seconds() -> float:
+    """
+    CPU seconds all processes together have used since boot (user, nice and
+    system time from /proc/stat, summed over CPUs), including processes that
+    have ended since.
+    """
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    assert fields[0] == "cpu"
+    return sum(int(x) for x in fields[1:4]) / CLOCK_TICKS
 
 
 def memory_kib(pid: int, key: str = "VmRSS") -> int:

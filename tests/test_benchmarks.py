@@ -486,3 +486,37 @@ class HarnessTests(SynchronousTestCase):
         text = compare.report(plan, runs, [], {}, peers.PeerSettings())
         self.assertIn("## c. req/resp", text)
         self.assertIn("| a | naive | 3.00 | 3.00 | 3.00 |", text)
+
+    def test_disturbed_runs(self) -> None:
+        """
+        A run during which other processes were busy is starred and left
+        out of the medians.
+        """
+        plan = compare.Plan(
+            peers=["gateway", "naive"],
+            scenarios=[compare.SCENARIOS[0]],
+            reps=3,
+            duration=1.0,
+            warmup=0.1,
+            idle_pairs=0,
+            settle=0.0,
+            loadgen_procs=1,
+        )
+        # Rep 2's gateway run shared the machine: half its usual rate.
+        rates = {("gateway", 1): 150.0}
+        busy = compare.NOISY * 2
+        runs = [
+            compare.Run(
+                peer,
+                "a",
+                rep,
+                msg_per_s=rates.get((peer, rep), 300.0 if peer == "gateway" else 100.0),
+                other_cpu=busy if (peer, rep) in rates else 0.0,
+            )
+            for rep in range(3)
+            for peer in ("gateway", "naive")
+        ]
+        text = compare.report(plan, runs, [], {}, peers.PeerSettings())
+        self.assertIn("| a | naive | 3.00 | 1.50 * | 3.00 | 3.00 |", text)
+        self.assertIn("| gateway | lf | 300 |", text)
+        self.assertIn("| 2/3 |", text)
