@@ -93,6 +93,9 @@ class Translator:
         return error
 
 
+_ORDINARY = frozenset({stats.CLIENT_CLOSED, stats.BACKEND_CLOSED})
+
+
 def describeAddress(address: IAddress) -> str:
     """
     A short printable form of a peer's address, for logs only.
@@ -286,7 +289,8 @@ class ClientProtocol(Protocol, TimeoutMixin):
             client=self.clientAddress,
             error=failure.getErrorMessage(),
         )
-        self.abort(stats.BACKEND_UNAVAILABLE)
+        self._noteReason(stats.BACKEND_UNAVAILABLE)
+        self._closeBoth(abort=False)
 
     def backendConnected(self, backend: BackendProtocol) -> None:
         """
@@ -460,7 +464,11 @@ class ClientProtocol(Protocol, TimeoutMixin):
         self._closeBoth(abort=False)
 
     def _noteReason(self, reason: str) -> None:
-        if self.closeReason is None:
+        # A side closing is where the end usually starts; anything that goes
+        # wrong afterwards (a failed backend, a bad frame, a timeout) says
+        # more about why the pair ended, so it takes precedence.
+        current = self.closeReason
+        if current is None or (current in _ORDINARY and reason not in _ORDINARY):
             self.closeReason = reason
 
     def _closeBoth(self, abort: bool) -> None:

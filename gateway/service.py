@@ -50,8 +50,15 @@ class ListenerService(Service):
         description: str,
         endpoint: IStreamServerEndpoint,
         factory: IProtocolFactory,
+        drains: bool = True,
     ) -> None:
-        self.name = name
+        """
+        @param drains: whether this listener closes when draining starts (the
+            proxy's listeners) or stays until the end (the metrics listener,
+            so that C{/readyz} can say the gateway is draining).
+        """
+        self.listenerName = name
+        self.drains = drains
         self.option = option
         self.description = description
         self.endpoint = endpoint
@@ -91,7 +98,7 @@ class ListenerService(Service):
         self.port = port
         self.log.info(
             "listening on {listener} at {address}",
-            listener=self.name,
+            listener=self.listenerName,
             address=describeAddress(port.getHost()),
         )
         self.bound.callback(None)
@@ -132,9 +139,23 @@ class GatewayService(MultiService):
         self.drainTimeout = drainTimeout
         self.draining = False
         self.drainingHooks: list[Callable[[], None]] = []
+        self.readyHooks: list[Callable[[], None]] = []
 
     def listeners(self) -> list[ListenerService]:
         return [child for child in self if isinstance(child, ListenerService)]
+
+    def startService(self) -> None:
+        super().startService()
+        self.whenBound().addCallbacks(self._allBound, lambda failure: None)
+
+    def _allBound(self, ignored: object) -> None:
+        if not self.running or self.draining:
+            return
+        self.log.info(
+            "gateway ready: {count} listeners bound", count=len(self.listeners())
+        )
+        for hook in self.readyHooks:
+            hook()
 
     def ready(self) -> bool:
         """
@@ -157,11 +178,11 @@ class GatewayService(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        listeners = self.listeners()
-        await gatherResults([maybeDeferred(s.stopService) for s in listeners])
         self.draining = True
         for hook in self.drainingHooks:
             hook()
+        listeners = [listener for listener in self.listeners() if listener.drains]
+        await gatherResults([maybeDeferred(s.stopService) for s in listeners])
         if len(self.connections):
             self.log.info(
                 "draining {count} connections for up to {timeout}s",
@@ -178,5 +199,43 @@ class GatewayService(MultiService):
             )
             self.connections.closeAll(stats.SHUTDOWN)
             await self.connections.whenEmpty()
-        others = [s for s in reversed(list(self)) if s not in listeners]
+        # Services already stopped by a draining hook are not stopped twice.
+        others = [s for s in reversed(list(self)) if s not in listeners and s.running]
         await gatherResults([maybeDeferred(IService(s).stopService) for s in others])
+
+
+class SignalService(Service):
+    """
+    Calls a function in the reactor thread each time a signal arrives.
+
+    Used for SIGHUP (reload), which twistd leaves alone. The previous handler
+    is put back when the service stops.
+    """
+
+    log = Logger(namespace="gateway.service")
+
+    def __init__(
+        self, signalNumber: int, function: Callable[[], None], reactor
+    ) -> None:
+        self.signalNumber = signalNumber
+        self.function = function
+        self._reactor = reactor
+        self._previous = None
+
+    def startService(self) -> None:
+        super().startService()
+        import signal
+
+        self._previous = signal.signal(self.signalNumber, self._received)
+
+    def _received(self, signalNumber: int, frame: object) -> None:
+        # A signal handler may interrupt the reactor anywhere: hand over.
+        self._reactor.callFromThread(self.function)
+
+    def stopService(self) -> None:
+        super().stopService()
+        import signal
+
+        if self._previous is not None:
+            signal.signal(self.signalNumber, self._previous)
+            self._previous = None

@@ -7,21 +7,30 @@ objects.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
 
+from gateway import __version__
 from gateway.backends import Backend, BackendPool
 from gateway.codec import FRAMINGS, framing
 from gateway.demo import DemoBackendService
 from gateway.names import backendName, listenerName
+from gateway.notify import Notifier, NotifyService
 from gateway.proxy import Connections, ProxyFactory
-from gateway.service import GatewayService, ListenerService
+from gateway.service import GatewayService, ListenerService, SignalService
 from gateway.stats import NoRecorder, Recorder
+from gateway.tls import ReloadableServerTLS, TLSError, wrapFactory
 
 DEFAULT_LISTEN = "tcp:7000:interface=127.0.0.1"
+DEFAULT_METRICS = "tcp:9180:interface=127.0.0.1"
+TLS_VERSIONS = ("1.2", "1.3")
+
+log = Logger(namespace="gateway.tap")
 
 
 def _reactor() -> Any:
@@ -76,11 +85,28 @@ class Options(usage.Options):
             "30",
             "On SIGTERM, seconds open connections may take to finish.",
         ],
+        [
+            "tls-client-ca",
+            None,
+            None,
+            "PEM file of the CA that must have signed every client's certificate"
+            " (mTLS). [default: no client certificates]",
+        ],
+        ["tls-min-version", None, "1.2", "Lowest TLS version accepted: 1.2 or 1.3."],
+        [
+            "metrics",
+            None,
+            DEFAULT_METRICS,
+            "Server endpoint for /metrics, /healthz and /readyz, or none.",
+        ],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["listen-tls"] = []
+        self["tls-cert"] = []
+        self["tls-key"] = []
         self["backend"] = []
 
     def opt_listen(self, description: str) -> None:
@@ -91,6 +117,27 @@ class Options(usage.Options):
         [default: tcp:7000:interface=127.0.0.1]
         """
         self["listen"].append(description)
+
+    def opt_listen_tls(self, description: str) -> None:
+        """
+        Listen with TLS on this server endpoint (repeatable): tcp:7443,
+        systemd:domain=INET:name=gateway-tls, haproxy:tcp:7443, ...
+        """
+        self["listen-tls"].append(description)
+
+    def opt_tls_cert(self, path: str) -> None:
+        """
+        PEM certificate, then its chain (repeatable: chosen by SNI, the first
+        is the default).
+        """
+        self["tls-cert"].append(path)
+
+    def opt_tls_key(self, path: str) -> None:
+        """
+        PEM private key of the --tls-cert in the same position (repeatable).
+        [default: the key inside the certificate file]
+        """
+        self["tls-key"].append(path)
 
     def opt_backend(self, description: str) -> None:
         """
@@ -112,13 +159,35 @@ class Options(usage.Options):
         self["connect-timeout"] = _number(self, "connect-timeout", float, above=0)
         self["idle-timeout"] = _number(self, "idle-timeout", float, minimum=0)
         self["drain-timeout"] = _number(self, "drain-timeout", float, minimum=0)
-        if not self["listen"]:
+        if self["tls-min-version"] not in TLS_VERSIONS:
+            raise usage.UsageError(
+                f"--tls-min-version: {self['tls-min-version']!r} is not 1.2 or 1.3"
+            )
+        if not self["listen"] and not self["listen-tls"]:
             self["listen"] = [DEFAULT_LISTEN]
         reactor = _reactor()
-        for description in self["listen"]:
-            _parsed("--listen", description, serverFromString, reactor)
+        for option in ("listen", "listen-tls"):
+            for description in self[option]:
+                _parsed(f"--{option}", description, serverFromString, reactor)
         for description in self["backend"]:
             _parsed("--backend", description, clientFromString, reactor)
+        if self["metrics"] == "none":
+            self["metrics"] = None
+        else:
+            _parsed("--metrics", self["metrics"], serverFromString, reactor)
+        self["tls"] = None
+        if self["listen-tls"]:
+            if not self["tls-cert"]:
+                raise usage.UsageError("--listen-tls: needs at least one --tls-cert")
+            try:
+                self["tls"] = ReloadableServerTLS(
+                    self["tls-cert"],
+                    self["tls-key"],
+                    self["tls-client-ca"],
+                    self["tls-min-version"],
+                )
+            except TLSError as error:
+                raise usage.UsageError(str(error))
 
 
 def _number(
@@ -152,6 +221,12 @@ def _number(
 def _parsed(option: str, description: str, parse: Any, reactor: Any) -> Any:
     try:
         return parse(reactor, description)
+    except KeyError as error:
+        # What Twisted's systemd: parser raises for a name it was not given.
+        raise usage.UsageError(
+            f"{option} {description!r}: no socket named {error.args[0]!r}"
+            " was passed by systemd (LISTEN_FDNAMES)"
+        )
     except Exception as error:
         reason = str(error) or type(error).__name__
         raise usage.UsageError(f"{option} {description!r}: {reason}")
@@ -161,48 +236,120 @@ def makeService(
     options: Options, reactor: Any = None, recorder: Recorder | None = None
 ) -> IService:
     """
-    Compose the gateway: its listeners, its backends and its core.
+    Compose the gateway: its listeners, its backends, its metrics, and its
+    conversation with systemd.
     """
     if reactor is None:
         reactor = _reactor()
+    registry = None
     if recorder is None:
-        recorder = NoRecorder()
+        if options["metrics"] is None:
+            recorder = NoRecorder()
+        else:
+            from prometheus_client import CollectorRegistry
+
+            from gateway.metrics import GatewayMetrics
+
+            registry = CollectorRegistry()
+            recorder = GatewayMetrics(registry, __version__)
     connections = Connections(options["max-connections"])
     gateway = GatewayService(connections, reactor, options["drain-timeout"])
-    if options["backend"]:
-        backends = [
-            Backend(
-                backendName(description),
-                clientFromString(reactor, description),
-                recorder.backend(backendName(description)),
-            )
-            for description in options["backend"]
-        ]
-    else:
-        demo = DemoBackendService(reactor)
-        demo.setServiceParent(gateway)
-        backends = [Backend("demo", demo.endpoint(), recorder.backend("demo"))]
-    pool = BackendPool(backends, reactor, options["connect-timeout"])
+    pool = BackendPool(
+        _backends(options, reactor, recorder, gateway),
+        reactor,
+        options["connect-timeout"],
+    )
     maxSize = options["max-message-size"]
     clientFraming = framing(options["client-framing"], maxSize)
     backendFraming = framing(options["backend-framing"], maxSize)
-    for description in options["listen"]:
-        name = listenerName(description)
-        factory = ProxyFactory(
-            name,
-            clientFraming,
-            backendFraming,
-            pool.connect,
-            connections,
-            reactor,
-            recorder.listener(name),
-            idleTimeout=options["idle-timeout"],
-        )
+    tls = options["tls"]
+    for option, tlsOn in (("listen", False), ("listen-tls", True)):
+        for description in options[option]:
+            name = listenerName(description, tls=tlsOn)
+            factory = ProxyFactory(
+                name,
+                clientFraming,
+                backendFraming,
+                pool.connect,
+                connections,
+                reactor,
+                recorder.listener(name),
+                idleTimeout=options["idle-timeout"],
+                tls=tlsOn,
+            )
+            ListenerService(
+                name,
+                f"--{option}",
+                description,
+                serverFromString(reactor, description),
+                wrapFactory(tls, factory, reactor) if tlsOn else factory,
+            ).setServiceParent(gateway)
+    if registry is not None:
+        from gateway.metrics import metricsSite
+
         ListenerService(
-            name,
-            "--listen",
-            description,
-            serverFromString(reactor, description),
-            factory,
+            "metrics",
+            "--metrics",
+            options["metrics"],
+            serverFromString(reactor, options["metrics"]),
+            metricsSite(registry, gateway.ready, reactor),
+            drains=False,
         ).setServiceParent(gateway)
+        gateway.drainingHooks.append(lambda: recorder.setDraining(True))
+    _systemd(gateway, connections, tls, reactor)
     return gateway
+
+
+def _backends(
+    options: Options, reactor: Any, recorder: Recorder, gateway: GatewayService
+) -> list[Backend]:
+    if not options["backend"]:
+        demo = DemoBackendService(reactor)
+        demo.setServiceParent(gateway)
+        return [Backend("demo", demo.endpoint(), recorder.backend("demo"))]
+    backends = []
+    for description in options["backend"]:
+        name = backendName(description)
+        endpoint = clientFromString(reactor, description)
+        backends.append(Backend(name, endpoint, recorder.backend(name)))
+    return backends
+
+
+def _systemd(
+    gateway: GatewayService,
+    connections: Connections,
+    tls: ReloadableServerTLS | None,
+    reactor: Any,
+) -> None:
+    """
+    READY=1 once every listener is bound, STATUS=, the watchdog, STOPPING=1
+    when draining starts, and a SIGHUP reload of the TLS files.
+    """
+    notifier = Notifier.fromEnvironment()
+
+    def status() -> str:
+        state = "draining, " if gateway.draining else ""
+        return f"{state}{len(connections)} active connections"
+
+    notify = NotifyService(notifier, status, reactor)
+    notify.setServiceParent(gateway)
+    gateway.readyHooks.append(notify.markReady)
+    gateway.drainingHooks.append(notify.stopService)
+
+    def reload() -> None:
+        notifier.reloading()
+        if tls is None:
+            log.info("SIGHUP: no TLS files to reload")
+        else:
+            try:
+                tls.reload()
+            except TLSError as error:
+                log.error(
+                    "TLS reload failed, keeping the files loaded before: {error}",
+                    error=str(error),
+                )
+            else:
+                log.info("TLS reload: certificates, keys and CA files re-read")
+        notifier.ready(status())
+
+    SignalService(signal.SIGHUP, reload, reactor).setServiceParent(gateway)

@@ -162,6 +162,20 @@ class ConnectTests(SynchronousTestCase):
         )
         self.assertEqual(len(harness.connections), 0)
 
+    def test_halfClosedThenBackendUnavailable(self):
+        """
+        A client that sends and shuts its side before the backend connect
+        fails: the reason is the backend, not the client's half-close.
+        """
+        harness = Harness()
+        client, clientTransport = harness.connectClient()
+        client.dataReceived(b"x")
+        client.readConnectionLost()
+        harness.attempts[0][1].errback(ConnectionRefusedError())
+        self.assertEqual(
+            harness.stats.named("closed"), [(stats.BACKEND_UNAVAILABLE, 0.0)]
+        )
+
     def test_clientGoneWhileConnecting(self):
         """
         A client that leaves before its backend connects cancels the attempt.

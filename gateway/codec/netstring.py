@@ -2,6 +2,8 @@
 Netstrings: the payload's length in decimal, a colon, the payload, a comma.
 """
 
+from itertools import chain, repeat
+
 from gateway.codec._base import MALFORMED, TOO_LONG, TRUNCATED, FramingError
 
 _COMMA = ord(",")
@@ -74,4 +76,5 @@ class Netstring:
         return []
 
     def encode(self, messages: list[bytes]) -> bytes:
-        return b"".join([part for m in messages for part in (b"%d:" % len(m), m, b",")])
+        heads = map(b"%d:".__mod__, map(len, messages))
+        return b"".join(chain.from_iterable(zip(heads, messages, repeat(b","))))

@@ -1,0 +1,355 @@
+"""
+Every Prometheus metric of the gateway, and the web resources that serve them.
+
+L{GatewayMetrics} is the L{gateway.stats.Recorder} the proxy is given: it
+defines the metrics of SPEC section 5 on a registry passed in, and hands out
+per-listener and per-backend objects whose labelled children are looked up
+once, so a read chunk costs two counter increments.
+
+L{metricsSite} serves C{/metrics}, C{/healthz} and C{/readyz}. C{/metrics} is
+rendered in the reactor thread: one C{generate_latest} of a registry holding
+20 listeners, 4 backends and the default collectors (about 1,100 samples)
+took about 7 ms on a 2-core test machine (12 ms as OpenMetrics), a pause the
+connections can afford once per scrape interval.
+
+This module imports neither the reactor nor C{prometheus_client.twisted},
+which imports the reactor when it is imported.
+"""
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import NoResource, Resource
+from twisted.web.server import Request, Site
+
+from gateway.stats import CLOSE_REASONS
+
+# Connections last from a refused request (milliseconds) to a long-lived
+# session (hours).
+DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+)
+
+# Backend connects take well under a millisecond on loopback and at most
+# the connect timeout (10 s by default) elsewhere.
+CONNECT_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+UPSTREAM = "upstream"
+DOWNSTREAM = "downstream"
+REJECTED_LIMIT = "limit"
+
+_PLAIN_TEXT = b"text/plain; charset=utf-8"
+
+
+class ListenerMetrics:
+    """
+    The L{gateway.stats.ListenerStats} of one listener, with every labelled
+    child bound when it is made so that the calls per read chunk only add.
+    """
+
+    __slots__ = (
+        "_name",
+        "_accepted",
+        "_active",
+        "_rejected",
+        "_closed",
+        "_duration",
+        "_upstreamMessages",
+        "_upstreamBytes",
+        "_downstreamMessages",
+        "_downstreamBytes",
+        "_protocolErrors",
+        "_tlsFailures",
+    )
+
+    def __init__(self, metrics: "GatewayMetrics", name: str) -> None:
+        self._name = name
+        self._accepted = metrics.connectionsAccepted.labels(name)
+        self._active = metrics.connectionsActive.labels(name)
+        self._rejected = metrics.connectionsRejected.labels(name, REJECTED_LIMIT)
+        self._closed = {
+            reason: metrics.connectionsClosed.labels(name, reason)
+            for reason in CLOSE_REASONS
+        }
+        self._duration = metrics.connectionDuration.labels(name)
+        self._upstreamMessages = metrics.messages.labels(name, UPSTREAM)
+        self._upstreamBytes = metrics.messageBytes.labels(name, UPSTREAM)
+        self._downstreamMessages = metrics.messages.labels(name, DOWNSTREAM)
+        self._downstreamBytes = metrics.messageBytes.labels(name, DOWNSTREAM)
+        # Protocol error reasons come from the codecs and are rare, so their
+        # children are made when first needed.
+        self._protocolErrors = metrics.protocolErrors
+        self._tlsFailures = metrics.tlsHandshakeFailures.labels(name)
+
+    def accepted(self) -> None:
+        self._accepted.inc()
+        self._active.inc()
+
+    def rejected(self) -> None:
+        self._rejected.inc()
+        self._active.dec()
+
+    def closed(self, reason: str, duration: float) -> None:
+        self._closed[reason].inc()
+        self._active.dec()
+        self._duration.observe(duration)
+
+    def upstream(self, messages: int, payloadBytes: int) -> None:
+        self._upstreamMessages.inc(messages)
+        self._upstreamBytes.inc(payloadBytes)
+
+    def downstream(self, messages: int, payloadBytes: int) -> None:
+        self._downstreamMessages.inc(messages)
+        self._downstreamBytes.inc(payloadBytes)
+
+    def protocolError(self, peer: str, reason: str) -> None:
+        self._protocolErrors.labels(self._name, peer, reason).inc()
+
+    def tlsHandshakeFailed(self) -> None:
+        self._tlsFailures.inc()
+
+
+class BackendMetrics:
+    """
+    The L{gateway.stats.BackendStats} of one backend, children bound at once.
+    """
+
+    __slots__ = ("_connect", "_failures")
+
+    def __init__(self, metrics: "GatewayMetrics", name: str) -> None:
+        self._connect = metrics.backendConnect.labels(name)
+        self._failures = metrics.backendConnectFailures.labels(name)
+
+    def connected(self, seconds: float) -> None:
+        self._connect.observe(seconds)
+
+    def connectFailed(self) -> None:
+        self._failures.inc()
+
+
+class GatewayMetrics:
+    """
+    The gateway's metrics, defined on C{registry}, as a
+    L{gateway.stats.Recorder}.
+
+    The registry is explicit so that tests and several gateways in one
+    process each get their own; the process, platform and GC collectors are
+    registered on it too.
+    """
+
+    def __init__(self, registry: CollectorRegistry, version: str) -> None:
+        self.registry = registry
+        self._listeners: dict[str, ListenerMetrics] = {}
+        self._backends: dict[str, BackendMetrics] = {}
+
+        self.buildInfo = Gauge(
+            "gateway_build_info",
+            "Always 1; the gateway's version is in the label.",
+            ["version"],
+            registry=registry,
+        )
+        self.buildInfo.labels(version).set(1)
+
+        # Counter appends _total to these names when it exposes them.
+        self.connectionsAccepted = Counter(
+            "gateway_connections_accepted",
+            "Client connections accepted, including those rejected at once.",
+            ["listener"],
+            registry=registry,
+        )
+        self.connectionsActive = Gauge(
+            "gateway_connections_active",
+            "Client connections open now.",
+            ["listener"],
+            registry=registry,
+        )
+        self.connectionsRejected = Counter(
+            "gateway_connections_rejected",
+            "Client connections closed as soon as they were accepted.",
+            ["listener", "reason"],
+            registry=registry,
+        )
+        self.connectionsClosed = Counter(
+            "gateway_connections_closed",
+            "Client connections that ended, by why they ended.",
+            ["listener", "reason"],
+            registry=registry,
+        )
+        self.connectionDuration = Histogram(
+            "gateway_connection_duration_seconds",
+            "How long client connections that were not rejected lasted.",
+            ["listener"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.messages = Counter(
+            "gateway_messages",
+            "Messages forwarded, upstream (client to backend) or downstream.",
+            ["listener", "direction"],
+            registry=registry,
+        )
+        self.messageBytes = Counter(
+            "gateway_message_bytes",
+            "Payload bytes of the messages forwarded, without framing.",
+            ["listener", "direction"],
+            registry=registry,
+        )
+        self.protocolErrors = Counter(
+            "gateway_protocol_errors",
+            "Framing errors, by the peer that sent the offending bytes.",
+            ["listener", "peer", "reason"],
+            registry=registry,
+        )
+        self.backendConnect = Histogram(
+            "gateway_backend_connect_seconds",
+            "How long successful backend connects took.",
+            ["backend"],
+            buckets=CONNECT_BUCKETS,
+            registry=registry,
+        )
+        self.backendConnectFailures = Counter(
+            "gateway_backend_connect_failures",
+            "Backend connects that failed or timed out.",
+            ["backend"],
+            registry=registry,
+        )
+        self.tlsHandshakeFailures = Counter(
+            "gateway_tls_handshake_failures",
+            "TLS handshakes that failed or did not complete in time.",
+            ["listener"],
+            registry=registry,
+        )
+        self.draining = Gauge(
+            "gateway_draining",
+            "1 while the gateway is shutting down and draining connections.",
+            registry=registry,
+        )
+
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+
+    def listener(self, name: str) -> ListenerMetrics:
+        """
+        The event sink of listener C{name}, made the first time it is asked
+        for; all its series then exist, at zero, so they are scraped before
+        the first connection.
+        """
+        stats = self._listeners.get(name)
+        if stats is None:
+            stats = self._listeners[name] = ListenerMetrics(self, name)
+        return stats
+
+    def backend(self, name: str) -> BackendMetrics:
+        """
+        The event sink of backend C{name}, made the first time it is asked
+        for, with its series at zero.
+        """
+        stats = self._backends.get(name)
+        if stats is None:
+            stats = self._backends[name] = BackendMetrics(self, name)
+        return stats
+
+    def setDraining(self, draining: bool) -> None:
+        """
+        Record whether the gateway is draining its connections to stop.
+        """
+        self.draining.set(1 if draining else 0)
+
+
+class MetricsResource(Resource):
+    """
+    C{/metrics}: the registry in the Prometheus text format, or OpenMetrics
+    when the scraper's C{Accept} header asks for it.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        accept = request.getHeader(b"accept") or b""
+        encoder, contentType = choose_encoder(accept.decode("latin-1"))
+        request.setHeader(b"content-type", contentType.encode("ascii"))
+        return encoder(self._registry)
+
+
+class HealthResource(Resource):
+    """
+    C{/healthz}: 200 for as long as the process can answer at all.
+    """
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", _PLAIN_TEXT)
+        return b"ok\n"
+
+
+class ReadinessResource(Resource):
+    """
+    C{/readyz}: 200 when C{isReady()} says the gateway should get traffic
+    (every listener bound, not draining), else 503.
+    """
+
+    def __init__(self, isReady: Callable[[], bool]) -> None:
+        super().__init__()
+        self._isReady = isReady
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", _PLAIN_TEXT)
+        if self._isReady():
+            return b"ready\n"
+        request.setResponseCode(503)
+        return b"not ready\n"
+
+
+def metricsSite(
+    registry: CollectorRegistry,
+    isReady: Callable[[], bool],
+    reactor: IReactorTime | None = None,
+) -> Site:
+    """
+    The site serving C{/metrics}, C{/healthz} and C{/readyz}; any other path
+    is 404.
+
+    @param reactor: for the HTTP timeouts; the global reactor when omitted.
+    """
+    root = NoResource()
+    root.putChild(b"metrics", MetricsResource(registry))
+    root.putChild(b"healthz", HealthResource())
+    root.putChild(b"readyz", ReadinessResource(isReady))
+    return Site(root, reactor=reactor)

@@ -1,0 +1,74 @@
+"""
+The twistd plugin is found, in the development install and in a wheel.
+"""
+
+import os
+import subprocess
+import sys
+import zipfile
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+from twisted.trial.unittest import SkipTest, TestCase
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+class PluginTests(TestCase):
+    def test_getPlugins(self):
+        """
+        Twisted's plugin scan finds C{gateway} in this install.
+        """
+        makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+        self.assertIn("gateway", makers)
+        self.assertEqual(makers["gateway"].module, "gateway.tap")
+
+    def test_twistdHelp(self):
+        """
+        C{twistd --help} lists C{gateway}, without a plugin-cache warning.
+        """
+        result = subprocess.run(
+            [TWISTD, "--help"], capture_output=True, text=True, timeout=60, cwd="/"
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(" gateway ", result.stdout)
+        self.assertNotIn("cache", result.stderr.lower())
+
+    def test_wheel(self):
+        """
+        C{pip install .} ships the plugin file in twisted/plugins (and no
+        __init__.py there, which would hide Twisted's own plugins) and every
+        package of the project.
+        """
+        try:
+            import setuptools  # noqa: F401
+        except ImportError:
+            raise SkipTest("setuptools is needed to build the wheel offline")
+        out = self.mktemp()
+        os.makedirs(out)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--no-deps",
+                "--no-build-isolation",
+                "--wheel-dir",
+                out,
+                ROOT,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        (wheel,) = [name for name in os.listdir(out) if name.endswith(".whl")]
+        names = set(zipfile.ZipFile(os.path.join(out, wheel)).namelist())
+        self.assertIn("twisted/plugins/gateway_plugin.py", names)
+        self.assertNotIn("twisted/plugins/__init__.py", names)
+        self.assertNotIn("twisted/__init__.py", names)
+        self.assertIn("gateway/tap.py", names)
+        self.assertIn("gateway/codec/prefixed.py", names)
