@@ -27,12 +27,22 @@ test: $(BIN)/.installed
 	$(MAKE) lint
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check gateway twisted tests
-	$(BIN)/ruff format --check gateway twisted tests
+	$(BIN)/ruff check gateway twisted tests benchmarks
+	$(BIN)/ruff format --check gateway twisted tests benchmarks
 
 format: $(BIN)/.installed
-	$(BIN)/ruff check --fix gateway twisted tests
-	$(BIN)/ruff format gateway twisted tests
+	$(BIN)/ruff check --fix gateway twisted tests benchmarks
+	$(BIN)/ruff format gateway twisted tests benchmarks
+
+# The comparison benchmark (see benchmarks/README.md): a few minutes in full,
+# under a minute with bench-quick. uvloop keeps the load generator cheap.
+bench: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet uvloop
+	$(BIN)/python -m benchmarks.compare --twistd $(BIN)/twistd
+
+bench-quick: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet uvloop
+	$(BIN)/python -m benchmarks.compare --twistd $(BIN)/twistd --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp* twisted/plugins/dropin.cache

@@ -34,6 +34,16 @@ def _split(description: str) -> tuple[str, list[str], dict[str, str]]:
     return kind, args, kwargs
 
 
+def _noPath(value: str) -> str:
+    """
+    C{value} without any directory part.
+
+    A port, a host name or a socket name has none; this keeps the promise
+    for endpoint kinds a plugin adds, whose first argument may be a path.
+    """
+    return os.path.basename(value)
+
+
 def listenerName(description: str, tls: bool = False) -> str:
     """
     The name of a listener: C{tcp:7000}, C{tls:7443}, C{systemd:gateway},
@@ -48,12 +58,12 @@ def listenerName(description: str, tls: bool = False) -> str:
     if kind == "systemd":
         where = kwargs.get("name") or kwargs.get("index", "0")
     elif kind == "unix":
-        where = os.path.basename(args[0] if args else kwargs.get("address", ""))
+        where = args[0] if args else kwargs.get("address", "")
     else:
         where = args[0] if args else kwargs.get("port", "")
     if tls:
         kind = "tls" if kind in ("tcp", "tcp6") else f"tls+{kind}"
-    return f"{prefix}{kind}:{where}"
+    return f"{prefix}{kind}:{_noPath(where)}"
 
 
 def backendName(description: str) -> str:
@@ -62,7 +72,7 @@ def backendName(description: str) -> str:
     """
     kind, args, kwargs = _split(description)
     if kind == "unix":
-        return "unix:" + os.path.basename(args[0] if args else kwargs.get("path", ""))
+        return "unix:" + _noPath(args[0] if args else kwargs.get("path", ""))
     host = kwargs.get("host", args[0] if args else "")
     port = kwargs.get("port", args[1] if len(args) > 1 else "")
-    return f"{kind}:{host}:{port}"
+    return f"{kind}:{_noPath(host)}:{_noPath(port)}"

@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
+    IReactorCore,
     IReactorTime,
     IStreamServerEndpoint,
 )
@@ -42,6 +43,7 @@ class ListenerService(Service):
 
     log = Logger(namespace="gateway.service")
     port: IListeningPort | None = None
+    _stopped = False
 
     def __init__(
         self,
@@ -78,15 +80,15 @@ class ListenerService(Service):
         if self._listening is not None:
             return
         self._listening = self.endpoint.listen(self.factory)
-        outcome: list[object] = []
-        self._listening.addBoth(outcome.append)
-        if outcome and isinstance(outcome[0], Failure):
-            raise ListenFailed(self._failureLine(outcome[0]))
-        if outcome:
-            self._bound(outcome[0])  # type: ignore[arg-type]
-        else:
+        if not self._listening.called:
             # An endpoint that binds later: report when it is done.
             self._listening.addCallbacks(self._bound, self._failedLate)
+            return
+        outcome: list[object] = []
+        self._listening.addBoth(outcome.append)
+        if isinstance(outcome[0], Failure):
+            raise ListenFailed(self._failureLine(outcome[0]))
+        self._bound(outcome[0])  # type: ignore[arg-type]
 
     def _failureLine(self, failure: Failure) -> str:
         return (
@@ -95,6 +97,10 @@ class ListenerService(Service):
         )
 
     def _bound(self, port: IListeningPort) -> None:
+        if self._stopped:
+            # Bound after the stop began: no one else would ever close it.
+            port.stopListening()
+            return
         self.port = port
         self.log.info(
             "listening on {listener} at {address}",
@@ -109,6 +115,7 @@ class ListenerService(Service):
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
+        self._stopped = True
         port, self.port = self.port, None
         if port is not None:
             return maybeDeferred(port.stopListening)
@@ -123,6 +130,10 @@ class GatewayService(MultiService):
     connections), then lets open connections finish for the drain timeout,
     then ends the ones left, and only then stops the other services (the
     demo backend among them), which open connections may still be using.
+
+    It is ready (it logs C{gateway ready} and calls its C{readyHooks}, which
+    send systemd C{READY=1}) once every listener is bound and, when C{clock}
+    is a reactor, that reactor runs.
     """
 
     log = Logger(namespace="gateway.service")
@@ -146,7 +157,17 @@ class GatewayService(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        self.whenBound().addCallbacks(self._allBound, lambda failure: None)
+        self.whenBound().addCallbacks(self._whenRunning, lambda failure: None)
+
+    def _whenRunning(self, ignored: object) -> None:
+        # twistd starts its services before its reactor runs, and the reactor
+        # installs the SIGTERM and SIGINT handlers only when it starts: until
+        # then a SIGTERM kills the process outright instead of draining it.
+        # Ready means bound and stoppable.
+        if IReactorCore.providedBy(self.clock):
+            self.clock.callWhenRunning(self._allBound, None)
+        else:
+            self._allBound(None)
 
     def _allBound(self, ignored: object) -> None:
         if not self.running or self.draining:

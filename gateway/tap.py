@@ -246,10 +246,13 @@ def makeService(
         if options["metrics"] is None:
             recorder = NoRecorder()
         else:
-            from prometheus_client import CollectorRegistry
+            from prometheus_client import CollectorRegistry, disable_created_metrics
 
             from gateway.metrics import GatewayMetrics
 
+            # Process-wide, and the gateway owns its process: no *_created
+            # series (the README's "Metrics and health" says why).
+            disable_created_metrics()
             registry = CollectorRegistry()
             recorder = GatewayMetrics(registry, __version__)
     connections = Connections(options["max-connections"])

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -48,9 +48,11 @@ class GatewayProcess(ProcessProtocol):
         self.ready: Deferred[GatewayProcess] = Deferred()
         self.ended: Deferred[int] = Deferred()
         self.exitCode: int | None = None
+        self._logWaiters: list[tuple[bytes, int, Deferred[None]]] = []
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
+        self._wakeLogWaiters()
         if self.ready.called:
             return
         text = self.output.decode("utf-8", "replace")
@@ -79,6 +81,34 @@ class GatewayProcess(ProcessProtocol):
                 )
             )
         self.ended.callback(self.exitCode)
+
+    def logged(self, text: str, count: int = 1) -> Deferred[None]:
+        """
+        Fires once C{text} has appeared C{count} times in the gateway's
+        standard output (its log), or fails with the log past the deadline.
+        """
+        waiter: Deferred[None] = Deferred()
+        self._logWaiters.append((text.encode("utf-8"), count, waiter))
+        self._wakeLogWaiters()
+
+        def timedOut(failure):
+            failure.trap(defer.TimeoutError)
+            raise AssertionError(
+                f"{text!r} not logged {count} times within {DEADLINE}s:\n" + self.log()
+            )
+
+        return waiter.addTimeout(DEADLINE, reactor).addErrback(timedOut)
+
+    def _wakeLogWaiters(self) -> None:
+        waiting = []
+        for text, count, waiter in self._logWaiters:
+            if waiter.called:
+                continue
+            if self.output.count(text) >= count:
+                waiter.callback(None)
+            else:
+                waiting.append((text, count, waiter))
+        self._logWaiters = waiting
 
     def port(self, name: str | None = None) -> int:
         """

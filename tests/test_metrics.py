@@ -2,20 +2,31 @@
 Tests for L{gateway.metrics}.
 """
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
+from zope.interface import implementer
 
 import gateway
 from gateway.metrics import GatewayMetrics, metricsSite
+from gateway.proxy import Connections
+from gateway.service import GatewayService, ListenerService
 from gateway.stats import (
     BACKEND,
     CLIENT,
@@ -27,6 +38,7 @@ from gateway.stats import (
     ListenerStats,
     Recorder,
 )
+from gateway.tap import Options, makeService
 
 LISTENER = "tcp:7000"
 OTHER_LISTENER = "tls:7443"
@@ -166,21 +178,29 @@ class GatewayMetricsTests(SynchronousTestCase):
         """
         self.assertIsNone(self.value("gateway_connections_active", listener=LISTENER))
         self.metrics.listener(LISTENER)
-        zeros = [
-            ("gateway_connections_accepted_total", {}),
-            ("gateway_connections_active", {}),
-            ("gateway_connections_rejected_total", {"reason": "limit"}),
-            ("gateway_connection_duration_seconds_count", {}),
-            ("gateway_connection_duration_seconds_sum", {}),
-            ("gateway_messages_total", {"direction": "upstream"}),
-            ("gateway_messages_total", {"direction": "downstream"}),
-            ("gateway_message_bytes_total", {"direction": "upstream"}),
-            ("gateway_message_bytes_total", {"direction": "downstream"}),
-            ("gateway_tls_handshake_failures_total", {}),
-        ] + [
-            ("gateway_connections_closed_total", {"reason": reason})
-            for reason in CLOSE_REASONS
-        ]
+        zeros = (
+            [
+                ("gateway_connections_accepted_total", {}),
+                ("gateway_connections_active", {}),
+                ("gateway_connections_rejected_total", {"reason": "limit"}),
+                ("gateway_connection_duration_seconds_count", {}),
+                ("gateway_connection_duration_seconds_sum", {}),
+                ("gateway_messages_total", {"direction": "upstream"}),
+                ("gateway_messages_total", {"direction": "downstream"}),
+                ("gateway_message_bytes_total", {"direction": "upstream"}),
+                ("gateway_message_bytes_total", {"direction": "downstream"}),
+                ("gateway_tls_handshake_failures_total", {}),
+            ]
+            + [
+                ("gateway_connections_closed_total", {"reason": reason})
+                for reason in CLOSE_REASONS
+            ]
+            + [
+                ("gateway_protocol_errors_total", {"peer": peer, "reason": reason})
+                for peer in [CLIENT, BACKEND]
+                for reason in ["too_long", "malformed", "unencodable", "truncated"]
+            ]
+        )
         for name, labels in zeros:
             self.assertEqual(
                 self.value(name, listener=LISTENER, **labels), 0, (name, labels)
@@ -314,7 +334,11 @@ class GatewayMetricsTests(SynchronousTestCase):
 
         self.assertEqual(value(CLIENT, "too_long"), 2)
         self.assertEqual(value(BACKEND, "unencodable"), 1)
-        self.assertIsNone(value(BACKEND, "too_long"))
+        self.assertEqual(value(BACKEND, "too_long"), 0)
+        # A reason that is not known yet gets its series when it happens.
+        self.assertIsNone(value(CLIENT, "surprising"))
+        stats.protocolError(CLIENT, "surprising")
+        self.assertEqual(value(CLIENT, "surprising"), 1)
 
     def test_tlsHandshakeFailures(self) -> None:
         """
@@ -475,9 +499,344 @@ class MetricsSiteTests(SynchronousTestCase):
             response.headers[b"content-type"], b"text/plain; charset=utf-8"
         )
 
+    def test_noAccessLog(self) -> None:
+        """
+        Requests leave no log event behind, where a plain twisted.web
+        L{Site} logs a line for each.
+        """
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        plain = Site(self.site.resource, reactor=Clock())
+        for site in [plain, self.site]:
+            site.doStart()
+            self.addCleanup(site.doStop)
+        get(plain, b"/metrics")
+        self.assertTrue(
+            any("GET /metrics" in formatEvent(event) for event in events), events
+        )
+        del events[:]
+        for path in [b"/metrics", b"/healthz", b"/readyz", b"/nope"]:
+            get(self.site, path)
+        self.assertEqual(events, [])
+
     def test_otherPaths(self) -> None:
         """
         Any other path is 404.
         """
         for path in [b"/", b"/nope", b"/metrics/extra", b"/healthz/x", b"/readyzz"]:
             self.assertEqual(get(self.site, path).code, 404, path)
+
+
+@implementer(IStreamServerEndpoint)
+class BindsLater:
+    """
+    An endpoint whose C{listen} fires only when the test says so.
+    """
+
+    def __init__(self) -> None:
+        self.listening: Deferred[IListeningPort] = Deferred()
+
+    def listen(self, factory: Factory) -> Deferred[IListeningPort]:
+        return self.listening
+
+
+class LingeringConnection:
+    """
+    What L{Connections} holds: a connection that leaves only when aborted.
+    """
+
+    def __init__(self, connections: Connections) -> None:
+        self.connections = connections
+        self.abortedFor: str | None = None
+
+    def abort(self, reason: str) -> None:
+        self.abortedFor = reason
+        self.connections.remove(self)
+
+
+class ReadinessTests(SynchronousTestCase):
+    """
+    C{/readyz} follows L{GatewayService.ready}: 503 until every listener is
+    bound, 200 while serving, 503 again from the moment draining starts.
+    """
+
+    def readyz(self, site: Site) -> int:
+        return get(site, b"/readyz").code
+
+    def test_gatewayService(self) -> None:
+        """
+        A listener that binds late keeps the gateway unready until it does;
+        stopping makes it unready at once, before the drain ends.
+        """
+        clock = MemoryReactorClock()
+        connections = Connections(10)
+        service = GatewayService(connections, clock, drainTimeout=5)
+        endpoint = BindsLater()
+        ListenerService(
+            "tcp:7000", "--listen", "tcp:7000", endpoint, Factory()
+        ).setServiceParent(service)
+        site = metricsSite(CollectorRegistry(), service.ready, clock)
+
+        self.assertEqual(self.readyz(site), 503)
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual(self.readyz(site), 503)
+        endpoint.listening.callback(clock.listenTCP(7000, Factory()))
+        self.assertEqual(self.readyz(site), 200)
+
+        connection = LingeringConnection(connections)
+        connections.add(connection)
+        stopped = service.stopService()
+        self.assertNoResult(stopped)
+        self.assertEqual(self.readyz(site), 503)
+        clock.advance(5)  # the drain timeout
+        self.assertEqual(connection.abortedFor, "shutdown")
+        self.successResultOf(stopped)
+        self.assertEqual(self.readyz(site), 503)
+
+    def test_makeService(self) -> None:
+        """
+        In the service C{makeService} builds, C{/readyz} turns 503 and
+        C{gateway_draining} 1 when stopping starts, while a connection is
+        still open; C{/metrics} has no C{_created} series.
+        """
+        options = Options()
+        options.parseOptions(
+            [
+                "--listen",
+                "tcp:7000:interface=127.0.0.1",
+                "--backend",
+                "tcp:host=127.0.0.1:port=9000",
+                "--metrics",
+                "tcp:9180:interface=127.0.0.1",
+                "--drain-timeout",
+                "5",
+            ]
+        )
+        reactor = MemoryReactorClock()
+        service = makeService(options, reactor=reactor)
+        listeners = {
+            listener.listenerName: listener.factory for listener in service.listeners()
+        }
+        self.assertEqual(set(listeners), {"tcp:7000", "metrics"})
+        site = listeners["metrics"]
+
+        def metric(name: str, **labels: str) -> float | None:
+            body = get(site, b"/metrics").body.decode("utf-8")
+            self.assertNotIn("_created", body)
+            for family in text_string_to_metric_families(body):
+                for sample in family.samples:
+                    if sample.name == name and sample.labels == labels:
+                        return sample.value
+            return None
+
+        self.assertEqual(self.readyz(site), 503)
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual(self.readyz(site), 200)
+        self.assertEqual(metric("gateway_draining"), 0)
+
+        client = listeners["tcp:7000"].buildProtocol(
+            IPv4Address("TCP", "127.0.0.1", 40000)
+        )
+        client.makeConnection(StringTransport())
+        self.assertEqual(metric("gateway_connections_active", listener="tcp:7000"), 1)
+
+        stopped = service.stopService()
+        self.assertNoResult(stopped)
+        self.assertEqual(self.readyz(site), 503)
+        self.assertEqual(get(site, b"/healthz").code, 200)
+        self.assertEqual(metric("gateway_draining"), 1)
+        self.assertEqual(metric("gateway_connections_active", listener="tcp:7000"), 1)
+
+        client.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(stopped)
+        self.assertEqual(metric("gateway_connections_active", listener="tcp:7000"), 0)
+        self.assertEqual(
+            metric(
+                "gateway_connections_closed_total",
+                listener="tcp:7000",
+                reason="client_closed",
+            ),
+            1,
+        )
+
+
+def projectFile(*parts: str) -> str:
+    """
+    A file of the checkout (trial runs in _trial_temp).
+    """
+    return os.path.join(os.path.dirname(os.path.dirname(gateway.__file__)), *parts)
+
+
+def series(name: str, values: str, **labels: str) -> dict[str, str]:
+    """
+    One input series of a promtool rule test, scraped from instance
+    C{gw:9180}.
+    """
+    labels = {"instance": "gw:9180", "job": "gateway"} | labels
+    inner = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    return {"series": f"{name}{{{inner}}}", "values": values}
+
+
+class PrometheusConfigTests(SynchronousTestCase):
+    """
+    The example Prometheus configuration and alerting rules in C{etc/} are
+    valid, and the alerts fire when, and only when, they should.
+    """
+
+    def promtool(self, *args: str) -> None:
+        promtool = shutil.which("promtool")
+        if promtool is None:
+            raise self.skipTest(
+                "promtool is not on PATH (Debian: apt-get install prometheus)"
+            )
+        result = subprocess.run([promtool, *args], capture_output=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
+    def test_config(self) -> None:
+        """
+        C{promtool check config} accepts C{etc/prometheus.yml} and the rule
+        file it loads.
+        """
+        self.promtool("check", "config", projectFile("etc", "prometheus.yml"))
+
+    def test_alerts(self) -> None:
+        """
+        Each example alert fires for the series it is about once its C{for}
+        has passed, and not for the healthy series next to it.
+        """
+        # Per minute: backend .5 fails 10 connects of 100, .6 fails 1 of 100.
+        # Listener tcp:7000 closes 5 pairs of 105 on a client protocol error,
+        # tcp:7443 1 of 1001.
+        failing, healthy = "tcp:10.0.0.5:9000", "tcp:10.0.0.6:9000"
+        tests = {
+            "rule_files": [projectFile("etc", "gateway-alerts.yml")],
+            "evaluation_interval": "1m",
+            "tests": [
+                {
+                    "interval": "1m",
+                    "input_series": [
+                        series(
+                            "gateway_backend_connect_failures_total",
+                            "0+10x40",
+                            backend=failing,
+                        ),
+                        series(
+                            "gateway_backend_connect_seconds_count",
+                            "0+90x40",
+                            backend=failing,
+                        ),
+                        series(
+                            "gateway_backend_connect_failures_total",
+                            "0+1x40",
+                            backend=healthy,
+                        ),
+                        series(
+                            "gateway_backend_connect_seconds_count",
+                            "0+99x40",
+                            backend=healthy,
+                        ),
+                        series(
+                            "gateway_connections_closed_total",
+                            "0+100x40",
+                            listener="tcp:7000",
+                            reason="client_closed",
+                        ),
+                        series(
+                            "gateway_connections_closed_total",
+                            "0+5x40",
+                            listener="tcp:7000",
+                            reason="protocol_error",
+                        ),
+                        series(
+                            "gateway_protocol_errors_total",
+                            "0+5x40",
+                            listener="tcp:7000",
+                            peer="client",
+                            reason="too_long",
+                        ),
+                        series(
+                            "gateway_protocol_errors_total",
+                            "0+0x40",
+                            listener="tcp:7000",
+                            peer="backend",
+                            reason="too_long",
+                        ),
+                        series(
+                            "gateway_connections_closed_total",
+                            "0+1000x40",
+                            listener="tcp:7443",
+                            reason="client_closed",
+                        ),
+                        series(
+                            "gateway_connections_closed_total",
+                            "0+1x40",
+                            listener="tcp:7443",
+                            reason="protocol_error",
+                        ),
+                        series(
+                            "gateway_protocol_errors_total",
+                            "0+1x40",
+                            listener="tcp:7443",
+                            peer="client",
+                            reason="malformed",
+                        ),
+                    ],
+                    "alert_rule_test": [
+                        # Before the rules' "for" has passed: nothing yet.
+                        {
+                            "eval_time": "4m",
+                            "alertname": "GatewayBackendConnectFailures",
+                            "exp_alerts": [],
+                        },
+                        {
+                            "eval_time": "9m",
+                            "alertname": "GatewayProtocolErrors",
+                            "exp_alerts": [],
+                        },
+                        {
+                            "eval_time": "30m",
+                            "alertname": "GatewayBackendConnectFailures",
+                            "exp_alerts": [
+                                {
+                                    "exp_labels": {
+                                        "severity": "warning",
+                                        "instance": "gw:9180",
+                                        "backend": failing,
+                                    },
+                                    "exp_annotations": {
+                                        "summary": "gw:9180: over 5% of connects"
+                                        f" to {failing} fail"
+                                    },
+                                }
+                            ],
+                        },
+                        {
+                            "eval_time": "30m",
+                            "alertname": "GatewayProtocolErrors",
+                            "exp_alerts": [
+                                {
+                                    "exp_labels": {
+                                        "severity": "warning",
+                                        "instance": "gw:9180",
+                                        "listener": "tcp:7000",
+                                        "peer": "client",
+                                    },
+                                    "exp_annotations": {
+                                        "summary": "gw:9180: over 1% of pairs on"
+                                        " tcp:7000 end in a client protocol error"
+                                    },
+                                }
+                            ],
+                        },
+                    ],
+                }
+            ],
+        }
+        path = self.mktemp() + ".yml"
+        # JSON is YAML.
+        with open(path, "w") as file:
+            json.dump(tests, file)
+        self.promtool("test", "rules", path)

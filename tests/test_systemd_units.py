@@ -7,15 +7,22 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-UNITS = Path(__file__).parent.parent / "systemd"
+from gateway.tap import Options
+
+ROOT = Path(__file__).parent.parent
+UNITS = ROOT / "systemd"
+OPTIONS_FILE = ROOT / "etc" / "default" / "gateway"
+README = ROOT / "README.md"
 SERVICE = UNITS / "gateway.service"
 SOCKET = UNITS / "gateway.socket"
 TLS_SOCKET = UNITS / "gateway-tls.socket"
@@ -242,3 +249,78 @@ class SystemdAnalyzeTests(SynchronousTestCase):
         self.assertIsNotNone(match, result.stdout + result.stderr)
         assert match is not None
         self.assertLessEqual(float(match.group(1)), EXPOSURE_LIMIT, result.stdout)
+
+
+class _NamesOnly(Options):
+    """
+    The gateway's options without the checks of their values, which need
+    the files and sockets the examples name.
+    """
+
+    def postOptions(self) -> None:
+        pass
+
+
+def exampleOptions(path: Path) -> list[tuple[int, list[str]]]:
+    """
+    Every value given to C{GATEWAY_OPTS} or C{GATEWAY_TLS_OPTS} in C{path},
+    commented-out examples included, split into arguments: (line, arguments).
+    """
+    found = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        match = re.search(r"GATEWAY(?:_TLS)?_OPTS=", line)
+        if match is None:
+            continue
+        # What systemd reads: the assignment, its quotes removed.
+        words = shlex.split(line.lstrip("#; "))
+        [assignment] = [word for word in words if match.group() in word]
+        value = assignment.partition(match.group())[2]
+        found.append((number, shlex.split(value)))
+    return found
+
+
+class OptionNamesTests(SynchronousTestCase):
+    """
+    The unit, the options file and the README use only options twistd and
+    the gateway have, with the arguments they take.
+    """
+
+    def test_execStart(self) -> None:
+        """
+        The unit's command line, with the options file as shipped (nothing
+        set), is one twistd accepts: it parses, gateway options and all.
+        """
+        from twisted.scripts.twistd import ServerOptions
+
+        [execStart] = readUnit(SERVICE)["Service"]["ExecStart"]
+        arguments = execStart.split()
+        self.assertEqual(arguments[0], TWISTD)
+        shipped = dict(exampleOptions(OPTIONS_FILE))
+        self.assertIn([], shipped.values(), "GATEWAY_OPTS is empty as shipped")
+        arguments = [
+            argument
+            for argument in arguments[1:]
+            if argument not in ("$GATEWAY_OPTS", "$GATEWAY_TLS_OPTS")
+        ]
+        config = ServerOptions()
+        config.parseOptions(arguments)
+        self.assertEqual(config.subCommand, "gateway")
+        self.assertTrue(config["nodaemon"])
+        self.assertEqual(config["pidfile"], "")
+
+    def test_examples(self) -> None:
+        """
+        Every example in etc/default/gateway, the unit's comments and the
+        README names real gateway options, each with its argument.
+        """
+        examples = [
+            (path.name, number, arguments)
+            for path in (OPTIONS_FILE, SERVICE, README)
+            for number, arguments in exampleOptions(path)
+        ]
+        self.assertGreater(len(examples), 8, "the examples were found")
+        for name, number, arguments in examples:
+            try:
+                _NamesOnly().parseOptions(arguments)
+            except usage.UsageError as error:
+                self.fail(f"{name}, line {number}: {error}")

@@ -1,0 +1,309 @@
+"""
+The proxies the benchmark compares, and how to start each one against an
+echo backend on a loopback port.
+
+``gateway``            twistd -n gateway, metrics on a unix socket (no fixed port)
+``gateway-nometrics``  the same with ``--metrics none``, when the option exists
+``naive``              benchmarks.naive_translator (LineReceiver + Int32StringReceiver)
+``asyncio``            benchmarks.asyncio_translator (streams, uvloop when installed)
+``portforward``        twisted.protocols.portforward: raw bytes, int32 clients
+``haproxy``            HAProxy in TCP mode: raw bytes, int32 clients
+``direct``             no proxy: the load generator talks to the echo backend
+                       (the ceiling of the harness itself; not run by default)
+
+Raw forwarders do not translate, so their clients speak the backend's
+framing (int32); the translators' clients speak ``lf``.
+"""
+
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.processes import Child, ChildError, exchange
+
+ALL_PEERS = (
+    "gateway",
+    "gateway-nometrics",
+    "naive",
+    "asyncio",
+    "portforward",
+    "haproxy",
+    "direct",
+)
+DEFAULT_PEERS = ALL_PEERS[:-1]
+FRAMING = {
+    "gateway": "lf",
+    "gateway-nometrics": "lf",
+    "naive": "lf",
+    "asyncio": "lf",
+    "portforward": "int32",
+    "haproxy": "int32",
+    "direct": "int32",
+}
+PYTHON_PEERS = {
+    "naive": "benchmarks.naive_translator",
+    "asyncio": "benchmarks.asyncio_translator",
+    "portforward": "benchmarks.twisted_portforward",
+}
+GATEWAY_LISTENING = re.compile(r"listening on tcp:\d+ at 127\.0\.0\.1:(\d+)")
+# The gateway's default --max-connections (SPEC.md).
+GATEWAY_MAX_CONNECTIONS = 10000
+START_TIMEOUT = 30.0
+# Descriptors a proxy needs besides two per connection pair.
+FD_SPARE = 200
+PROBE_TIMEOUT = 10.0
+PROBE_PAYLOAD = b"benchmark probe"
+
+HAPROXY_CONFIG = """\
+global
+    maxconn {maxconn}
+    nbthread 1
+
+defaults
+    mode tcp
+    timeout connect 10s
+    timeout client 1h
+    timeout server 1h
+
+frontend benchmark
+    bind fd@{fd}
+    default_backend echo
+
+backend echo
+    server echo 127.0.0.1:{backend_port}
+"""
+
+
+@dataclass
+class PeerSettings:
+    """
+    What starting the peers needs to know.
+    """
+
+    python: str = sys.executable
+    twistd: str = "twistd"
+    root: Path = Path(__file__).resolve().parent.parent
+    scratch: Path = Path("/tmp")
+    gateway_args: list[str] = field(default_factory=list)
+    gateway_options: str = ""
+    # Concurrent connections the peer must accept (idle measurements).
+    max_connections: int = GATEWAY_MAX_CONNECTIONS
+    # RLIMIT_NOFILE the children inherit.
+    fd_limit: int = 1024
+
+
+@dataclass
+class RunningPeer:
+    """
+    A started peer: where its clients connect and the process to sample.
+    """
+
+    name: str
+    framing: str
+    port: int
+    child: Child | None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.child is None else self.child.pid
+
+    def stop(self) -> int | None:
+        return None if self.child is None else self.child.stop()
+
+
+def frame(framing: str, payload: bytes) -> bytes:
+    """
+    C{payload} framed for a peer's clients.
+    """
+    if framing == "lf":
+        return payload + b"\n"
+    return struct.pack(">I", len(payload)) + payload
+
+
+def gateway_help(twistd: str, root: Path) -> str | None:
+    """
+    The gateway plugin's option help, or None when twistd cannot run it.
+    """
+    try:
+        done = subprocess.run(
+            [twistd, "gateway", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=root,
+            env=gateway_environment(root),
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0 or "--backend" not in done.stdout:
+        return None
+    return done.stdout
+
+
+def gateway_environment(root: Path) -> dict[str, str]:
+    """
+    The environment for twistd: the worktree first on the path, so that its
+    plugin and package are the ones measured.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(root), env.get("PYTHONPATH", "")) if p
+    )
+    return env
+
+
+def available(
+    wanted: list[str], settings: PeerSettings
+) -> tuple[list[str], dict[str, str]]:
+    """
+    Which of the C{wanted} peers can run here, and why the others cannot.
+    """
+    skipped: dict[str, str] = {}
+    if {"gateway", "gateway-nometrics"} & set(wanted):
+        twistd = shutil.which(settings.twistd) or settings.twistd
+        settings.twistd = twistd
+        settings.gateway_options = gateway_help(twistd, settings.root) or ""
+        if not settings.gateway_options:
+            reason = f"{twistd} cannot run the gateway plugin"
+            skipped["gateway"] = skipped["gateway-nometrics"] = reason
+        elif "--metrics" not in settings.gateway_options:
+            skipped["gateway-nometrics"] = "the gateway has no --metrics option"
+    if "haproxy" in wanted and shutil.which("haproxy") is None:
+        skipped["haproxy"] = "haproxy is not on PATH"
+    runnable = [p for p in wanted if p not in skipped]
+    return runnable, {p: r for p, r in skipped.items() if p in wanted}
+
+
+def start(name: str, backend_port: int, settings: PeerSettings) -> RunningPeer:
+    """
+    Start peer C{name} in front of the echo backend, wait until it is bound,
+    and check one message goes through it.
+
+    @raise ChildError: it did not start or did not echo the probe.
+    """
+    framing = FRAMING[name]
+    if name == "direct":
+        peer = RunningPeer(name, framing, backend_port, None)
+    elif name in PYTHON_PEERS:
+        child = Child(
+            name,
+            [
+                settings.python,
+                "-m",
+                PYTHON_PEERS[name],
+                "--backend-port",
+                str(backend_port),
+            ],
+            cwd=str(settings.root),
+        )
+        peer = _started(name, framing, child, None)
+    elif name == "haproxy":
+        peer = _start_haproxy(backend_port, settings)
+    else:
+        peer = _start_gateway(name, backend_port, settings)
+    try:
+        _probe(peer)
+    except BaseException:
+        peer.stop()
+        raise
+    return peer
+
+
+def _started(name: str, framing: str, child: Child, port: int | None) -> RunningPeer:
+    try:
+        if port is None:
+            port = child.wait_port(START_TIMEOUT)
+    except BaseException:
+        child.stop()
+        raise
+    return RunningPeer(name, framing, port, child)
+
+
+def _start_gateway(name: str, backend_port: int, settings: PeerSettings) -> RunningPeer:
+    argv = [
+        settings.twistd,
+        "-n",
+        "--pidfile=",
+        "gateway",
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--backend",
+        f"tcp:host=127.0.0.1:port={backend_port}",
+    ]
+    if "--metrics" in settings.gateway_options:
+        if name == "gateway-nometrics":
+            argv += ["--metrics", "none"]
+        else:
+            socket_path = settings.scratch / f"metrics-{os.getpid()}.sock"
+            socket_path.unlink(missing_ok=True)
+            argv += ["--metrics", f"unix:{socket_path}"]
+    wanted = settings.max_connections
+    if (
+        wanted > GATEWAY_MAX_CONNECTIONS
+        and "--max-connections" in settings.gateway_options
+    ):
+        argv += ["--max-connections", str(wanted)]
+    argv += settings.gateway_args
+    child = Child(
+        name, argv, cwd=str(settings.root), env=gateway_environment(settings.root)
+    )
+    try:
+        port = int(child.wait_for(GATEWAY_LISTENING, START_TIMEOUT)[1])
+    except BaseException:
+        child.stop()
+        raise
+    return RunningPeer(name, "lf", port, child)
+
+
+def _start_haproxy(backend_port: int, settings: PeerSettings) -> RunningPeer:
+    # HAProxy cannot report a port 0 listener's port: hand it a bound socket.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4096)
+        listener.set_inheritable(True)
+        port = listener.getsockname()[1]
+        config = settings.scratch / f"haproxy-{port}.cfg"
+        config.write_text(
+            HAPROXY_CONFIG.format(
+                maxconn=haproxy_maxconn(settings),
+                fd=listener.fileno(),
+                backend_port=backend_port,
+            )
+        )
+        child = Child(
+            "haproxy",
+            ["haproxy", "-db", "-f", str(config)],
+            pass_fds=[listener.fileno()],
+        )
+    finally:
+        listener.close()
+    return _started("haproxy", "int32", child, port)
+
+
+def haproxy_maxconn(settings: PeerSettings) -> int:
+    """
+    Room for the connections wanted, within the descriptors HAProxy may open
+    (two per connection, plus its own).
+    """
+    return min(settings.max_connections + 1000, (settings.fd_limit - FD_SPARE) // 2)
+
+
+def _probe(peer: RunningPeer) -> None:
+    message = frame(peer.framing, PROBE_PAYLOAD)
+    try:
+        reply = exchange(peer.port, message, len(message), PROBE_TIMEOUT)
+    except OSError as e:
+        raise ChildError(f"{peer.name} did not echo a probe: {e}\n{_tail(peer)}")
+    if reply != message:
+        raise ChildError(f"{peer.name} echoed {reply!r} for {message!r}")
+
+
+def _tail(peer: RunningPeer) -> str:
+    return "" if peer.child is None else peer.child.tail()

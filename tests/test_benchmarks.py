@@ -1,0 +1,522 @@
+"""
+Tests for the benchmark harness: the load generator's reply checks, the echo
+backend, the reference translators, and a tiny load generator run.
+
+Servers run as real subprocesses on port 0 and are reached with blocking
+sockets that have deadlines; every wait here is bounded.
+"""
+
+import json
+import math
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+import benchmarks
+from benchmarks import compare, loadgen, peers
+from benchmarks.loadgen import (
+    CORRUPTED,
+    MISROUTED,
+    REORDERED,
+    UNEXPECTED,
+    LoadClient,
+    ReplyError,
+    Tally,
+    Verifier,
+)
+from benchmarks.processes import Child, cpu_seconds, exchange, memory_kib
+
+ROOT = Path(benchmarks.__file__).resolve().parent.parent
+# Generous for a loaded 2-core machine, short enough to fail a hung test fast.
+DEADLINE = 10.0
+
+
+def frames(verifier: Verifier, first: int, count: int) -> bytes:
+    return b"".join(verifier.frame(seq) for seq in range(first, first + count))
+
+
+class VerifierTests(SynchronousTestCase):
+    """
+    The reply checks, fed crafted bytes.
+    """
+
+    def test_lf_frames(self) -> None:
+        """
+        An lf message is exactly C{size} payload bytes and a newline; its
+        header names the connection and the sequence number.
+        """
+        verifier = Verifier(conn_id=5, size=64, framing="lf")
+        message = verifier.frame(7)
+        self.assertEqual(len(message), 65)
+        self.assertEqual(message.count(b"\n"), 1)
+        self.assertTrue(message.endswith(b"\n"))
+        self.assertTrue(message.startswith(b"000005" + b"%010x" % 7))
+
+    def test_int32_frames(self) -> None:
+        """
+        An int32 message is a 4-byte big-endian length, then C{size} bytes.
+        """
+        verifier = Verifier(conn_id=1, size=1024, framing="int32")
+        message = verifier.frame(0)
+        self.assertEqual(struct.unpack(">I", message[:4]), (1024,))
+        self.assertEqual(len(message), 1028)
+
+    def test_too_small(self) -> None:
+        """
+        A message must have room for its header.
+        """
+        self.assertRaises(ValueError, Verifier, 0, loadgen.HEADER_SIZE - 1, "lf")
+
+    def test_in_order_any_chunking(self) -> None:
+        """
+        The replies sent, in order, are all counted, however they are split.
+        """
+        for framing in loadgen.FRAMINGS:
+            for chunk in (1, 7, 65, 1000):
+                verifier = Verifier(3, 64, framing)
+                data = verifier.next_messages(5)
+                counted = sum(
+                    verifier.received(data[i : i + chunk])
+                    for i in range(0, len(data), chunk)
+                )
+                self.assertEqual((counted, verifier.replies), (5, 5))
+
+    def assertReplyError(
+        self, verifier: Verifier, data: bytes, kind: str
+    ) -> ReplyError:
+        error = self.assertRaises(ReplyError, verifier.received, data)
+        self.assertEqual(error.kind, kind)
+        return error
+
+    def test_reordered(self) -> None:
+        """
+        A reply that comes before its turn is reported as reordered.
+        """
+        for framing in loadgen.FRAMINGS:
+            verifier = Verifier(2, 64, framing)
+            verifier.next_messages(3)
+            error = self.assertReplyError(
+                verifier, verifier.frame(1) + verifier.frame(0), REORDERED
+            )
+            self.assertIn("reply 0", error.detail)
+            self.assertIn("message 1", error.detail)
+
+    def test_reordered_later(self) -> None:
+        """
+        Replies checked in earlier chunks do not hide a swap later on.
+        """
+        verifier = Verifier(2, 64, "lf")
+        verifier.next_messages(4)
+        self.assertEqual(verifier.received(frames(verifier, 0, 1) + b"0000"), 1)
+        swapped = verifier.frame(2)[4:] + verifier.frame(1)
+        error = self.assertReplyError(verifier, swapped, REORDERED)
+        self.assertIn("reply 1", error.detail)
+
+    def test_corrupted(self) -> None:
+        """
+        A changed byte in the padding is reported as corruption, with its place.
+        """
+        for framing in loadgen.FRAMINGS:
+            verifier = Verifier(2, 64, framing)
+            verifier.next_messages(2)
+            reply = bytearray(frames(verifier, 0, 2))
+            at = verifier.frame_size + 40
+            reply[at] ^= 0x01
+            error = self.assertReplyError(verifier, bytes(reply), CORRUPTED)
+            self.assertIn("reply 1", error.detail)
+            self.assertIn("byte 40", error.detail)
+
+    def test_corrupted_length(self) -> None:
+        """
+        A wrong int32 length header is corruption too.
+        """
+        verifier = Verifier(2, 64, "int32")
+        verifier.next_messages(1)
+        reply = struct.pack(">I", 65) + verifier.frame(0)[4:]
+        self.assertReplyError(verifier, reply, CORRUPTED)
+
+    def test_lf_split_differently(self) -> None:
+        """
+        A newline moved inside an lf reply is corruption.
+        """
+        verifier = Verifier(2, 64, "lf")
+        verifier.next_messages(1)
+        reply = verifier.frame(0)
+        self.assertReplyError(verifier, reply[:10] + b"\n" + reply[10:-1], CORRUPTED)
+
+    def test_framed_for_the_wrong_side(self) -> None:
+        """
+        A translator answering an lf client with the backend's int32 frame
+        shows as corrupted replies.
+        """
+        verifier = Verifier(0, 32, "lf")
+        verifier.next_messages(1)
+        reply = peers.frame("int32", verifier.frame(0)[:-1])
+        self.assertReplyError(verifier, reply, CORRUPTED)
+
+    def test_misrouted(self) -> None:
+        """
+        Another connection's reply is reported as such.
+        """
+        verifier = Verifier(2, 64, "lf")
+        verifier.next_messages(1)
+        other = Verifier(9, 64, "lf")
+        error = self.assertReplyError(verifier, other.frame(0), MISROUTED)
+        self.assertIn("connection 9", error.detail)
+
+    def test_unexpected(self) -> None:
+        """
+        Bytes beyond what was sent are an error, not extra replies.
+        """
+        verifier = Verifier(2, 64, "lf")
+        data = verifier.next_messages(1)
+        self.assertReplyError(verifier, data + data, UNEXPECTED)
+
+    def test_error_is_not_a_reply(self) -> None:
+        """
+        The load client counts a bad reply as an error, closes the
+        connection, and does not count it among the replies.
+        """
+
+        class Transport:
+            aborted = False
+
+            def write(self, data: bytes) -> None:
+                pass
+
+            def abort(self) -> None:
+                self.aborted = True
+
+        tally = Tally()
+        verifier = Verifier(0, 64, "lf")
+        client = LoadClient(verifier, 4, tally, timed=False)
+        transport = Transport()
+        client.connection_made(transport)  # type: ignore[arg-type]
+        client.data_received(verifier.frame(0))
+        client.data_received(verifier.frame(2))
+        client.connection_lost(None)
+        self.assertEqual(tally.replies, 1)
+        self.assertEqual(tally.errors, {REORDERED: 1})
+        self.assertTrue(transport.aborted)
+
+    def test_percentile(self) -> None:
+        """
+        Nearest-rank percentiles.
+        """
+        ordered = list(range(1, 1001))
+        self.assertEqual(loadgen.percentile(ordered, 0.5), 500)
+        self.assertEqual(loadgen.percentile(ordered, 0.99), 990)
+        self.assertEqual(loadgen.percentile(ordered, 0.999), 999)
+        self.assertTrue(math.isnan(loadgen.percentile([], 0.5)))
+
+
+def start(testcase: SynchronousTestCase, name: str, module: str, *args: str) -> int:
+    """
+    Start a benchmark server module, stop it at the end of the test, and
+    return its port.
+    """
+    child = Child(name, [sys.executable, "-m", module, *args], cwd=str(ROOT))
+    testcase.addCleanup(child.stop)
+    return child.wait_port(DEADLINE)
+
+
+class RecordingBackend:
+    """
+    A listening socket standing in for the backend, to see the exact frames.
+    """
+
+    def __init__(self, testcase: SynchronousTestCase) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(DEADLINE)
+        testcase.addCleanup(self.listener.close)
+        self.port = self.listener.getsockname()[1]
+        self.testcase = testcase
+
+    def accept(self) -> socket.socket:
+        connection, _ = self.listener.accept()
+        connection.settimeout(DEADLINE)
+        self.testcase.addCleanup(connection.close)
+        return connection
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {data!r}")
+        data += chunk
+    return data
+
+
+class ServerTests(SynchronousTestCase):
+    """
+    The echo backend and the reference translators, over real sockets.
+    """
+
+    def test_echo(self) -> None:
+        """
+        The echo backend writes back every byte, however large the write.
+        """
+        port = start(self, "echo", "benchmarks.echo_backend")
+        data = struct.pack(">I", 5) + b"hello" + bytes(range(256)) * 1024
+        self.assertEqual(exchange(port, data, len(data), DEADLINE), data)
+
+    def test_echo_half_close(self) -> None:
+        """
+        After the client's half-close, the echo backend sends the rest and closes.
+        """
+        port = start(self, "echo", "benchmarks.echo_backend")
+        with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+            sock.sendall(b"last words")
+            sock.shutdown(socket.SHUT_WR)
+            received = b""
+            while chunk := sock.recv(1024):
+                received += chunk
+        self.assertEqual(received, b"last words")
+
+    def assertTranslates(self, module: str) -> None:
+        """
+        Lines from the client reach the backend as int32 frames, and frames
+        from the backend reach the client as lines.
+        """
+        backend = RecordingBackend(self)
+        port = start(self, module, module, "--backend-port", str(backend.port))
+        with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as client:
+            client.sendall(b"hello\n\nworld\n")
+            upstream = backend.accept()
+            expected = b"\0\0\0\x05hello" + b"\0\0\0\0" + b"\0\0\0\x05world"
+            self.assertEqual(read_exactly(upstream, len(expected)), expected)
+            upstream.sendall(b"\0\0\0\x03abc" + b"\0\0\0\0" + b"\0\0\0\x01z")
+            self.assertEqual(read_exactly(client, 7), b"abc\n\nz\n")
+
+    def assertEchoesThrough(self, module: str) -> None:
+        """
+        Messages sent through the translator to the echo backend come back.
+        """
+        echo = start(self, "echo", "benchmarks.echo_backend")
+        port = start(self, module, module, "--backend-port", str(echo))
+        lines = b"".join(b"message %d\n" % i for i in range(100))
+        self.assertEqual(exchange(port, lines, len(lines), DEADLINE), lines)
+
+    def test_naive_translates(self) -> None:
+        self.assertTranslates("benchmarks.naive_translator")
+
+    def test_naive_echoes(self) -> None:
+        self.assertEchoesThrough("benchmarks.naive_translator")
+
+    def test_asyncio_translates(self) -> None:
+        self.assertTranslates("benchmarks.asyncio_translator")
+
+    def test_asyncio_echoes(self) -> None:
+        self.assertEchoesThrough("benchmarks.asyncio_translator")
+
+    def test_portforward_forwards(self) -> None:
+        """
+        Twisted's port forwarder passes bytes untouched both ways.
+        """
+        echo = start(self, "echo", "benchmarks.echo_backend")
+        port = start(
+            self,
+            "portforward",
+            "benchmarks.twisted_portforward",
+            "--backend-port",
+            str(echo),
+        )
+        data = peers.frame("int32", b"raw")
+        self.assertEqual(exchange(port, data, len(data), DEADLINE), data)
+
+
+class LoadgenRunTests(SynchronousTestCase):
+    """
+    The load generator as the harness runs it.
+    """
+
+    def run_loadgen(self, port: int, *args: str) -> dict:
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE * 3,
+        )
+        lines = done.stdout.splitlines()
+        self.assertEqual(json.loads(lines[0])["event"], "window", done.stderr)
+        result = json.loads(lines[-1])
+        self.assertEqual(result["event"], "result")
+        self.assertEqual(done.returncode, 1 if result["errors"] else 0)
+        return result
+
+    def test_int32_against_echo(self) -> None:
+        """
+        A tiny throughput run against the echo backend: replies, no errors.
+        """
+        echo = start(self, "echo", "benchmarks.echo_backend")
+        result = self.run_loadgen(
+            echo,
+            "--framing",
+            "int32",
+            "-c",
+            "2",
+            "-w",
+            "8",
+            "-d",
+            "0.3",
+            "--warmup",
+            "0.1",
+        )
+        self.assertEqual(result["errors"], 0, result["error_details"])
+        self.assertGreater(result["messages"], 0)
+
+    def test_latency_lf_through_naive(self) -> None:
+        """
+        A tiny latency run through a translator: percentiles, no errors.
+        """
+        echo = start(self, "echo", "benchmarks.echo_backend")
+        port = start(
+            self, "naive", "benchmarks.naive_translator", "--backend-port", str(echo)
+        )
+        result = self.run_loadgen(
+            port,
+            "--mode",
+            "latency",
+            "-c",
+            "2",
+            "-d",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--procs",
+            "2",
+        )
+        self.assertEqual(result["errors"], 0, result["error_details"])
+        self.assertGreater(result["latency_us"]["samples"], 0)
+        self.assertLessEqual(result["latency_us"]["p50"], result["latency_us"]["p99"])
+
+    def test_idle(self) -> None:
+        """
+        Idle mode opens its connections, says so, and holds them until its
+        stdin closes.
+        """
+        echo = start(self, "echo", "benchmarks.echo_backend")
+        child = Child(
+            "idle loadgen",
+            [sys.executable, "-m", "benchmarks.loadgen", "--port", str(echo)]
+            + ["--framing", "int32", "--mode", "idle", "--connections", "5"],
+            cwd=str(ROOT),
+            stdin=subprocess.PIPE,
+        )
+        self.addCleanup(child.stop)
+        ready = json.loads(child.wait_for(compare.READY_LINE, DEADLINE)[0])
+        self.assertEqual((ready["connections"], ready["errors"]), (5, 0))
+        assert child.process.stdin is not None
+        child.process.stdin.close()
+        result = json.loads(child.wait_for(compare.RESULT_LINE, DEADLINE)[0])
+        self.assertEqual(child.wait(DEADLINE), 0)
+        self.assertEqual((result["opened"], result["errors"]), (5, 0))
+
+
+class HarnessTests(SynchronousTestCase):
+    """
+    Pieces of the comparison script.
+    """
+
+    def test_proc_sampling(self) -> None:
+        """
+        CPU time and memory figures come from /proc.
+        """
+        import os
+
+        self.assertGreater(cpu_seconds(os.getpid()), 0)
+        self.assertGreater(memory_kib(os.getpid(), "VmHWM"), 0)
+
+    def test_rotation(self) -> None:
+        """
+        Each repetition starts with a different peer.
+        """
+        names = ["a", "b", "c"]
+        self.assertEqual(
+            [compare.rotated(names, rep)[0] for rep in range(4)], ["a", "b", "c", "a"]
+        )
+
+    def test_compare(self) -> None:
+        """
+        The comparison script, cut down to one short run and a few idle
+        pairs, reports the peer it ran.
+        """
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.compare", "--peers", "naive"]
+            + ["--scenarios", "c", "--reps", "1", "--duration", "0.3"]
+            + ["--warmup", "0.1", "--idle-pairs", "20"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE * 6,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("## c. req/resp", done.stdout)
+        self.assertIn("| naive | lf |", done.stdout)
+        self.assertIn("## Idle pairs (20 client+backend pairs)", done.stdout)
+
+    def test_report(self) -> None:
+        """
+        The report has a table per scenario and the ratios of the baseline
+        to each peer, per repetition.
+        """
+        plan = compare.Plan(
+            peers=["gateway", "naive"],
+            scenarios=list(compare.SCENARIOS),
+            reps=2,
+            duration=1.0,
+            warmup=0.1,
+            idle_pairs=0,
+            settle=0.0,
+            loadgen_procs=1,
+        )
+        runs = [
+            compare.Run(peer, s.key, rep, msg_per_s=rate, proxy_cpu=100.0)
+            for s in compare.SCENARIOS
+            for rep in range(2)
+            for peer, rate in (("gateway", 300.0), ("naive", 100.0))
+        ]
+        text = compare.report(plan, runs, [], {}, peers.PeerSettings())
+        self.assertIn("## c. req/resp", text)
+        self.assertIn("| a | naive | 3.00 | 3.00 | 3.00 |", text)
+
+    def test_disturbed_runs(self) -> None:
+        """
+        A run during which other processes were busy is starred and left
+        out of the medians.
+        """
+        plan = compare.Plan(
+            peers=["gateway", "naive"],
+            scenarios=[compare.SCENARIOS[0]],
+            reps=3,
+            duration=1.0,
+            warmup=0.1,
+            idle_pairs=0,
+            settle=0.0,
+            loadgen_procs=1,
+        )
+        # Rep 2's gateway run shared the machine: half its usual rate.
+        rates = {("gateway", 1): 150.0}
+        busy = compare.NOISY * 2
+        runs = [
+            compare.Run(
+                peer,
+                "a",
+                rep,
+                msg_per_s=rates.get((peer, rep), 300.0 if peer == "gateway" else 100.0),
+                other_cpu=busy if (peer, rep) in rates else 0.0,
+            )
+            for rep in range(3)
+            for peer in ("gateway", "naive")
+        ]
+        text = compare.report(plan, runs, [], {}, peers.PeerSettings())
+        self.assertIn("| a | naive | 3.00 | 1.50 * | 3.00 | 3.00 |", text)
+        self.assertIn("| gateway | lf | 300 |", text)
+        self.assertIn("| 2/3 |", text)

@@ -1,0 +1,823 @@
+"""
+End to end: the gateway the way systemd runs it.
+
+A real C{twistd gateway} process tells a datagram socket the test owns what
+it is doing (sd_notify), takes listening sockets passed the way systemd
+passes them (socket activation), and drains its connections on SIGTERM and
+SIGINT. Every wait has a deadline; nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import Callable
+
+import trustme
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    connectProtocol,
+    wrapClientTLS,
+)
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
+from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, TestCase
+from zope.interface import implementer
+
+from tests.e2e import (
+    DEADLINE,
+    TWISTD,
+    BackendFactory,
+    GatewayProcess,
+    gatewayCommand,
+    listenBackend,
+)
+
+LISTEN = ["--listen", "tcp:0:interface=127.0.0.1"]
+METRICS = ["--metrics", "tcp:0:interface=127.0.0.1"]
+
+# Runs its arguments as a command whose LISTEN_PID is its own pid, as
+# systemd sets it: the shell exports its pid, then execs, keeping the pid.
+AS_LISTEN_PID = ["/bin/sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh"]
+
+# What systemd would put in the environment, so none leaks in from outside.
+SYSTEMD_VARIABLES = (
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+)
+
+# twistd ends itself with the signal that stopped it (twisted.application.app
+# _exitWithSignal), so its exit status is that signal: -15 for SIGTERM, -2
+# for SIGINT, both of which systemd counts as a clean exit.
+EXIT_SIGTERM = -15
+EXIT_SIGINT = -2
+
+# WATCHDOG_USEC of one second: the gateway must ping every 0.5 s.
+WATCHDOG_USEC = "1000000"
+# Pings counted before the watchdog is believed to run on its own.
+WATCHDOG_PINGS = 3
+
+# SPEC §6: once the signal is sent, a new connection is refused within this.
+REFUSED_WITHIN = 1.0
+
+# --drain-timeout for tests where the drain ends early: far longer than the
+# test, so that only the pair finishing can end it.
+LONG_DRAIN = "60"
+# --drain-timeout for the test where it expires.
+SHORT_DRAIN = 1.0
+
+
+class WatchedGateway(GatewayProcess):
+    """
+    A gateway process whose output a test can wait for.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiting: list[tuple[str, bool, int, Deferred[None]]] = []
+
+    def outReceived(self, data: bytes) -> None:
+        super().outReceived(data)
+        self._check()
+
+    def errReceived(self, data: bytes) -> None:
+        super().errReceived(data)
+        self._check()
+
+    def waitFor(self, text: str, stderr: bool = False, count: int = 1) -> Deferred:
+        """
+        Fire once C{text} has appeared C{count} times on stdout (or stderr);
+        fail if the process ends first, or past the deadline.
+        """
+        waiter: Deferred[None] = Deferred()
+        self._waiting.append((text, stderr, count, waiter))
+        self._check()
+        return waiter.addTimeout(DEADLINE, reactor)
+
+    def _check(self) -> None:
+        for entry in list(self._waiting):
+            text, stderr, count, waiter = entry
+            seen = (self.errors if stderr else self.output).decode("utf-8", "replace")
+            if seen.count(text) >= count:
+                self._waiting.remove(entry)
+                waiter.callback(None)
+
+    def processEnded(self, reason: Failure) -> None:
+        super().processEnded(reason)
+        waiting, self._waiting = self._waiting, []
+        for text, _, _, waiter in waiting:
+            waiter.errback(
+                GatewayEnded(
+                    f"ended (status {self.exitCode}) before writing {text!r}:\n"
+                    + self.log()
+                    + self.errors.decode("utf-8", "replace")
+                )
+            )
+
+    def whenReady(self) -> Deferred[GatewayProcess]:
+        return self.ready.addTimeout(DEADLINE, reactor)
+
+    def whenEnded(self) -> Deferred[int]:
+        return self.ended.addTimeout(DEADLINE, reactor)
+
+    def signal(self, name: str) -> None:
+        self.transport.signalProcess(name)
+
+
+class GatewayEnded(Exception):
+    """
+    The process ended before writing what a test waited for.
+    """
+
+
+def startGateway(
+    testCase: TestCase,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    childFDs: dict[int, int] | None = None,
+) -> WatchedGateway:
+    """
+    Run C{argv} (a gateway, possibly behind a wrapper) with C{env} added to
+    this environment, less anything systemd would set, and with the listed
+    descriptors of this process as its own. When the test ends the process
+    is stopped (SIGTERM, then SIGKILL past the deadline) and awaited.
+    """
+    process = WatchedGateway()
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in SYSTEMD_VARIABLES
+    }
+    environment.update(env or {})
+    reactor.spawnProcess(
+        process,
+        argv[0],
+        argv,
+        env=environment,
+        childFDs={0: "w", 1: "r", 2: "r", **(childFDs or {})},
+    )
+
+    async def stop() -> None:
+        if process.exitCode is None:
+            process.signal("TERM")
+            killer = reactor.callLater(DEADLINE, _kill, process)
+            await process.ended
+            if killer.active():
+                killer.cancel()
+
+    testCase.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+    return process
+
+
+def _kill(process: GatewayProcess) -> None:
+    if process.exitCode is None:
+        process.transport.signalProcess("KILL")
+
+
+def gateway(args: list[str]) -> list[str]:
+    """
+    The twistd command line for a gateway with C{args}, metrics on a free port.
+    """
+    return gatewayCommand([*args, *METRICS])
+
+
+def backendOption(port: int) -> list[str]:
+    return ["--backend", f"tcp:host=127.0.0.1:port={port}"]
+
+
+def temporaryDirectory(testCase: TestCase) -> str:
+    """
+    A short directory path: an AF_UNIX path may have at most 107 bytes, more
+    than trial's own nested temporary directories leave.
+    """
+    directory = tempfile.mkdtemp(prefix="gw-")
+    testCase.addCleanup(shutil.rmtree, directory, True)
+    return directory
+
+
+def listeningSocket(testCase: TestCase) -> socket.socket:
+    """
+    A TCP socket listening on a free loopback port, as systemd would bind it.
+    """
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    testCase.addCleanup(listening.close)
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(50)
+    return listening
+
+
+def portOf(listening: socket.socket) -> int:
+    return listening.getsockname()[1]
+
+
+def freePorts(count: int) -> list[int]:
+    """
+    C{count} different loopback ports that nothing listened on a moment ago.
+    """
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+class TLSFiles:
+    """
+    A trustme CA, and a server certificate for C{localhost} with its key in
+    one PEM file, as --tls-cert takes it.
+    """
+
+    def __init__(self, testCase: TestCase) -> None:
+        self.ca = trustme.CA()
+        leaf = self.ca.issue_cert("localhost")
+        self.certFile = os.path.join(temporaryDirectory(testCase), "gateway.pem")
+        leaf.private_key_and_cert_chain_pem.write_to_path(self.certFile)
+
+    def client(self, endpoint: IStreamClientEndpoint) -> IStreamClientEndpoint:
+        """
+        C{endpoint} with TLS on top, trusting only this CA, for C{localhost}.
+        """
+        trustRoot = Certificate.loadPEM(self.ca.cert_pem.bytes())
+        return wrapClientTLS(
+            optionsForClientTLS("localhost", trustRoot=trustRoot), endpoint
+        )
+
+
+class Conversation(Protocol):
+    """
+    A client that sends when told, and lets a test wait for the replies and
+    for the connection's end.
+
+    @ivar lost: fires with the exception that says why the connection
+        ended (L{ConnectionDone}, L{ConnectionLost}, ...).
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: Deferred[BaseException] = Deferred()
+        self._expected: list[tuple[bytes, Deferred[None]]] = []
+
+    def send(self, data: bytes, reply: bytes) -> Deferred[None]:
+        """
+        Send C{data}; fire once everything received so far includes C{reply}.
+        """
+        waiter: Deferred[None] = Deferred()
+        self._expected.append((reply, waiter))
+        self.transport.write(data)
+        return waiter.addTimeout(DEADLINE, reactor)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        for entry in list(self._expected):
+            if entry[0] in self.received:
+                self._expected.remove(entry)
+                entry[1].callback(None)
+
+    def connectionLost(self, reason: Failure) -> None:
+        expected, self._expected = self._expected, []
+        for _, waiter in expected:
+            waiter.errback(reason)
+        self.lost.callback(reason.value)
+
+    def close(self) -> Deferred[BaseException]:
+        if not self.lost.called:
+            self.transport.loseConnection()
+        return self.lost.addTimeout(DEADLINE, reactor)
+
+
+async def converse(testCase: TestCase, endpoint: IStreamClientEndpoint) -> Conversation:
+    """
+    Connect a L{Conversation}; it is closed, and its end awaited, when the
+    test ends.
+    """
+    client = await connectProtocol(endpoint, Conversation()).addTimeout(
+        DEADLINE, reactor
+    )
+    testCase.addCleanup(client.close)
+    return client
+
+
+def tcp(port: int) -> IStreamClientEndpoint:
+    return TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+
+
+class NotifySocket(DatagramProtocol):
+    """
+    Stands in for systemd's notification socket: keeps every sd_notify
+    message, each as a dict of its assignments.
+
+    @ivar onMessage: called with each message as it arrives, before anything
+        else can happen in this process.
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, str]] = []
+        self.onMessage: Callable[[dict[str, str]], None] = lambda message: None
+        self._waiting: list[tuple[Callable[[dict[str, str]], bool], int, Deferred]] = []
+
+    def datagramReceived(self, datagram: bytes, address: object) -> None:
+        message = dict(
+            line.split("=", 1) for line in datagram.decode("utf-8").split("\n")
+        )
+        self.messages.append(message)
+        self.onMessage(message)
+        for entry in list(self._waiting):
+            matches, count, waiter = entry
+            found = [m for m in self.messages if matches(m)]
+            if len(found) >= count:
+                self._waiting.remove(entry)
+                waiter.callback(found)
+
+    def waitFor(
+        self, matches: Callable[[dict[str, str]], bool], count: int = 1
+    ) -> Deferred[list[dict[str, str]]]:
+        """
+        Fire with every message C{matches} accepts, once there are C{count}.
+        """
+        waiter: Deferred[list[dict[str, str]]] = Deferred()
+        found = [m for m in self.messages if matches(m)]
+        if len(found) >= count:
+            waiter.callback(found)
+        else:
+            self._waiting.append((matches, count, waiter))
+        return waiter.addTimeout(DEADLINE, reactor)
+
+
+def has(key: str, value: str = "1") -> Callable[[dict[str, str]], bool]:
+    return lambda message: message.get(key) == value
+
+
+def listenNotify(testCase: TestCase) -> tuple[NotifySocket, str]:
+    """
+    A real AF_UNIX datagram socket in a temporary directory: the receiver,
+    and the path to give the gateway as C{NOTIFY_SOCKET}.
+    """
+    path = os.path.join(temporaryDirectory(testCase), "notify")
+    receiver = NotifySocket()
+    port = reactor.listenUNIXDatagram(path, receiver)
+    testCase.addCleanup(port.stopListening)
+    return receiver, path
+
+
+class SystemdNotifyTests(TestCase):
+    """
+    The gateway speaks sd_notify to C{NOTIFY_SOCKET}: READY=1 once it
+    serves, STATUS= with its connections, the watchdog, RELOADING=1 around
+    SIGHUP and STOPPING=1 on SIGTERM.
+    """
+
+    async def test_lifecycle(self) -> None:
+        """
+        READY=1 first, once the listeners accept connections; watchdog pings
+        with C{WATCHDOG_USEC} set (every 0.5 s for 1 s: the exact cadence is
+        tested with a fake clock in test_notify); RELOADING=1 then READY=1
+        with the connection count on SIGHUP; STOPPING=1 on SIGTERM, after
+        which no ping comes.
+        """
+        receiver, notifyPath = listenNotify(self)
+        unixPath = os.path.join(temporaryDirectory(self), "gateway.sock")
+        # Connected synchronously the moment READY=1 arrives: if the gateway
+        # said READY=1 before binding, this connection is refused.
+        atReady: list[socket.socket | OSError] = []
+
+        def connectAtReady(message: dict[str, str]) -> None:
+            if message.get("READY") == "1" and not atReady:
+                early = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    early.connect(unixPath)
+                except OSError as error:
+                    early.close()
+                    atReady.append(error)
+                else:
+                    atReady.append(early)
+
+        receiver.onMessage = connectAtReady
+        process = startGateway(
+            self,
+            gateway([*LISTEN, "--listen", f"unix:{unixPath}"]),
+            env={"NOTIFY_SOCKET": notifyPath, "WATCHDOG_USEC": WATCHDOG_USEC},
+        )
+        [ready] = await receiver.waitFor(has("READY"))
+        self.assertEqual(ready, {"READY": "1", "STATUS": "0 active connections"})
+        self.assertEqual(receiver.messages[0], ready, "READY=1 comes first")
+        [early] = atReady
+        self.assertIsInstance(early, socket.socket)
+
+        # That early connection is served, like one made over TCP.
+        earlyClient = Conversation()
+        reactor.adoptStreamConnection(
+            early.fileno(), socket.AF_UNIX, _OneProtocol(earlyClient)
+        )
+        early.close()
+        self.addCleanup(earlyClient.close)
+        await earlyClient.send(b"early\n", b"early\n")
+        await process.whenReady()
+        tcpClient = await converse(self, tcp(process.port("tcp:0")))
+        await tcpClient.send(b"tcp\n", b"tcp\n")
+
+        pings = await receiver.waitFor(has("WATCHDOG"), WATCHDOG_PINGS)
+        self.assertEqual(pings, [{"WATCHDOG": "1"}] * WATCHDOG_PINGS)
+
+        process.signal("HUP")
+        [reloading] = await receiver.waitFor(has("RELOADING"))
+        readyAgain = await receiver.waitFor(has("READY"), 2)
+        self.assertEqual(
+            readyAgain[-1], {"READY": "1", "STATUS": "2 active connections"}
+        )
+        self.assertGreater(int(reloading["MONOTONIC_USEC"]), 0)
+        order = [m for m in receiver.messages if "READY" in m or "RELOADING" in m]
+        self.assertEqual(order, [ready, reloading, readyAgain[-1]])
+
+        process.signal("TERM")
+        [stopping] = await receiver.waitFor(has("STOPPING"))
+        self.assertEqual(
+            stopping, {"STOPPING": "1", "STATUS": "draining, 2 active connections"}
+        )
+        await earlyClient.close()
+        await tcpClient.close()
+        self.assertEqual(await process.whenEnded(), EXIT_SIGTERM)
+        afterStopping = receiver.messages[receiver.messages.index(stopping) + 1 :]
+        self.assertNotIn({"WATCHDOG": "1"}, afterStopping)
+        self.assertNotIn("Traceback", process.log())
+
+    async def test_noWatchdogUnlessAsked(self) -> None:
+        """
+        Without C{WATCHDOG_USEC} the gateway sends READY=1 and no pings. A
+        SIGTERM sent the moment it is ready is handled (STOPPING=1, a
+        drain), not fatal: ready means the reactor runs, and with it
+        twistd's signal handlers.
+        """
+        receiver, notifyPath = listenNotify(self)
+        process = startGateway(self, gateway(LISTEN), env={"NOTIFY_SOCKET": notifyPath})
+        await receiver.waitFor(has("READY"))
+        await process.whenReady()
+        process.signal("TERM")
+        await receiver.waitFor(has("STOPPING"))
+        self.assertEqual(await process.whenEnded(), EXIT_SIGTERM)
+        self.assertEqual(
+            [m for m in receiver.messages if "WATCHDOG" in m], [], receiver.messages
+        )
+
+
+class _OneProtocol(Factory):
+    """
+    Builds one given protocol, for adopting a connected socket.
+    """
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, address: object) -> Protocol:
+        return self._protocol
+
+
+class SocketActivationTests(TestCase):
+    """
+    systemd binds the ports and passes the listening sockets by name
+    (C{LISTEN_FDS}, C{LISTEN_FDNAMES}, C{LISTEN_PID}); the gateway picks
+    them with C{systemd:domain=INET:name=...}.
+    """
+
+    def setUp(self) -> None:
+        self.tls = TLSFiles(self)
+        self.backend, backendPort = listenBackend(self)
+        self.args = [
+            "--listen",
+            "systemd:domain=INET:name=gateway",
+            "--listen-tls",
+            "systemd:domain=INET:name=gateway-tls",
+            "--tls-cert",
+            self.tls.certFile,
+            *backendOption(backendPort),
+        ]
+
+    async def test_namedSockets(self) -> None:
+        """
+        A plain and a TLS socket passed as descriptors 3 and 4, named
+        C{gateway} and C{gateway-tls}, both serve in one process. A client
+        that connected before the gateway started waits in the socket's
+        queue and is served once it runs.
+        """
+        plain = listeningSocket(self)
+        tls = listeningSocket(self)
+        early = await converse(self, tcp(portOf(plain)))
+        earlyReply = early.send(b"queued\n", b"QUEUED\n")
+        process = startGateway(
+            self,
+            AS_LISTEN_PID + gateway(self.args),
+            env={"LISTEN_FDS": "2", "LISTEN_FDNAMES": "gateway:gateway-tls"},
+            childFDs={3: plain.fileno(), 4: tls.fileno()},
+        )
+        # The gateway has its own copies; the test must not keep them open.
+        plain.close()
+        tls.close()
+        await process.whenReady()
+        await earlyReply
+        log = process.log()
+        plainPort = process.ports["systemd:gateway"]
+        self.assertIn(f"listening on systemd:gateway at 127.0.0.1:{plainPort}", log)
+        self.assertIn("listening on tls+systemd:gateway-tls at 127.0.0.1:", log)
+        secure = await converse(
+            self, self.tls.client(tcp(process.ports["tls+systemd:gateway-tls"]))
+        )
+        await secure.send(b"secure\n", b"SECURE\n")
+        await secure.close()
+        await early.close()
+        self.assertEqual(await process.stop(), EXIT_SIGTERM)
+        self.assertEqual(self.backend.received, [b"queued", b"secure"])
+
+    async def test_restartKeepsQueuedConnections(self) -> None:
+        """
+        systemd keeps its socket while the gateway restarts: a client that
+        connects between two gateway processes is served by the second.
+        """
+        plain = listeningSocket(self)  # The test plays systemd: it keeps this.
+        tls = listeningSocket(self)
+        env = {"LISTEN_FDS": "2", "LISTEN_FDNAMES": "gateway:gateway-tls"}
+        childFDs = {3: plain.fileno(), 4: tls.fileno()}
+        first = startGateway(self, AS_LISTEN_PID + gateway(self.args), env, childFDs)
+        await first.whenReady()
+        self.assertEqual(await first.stop(), EXIT_SIGTERM)
+        between = await converse(self, tcp(portOf(plain)))
+        reply = between.send(b"between\n", b"BETWEEN\n")
+        second = startGateway(self, AS_LISTEN_PID + gateway(self.args), env, childFDs)
+        await second.whenReady()
+        await reply
+        await between.close()
+        self.assertEqual(await second.stop(), EXIT_SIGTERM)
+
+    async def test_systemdSocketActivate(self) -> None:
+        """
+        The real thing: C{systemd-socket-activate} binds both ports, starts
+        the gateway at the first connection and passes the sockets by name.
+
+        It cannot bind port 0, so the ports are found free first; should
+        another process take one in between, the test tries once more.
+        """
+        tool = shutil.which("systemd-socket-activate")
+        if tool is None:
+            raise SkipTest("systemd-socket-activate is not installed (package systemd)")
+        for attempt in range(2):
+            plainPort, tlsPort = freePorts(2)
+            process = startGateway(
+                self,
+                [
+                    tool,
+                    f"--listen=127.0.0.1:{plainPort}",
+                    f"--listen=127.0.0.1:{tlsPort}",
+                    "--fdname=gateway:gateway-tls",
+                    *gateway(self.args),
+                ],
+            )
+            try:
+                await process.waitFor("Listening on", stderr=True, count=2)
+            except GatewayEnded:
+                process.ready.addErrback(lambda failure: None)
+                if attempt == 0 and b"Address already in use" in process.errors:
+                    continue
+                raise
+            break
+        # Nothing runs yet but systemd-socket-activate; this connection
+        # starts the gateway and waits for it in the socket's queue.
+        first = await converse(self, tcp(plainPort))
+        await first.send(b"first\n", b"FIRST\n")
+        await process.whenReady()
+        self.assertEqual(process.ports["systemd:gateway"], plainPort)
+        self.assertEqual(process.ports["tls+systemd:gateway-tls"], tlsPort)
+        secure = await converse(self, self.tls.client(tcp(tlsPort)))
+        await secure.send(b"secure\n", b"SECURE\n")
+        await secure.close()
+        await first.close()
+        self.assertEqual(await process.stop(), EXIT_SIGTERM)
+
+    async def test_missingName(self) -> None:
+        """
+        Asking for a socket systemd did not pass (gateway-tls.socket not
+        enabled, say) ends startup with one line naming the option and the
+        socket, and no traceback.
+        """
+        plain = listeningSocket(self)
+        process = startGateway(
+            self,
+            AS_LISTEN_PID + gateway(self.args),
+            env={"LISTEN_FDS": "1", "LISTEN_FDNAMES": "gateway"},
+            childFDs={3: plain.fileno()},
+        )
+        process.ready.addErrback(lambda failure: None)
+        self.assertEqual(await process.whenEnded(), 1)
+        everything = process.log() + process.errors.decode("utf-8", "replace")
+        self.assertNotIn("Traceback", everything)
+        lastLine = [line for line in everything.splitlines() if line.strip()][-1]
+        self.assertEqual(
+            lastLine,
+            # twistd prefixes its first two arguments.
+            f"{TWISTD} -n: --listen-tls"
+            " 'systemd:domain=INET:name=gateway-tls': no socket named"
+            " 'gateway-tls' was passed by systemd (LISTEN_FDNAMES)",
+        )
+
+
+@implementer(IHalfCloseableProtocol)
+class HoldingBackend(Int32StringReceiver):
+    """
+    An int32 backend that answers each message in upper case, but only when
+    the test releases the answers.
+    """
+
+    factory: HoldingFactory
+
+    def connectionMade(self) -> None:
+        self.factory.opened(self)
+
+    def stringReceived(self, payload: bytes) -> None:
+        self.factory.hold(self, payload)
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.factory.closed(self)
+
+
+class HoldingFactory(BackendFactory):
+    """
+    Keeps every message its backends receive until L{release}.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(HoldingBackend)
+        self.held: list[tuple[HoldingBackend, bytes]] = []
+        self._arrivals: list[Deferred[None]] = []
+
+    def hold(self, backend: HoldingBackend, payload: bytes) -> None:
+        self.received.append(payload)
+        self.held.append((backend, payload))
+        arrivals, self._arrivals = self._arrivals, []
+        for arrival in arrivals:
+            arrival.callback(None)
+
+    def whenHeld(self) -> Deferred[None]:
+        """
+        Fire once a message is held.
+        """
+        arrival: Deferred[None] = Deferred()
+        if self.held:
+            arrival.callback(None)
+        else:
+            self._arrivals.append(arrival)
+        return arrival.addTimeout(DEADLINE, reactor)
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for backend, payload in held:
+            backend.sendString(payload.upper())
+
+
+def listenHolding(testCase: TestCase) -> tuple[HoldingFactory, int]:
+    """
+    Listen with a L{HoldingFactory} on a free loopback port, until every
+    connection to it has closed at the end of the test.
+    """
+    factory = HoldingFactory()
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+
+    async def cleanup() -> None:
+        await port.stopListening()
+        await factory.allClosed()
+
+    testCase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
+    return factory, port.getHost().port
+
+
+_CLOSED = re.compile(
+    r"closed tcp:0 127\.0\.0\.1:\d+ via tcp:127\.0\.0\.1:\d+ after [\d.]+s:"
+    r" (\d+) messages \((\d+) bytes\) up, (\d+) messages \((\d+) bytes\) down,"
+    r" (\w+)"
+)
+
+
+def closedLines(log: str) -> list[tuple[str, ...]]:
+    """
+    Counts and reason of every C{closed} log event.
+    """
+    return _CLOSED.findall(log)
+
+
+class DrainTests(TestCase):
+    """
+    SIGTERM and SIGINT stop the listeners at once, let open pairs finish for
+    --drain-timeout seconds, close what is left with reason C{shutdown}, and
+    end the process cleanly.
+    """
+
+    async def startWithHeldMessage(
+        self, drainTimeout: str
+    ) -> tuple[WatchedGateway, HoldingFactory, Conversation, Deferred[None]]:
+        """
+        A gateway with a client whose message the backend holds: the reply
+        waits for L{HoldingFactory.release}.
+        """
+        backend, backendPort = listenHolding(self)
+        process = startGateway(
+            self,
+            gateway(
+                [*LISTEN, *backendOption(backendPort), "--drain-timeout", drainTimeout]
+            ),
+        )
+        await process.whenReady()
+        client = await converse(self, tcp(process.port()))
+        reply = client.send(b"slow\n", b"SLOW\n")
+        await backend.whenHeld()
+        return process, backend, client, reply
+
+    async def drainUntilFinished(self, signalName: str, exitCode: int) -> None:
+        process, backend, client, reply = await self.startWithHeldMessage(LONG_DRAIN)
+        readyz = await httpStatus(self, process.ports["metrics"], b"/readyz")
+        self.assertEqual(readyz, b"200")
+
+        signalledAt = reactor.seconds()
+        process.signal(signalName)
+        # Logged once every proxy listener has closed.
+        await process.waitFor("draining 1 connections for up to 60.0s")
+        with self.assertRaises(ConnectionRefusedError):
+            await converse(self, tcp(process.port()))
+        self.assertLess(reactor.seconds() - signalledAt, REFUSED_WITHIN)
+        # Metrics stay up while draining, to say so.
+        readyz = await httpStatus(self, process.ports["metrics"], b"/readyz")
+        self.assertEqual(readyz, b"503")
+
+        self.assertEqual(client.received, b"")
+        backend.release()
+        await reply
+        self.assertIsNone(process.exitCode, "the gateway waits for its last pair")
+        await client.close()
+        self.assertEqual(await process.whenEnded(), exitCode)
+        log = process.log()
+        self.assertEqual(closedLines(log), [("1", "4", "1", "4", "client_closed")])
+        self.assertNotIn("drain timeout", log)
+        self.assertNotIn("Traceback", log)
+
+    async def test_sigtermDrains(self) -> None:
+        """
+        After SIGTERM, new connections are refused within a second; the
+        reply to a message sent before still arrives; the process ends once
+        that pair closes, by re-raising SIGTERM.
+        """
+        await self.drainUntilFinished("TERM", EXIT_SIGTERM)
+
+    async def test_sigintDrains(self) -> None:
+        """
+        SIGINT does what SIGTERM does.
+        """
+        await self.drainUntilFinished("INT", EXIT_SIGINT)
+
+    async def test_drainTimeout(self) -> None:
+        """
+        A pair still open when --drain-timeout expires is closed, logged and
+        counted with reason C{shutdown}, and the process ends.
+        """
+        process, backend, client, reply = await self.startWithHeldMessage(
+            str(SHORT_DRAIN)
+        )
+        reply.addErrback(lambda failure: None)
+        signalledAt = reactor.seconds()
+        process.signal("TERM")
+        # Aborted: the client sees a reset, not an orderly end.
+        reason = await client.lost.addTimeout(DEADLINE, reactor)
+        self.assertIsInstance(reason, ConnectionLost)
+        self.assertGreaterEqual(reactor.seconds() - signalledAt, SHORT_DRAIN)
+        self.assertEqual(client.received, b"")
+        self.assertEqual(await process.whenEnded(), EXIT_SIGTERM)
+        log = process.log()
+        self.assertIn("drain timeout: closing 1 connections", log)
+        self.assertEqual(closedLines(log), [("1", "4", "0", "0", "shutdown")])
+        self.assertNotIn("Traceback", log)
+
+
+async def httpStatus(testCase: TestCase, port: int, path: bytes) -> bytes:
+    """
+    The status code of a plain HTTP/1.0 GET for C{path}.
+    """
+    client = await converse(testCase, tcp(port))
+    client.transport.write(b"GET " + path + b" HTTP/1.0\r\n\r\n")
+    await client.lost.addTimeout(DEADLINE, reactor)
+    return client.received.split(b" ", 2)[1]
