@@ -18,7 +18,6 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.logger import capturedLogs
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import stats
@@ -28,6 +27,7 @@ from gateway.notify import NotifyService
 from gateway.proxy import ProxyFactory
 from gateway.service import GatewayService, ListenerService, SignalService
 from gateway.tap import Options, makeService
+from gateway.tls import HalfCloseableTLSFactory
 from tests.test_notify import Receiver
 from tests.test_proxy import Harness
 
@@ -134,7 +134,7 @@ class MakeServiceTests(SynchronousTestCase):
                 (0, "127.0.0.1", Factory),
                 (7001, "127.0.0.1", ProxyFactory),
                 (7002, "::1", ProxyFactory),
-                (7443, "127.0.0.1", TLSMemoryBIOFactory),
+                (7443, "127.0.0.1", HalfCloseableTLSFactory),
                 (9181, "127.0.0.1", QuietSite),
             ],
         )
