@@ -221,7 +221,11 @@ class ProxyHeaderProtocol(ProtocolWrapper):
 
     def readConnectionLost(self) -> None:
         if self._buffer is not None:
-            if not self._failed:
+            if not self._buffer:
+                # Closed before a single byte: a TCP health check or a port
+                # probe, not a protocol error.
+                self.transport.loseConnection()
+            elif not self._failed:
                 self._invalid("stream ended inside the header")
             return
         halfCloseable = IHalfCloseableProtocol(self.wrappedProtocol, None)

@@ -32,6 +32,7 @@ class Client(Protocol):
     it receives, and says when a condition on it holds or when it ends.
 
     @ivar received: every byte received so far.
+    @ivar localPort: the client's own port.
     @ivar closed: fires when the connection has ended.
     @ivar readClosed: whether the gateway has shut its write side.
     @ivar keepWriting: whether to stay open for writing after the gateway
@@ -48,6 +49,7 @@ class Client(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)
+        self.localPort = self.transport.getHost().port
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
@@ -120,9 +122,6 @@ class Client(Protocol):
             socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
         )
         self.transport.abortConnection()
-
-    def localPort(self) -> int:
-        return self.transport.getHost().port
 
 
 async def connect(port: int, keepWriting: bool = False) -> Client:

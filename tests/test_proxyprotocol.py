@@ -304,6 +304,17 @@ class WrapperTests(SynchronousTestCase):
         wrapper.readConnectionLost()
         self.assertTrue(transport.disconnecting)
 
+    def test_endedBeforeHeader(self):
+        """
+        A connection closed before its first byte (a load balancer's TCP
+        health check) is closed quietly.
+        """
+        inner = Recorder()
+        wrapper, transport = wrap(inner)
+        wrapper.readConnectionLost()
+        self.assertEqual(inner.events[1:], [])
+        self.assertTrue(transport.disconnecting)
+
     def test_endedInsideHeader(self):
         inner = Recorder()
         wrapper, transport = wrap(inner)
@@ -375,6 +386,18 @@ class ClientBehindProxyTests(SynchronousTestCase):
             harness.stats.named("protocolError"), [(stats.CLIENT, PROXY_HEADER)]
         )
         self.assertEqual(harness.stats.named("closed"), [(stats.PROTOCOL_ERROR, 0.0)])
+
+    def test_healthCheck(self):
+        """
+        A load balancer's health check (connect, close) is no protocol error.
+        """
+        harness = Harness()
+        wrapper, client, transport = proxiedClient(harness)
+        wrapper.readConnectionLost()
+        self.assertFalse(transport.connected)
+        self.assertEqual(harness.attempts, [])
+        self.assertEqual(harness.stats.named("protocolError"), [])
+        self.assertEqual(harness.stats.named("closed"), [(stats.CLIENT_CLOSED, 0.0)])
 
     def test_headerNeverCompletes(self):
         """

@@ -181,7 +181,7 @@ class ProxyOutTests(TestCase):
         await client.untilLines(1)
         self.assertEqual(client.received, b"HELLO\n")
         ((source, destination),) = backend.headers
-        self.assertEqual((source.host, source.port), ("127.0.0.1", client.localPort()))
+        self.assertEqual((source.host, source.port), ("127.0.0.1", client.localPort))
         self.assertEqual(
             (destination.host, destination.port), ("127.0.0.1", gateway.port())
         )
