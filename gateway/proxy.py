@@ -433,7 +433,9 @@ class ClientProtocol(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self.rejected:
             return
-        self.setTimeout(None)
+        # The idle timeout keeps running until both sides are gone: a
+        # backend that never takes what is left for it is not waited for
+        # forever.
         self._clientGone = True
         if self.factory.tls and not self._handshakeDone:
             self.stats.tlsHandshakeFailed()
@@ -500,6 +502,7 @@ class ClientProtocol(Protocol, TimeoutMixin):
         if self._reported or not (self._clientGone and self._backendGone):
             return
         self._reported = True
+        self.setTimeout(None)
         duration = self.clock.seconds() - self.startedAt
         reason = self.closeReason or stats.CLIENT_CLOSED
         self.stats.closed(reason, duration)

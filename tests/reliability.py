@@ -8,8 +8,11 @@ Every wait has a deadline (L{tests.e2e.DEADLINE}).
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import struct
+import sys
 from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,8 +20,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.protocols.basic import Int32StringReceiver
+from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 from zope.interface import implementer
 
@@ -248,3 +252,73 @@ def untilLogged(gateway: GatewayProcess, text: str) -> Deferred[None]:
 
     gateway.outReceived = outReceived  # type: ignore[method-assign]
     return waiter.addTimeout(DEADLINE, reactor)
+
+
+def peakRss(pid: int) -> int:
+    """
+    The highest resident set size process C{pid} has had, in bytes
+    (C{VmHWM}).
+    """
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+class BackendProcess(ProcessProtocol):
+    """
+    L{tests.backendprocess} running in a process of its own.
+
+    @ivar listening: fires with the port once it accepts connections.
+    @ivar ended: fires when the process has ended.
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.listening: Deferred[int] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+        self.running = True
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        match = re.search(rb"listening (\d+)", self.output)
+        if match and not self.listening.called:
+            self.listening.callback(int(match.group(1)))
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: object) -> None:
+        self.running = False
+        if not self.listening.called:
+            self.listening.errback(
+                RuntimeError("backend ended: " + self.output.decode("utf-8", "replace"))
+            )
+        self.ended.callback(None)
+
+    async def kill(self) -> None:
+        """
+        SIGKILL: its sockets are closed by the kernel, as in a crash.
+        """
+        if self.running:
+            self.transport.signalProcess("KILL")
+        await self.ended.addTimeout(DEADLINE, reactor)
+
+
+async def runBackendProcess(testCase: TestCase, port: int = 0) -> BackendProcess:
+    """
+    Start L{tests.backendprocess} on C{port}; the test kills it when it ends.
+    """
+    process = BackendProcess()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environment = dict(os.environ, PYTHONPATH=root)
+    reactor.spawnProcess(
+        process,
+        sys.executable,
+        [sys.executable, "-m", "tests.backendprocess", str(port)],
+        env=environment,
+        path=root,
+    )
+    testCase.addCleanup(lambda: Deferred.fromCoroutine(process.kill()))
+    process.port = await process.listening.addTimeout(DEADLINE, reactor)
+    return process
