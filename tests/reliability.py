@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.task import deferLater
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
@@ -322,3 +323,25 @@ async def runBackendProcess(testCase: TestCase, port: int = 0) -> BackendProcess
     testCase.addCleanup(lambda: Deferred.fromCoroutine(process.kill()))
     process.port = await process.listening.addTimeout(DEADLINE, reactor)
     return process
+
+
+# How often untilMetric asks the gateway again.
+METRIC_POLL = 0.05
+
+
+async def untilMetric(
+    port: int, predicate: Callable[[dict], bool], timeout: float = DEADLINE
+) -> dict:
+    """
+    Read the gateway's metrics until C{predicate} holds for them; fail
+    after C{timeout}. For states the gateway announces nowhere else (its
+    last close is counted just after the client sees the connection end).
+    """
+    deadline = reactor.seconds() + timeout
+    while True:
+        samples = await metrics(port)
+        if predicate(samples):
+            return samples
+        if reactor.seconds() > deadline:
+            raise AssertionError("metrics never reached the expected state")
+        await deferLater(reactor, METRIC_POLL)
