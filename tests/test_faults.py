@@ -121,7 +121,7 @@ class BackendFaultTests(TestCase):
             connection.transport.resumeProducing()
         await backend.allClosed()
         log.info(
-            "never-reading backend: {sent:.1f} MB sent before blocking,"
+            "faults: never-reading backend: {sent:.1f} MB sent before blocking,"
             " gateway peak RSS +{growth:.1f} MB",
             sent=sent / 2**20,
             growth=growth / 2**20,

@@ -446,7 +446,7 @@ class HostileTests(TestCase):
         self.survived(gateway)
         self.assertEqual(await exchange(gateway.port(), b"alive\n"), b"ALIVE\n")
         log.info(
-            "hostile clients: {examples} streams, {errors} protocol errors",
+            "hostile: clients, {examples} streams, {errors} protocol errors",
             **tally,
         )
 
@@ -517,7 +517,7 @@ class HostileTests(TestCase):
 
         self.assertEqual(await threads.deferToThread(stillServes), b"alive\n")
         log.info(
-            "hostile backend: {examples} streams, protocol errors {errors}",
+            "hostile: backend, {examples} streams, protocol errors {errors}",
             examples=tally["examples"],
             errors=errors,
         )

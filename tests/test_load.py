@@ -114,7 +114,7 @@ class ConnectionsTests(TestCase):
         for client in clients:
             await client.untilClosed()
         log.info(
-            "{connections} concurrent connections: connected in {connect:.1f}s,"
+            "load: {connections} concurrent connections: connected in {connect:.1f}s,"
             " {messages} round trips answered in {talk:.1f}s,"
             " gateway RSS {rss:.0f} MB with all open",
             connections=CONNECTIONS,
@@ -264,7 +264,7 @@ class StreamTests(TestCase):
         # The backend's pace, not the gateway, set the duration.
         self.assertGreater(elapsed, 0.8 * expected)
         log.info(
-            "{megabytes:.0f} MB ({messages} messages) through a backend reading"
+            "load: {megabytes:.0f} MB ({messages} messages) through a backend reading"
             " {rate:.0f} MB/s in {elapsed:.1f}s: gateway RSS {low:.0f}-{high:.0f} MB"
             " over {count} samples, peak {peak:.0f} MB, messages lost 0",
             megabytes=STREAM_BYTES / 2**20,

@@ -4,8 +4,7 @@ gateway for a while, reporting message counts, errors and memory over time.
 
 C{make test} runs it for a few seconds so the harness stays honest;
 C{make soak} runs it for C{SOAK_SECONDS} (600 by default) and prints a
-report line every C{SOAK_REPORT} seconds (also in C{_trial_temp/test.log}
-under C{tests.soak}).
+report line every C{SOAK_REPORT} seconds (also in C{_trial_temp/test.log}).
 """
 
 import os
