@@ -1,10 +1,12 @@
 """
 Scale-out: a real HAProxy in TCP mode balancing over two gateway processes
-that read its PROXY v2 headers, all on loopback.
+that read its PROXY v2 headers, and two gateways sharing one listening
+socket as systemd passes it to several instances; all on loopback.
 """
 
 import os
 import shutil
+import socket
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
@@ -13,7 +15,15 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.e2e import DEADLINE, freePort, listenBackend, runGateway
+from tests.e2e import (
+    DEADLINE,
+    GatewayProcess,
+    exchange,
+    freePort,
+    gatewayCommand,
+    listenBackend,
+    runGateway,
+)
 from tests.reliability import Client, connect, metrics, untilLogged, value
 
 HAPROXY = shutil.which("haproxy")
@@ -199,3 +209,79 @@ class ScaleOutTests(TestCase):
             text = f"closed {LISTENER} 127.0.0.1:{client.localPort} via"
             if text not in first.log():
                 await untilLogged(second, text)
+
+
+async def runSocketActivated(
+    testCase: TestCase, listening: socket.socket, args: list[str]
+) -> GatewayProcess:
+    """
+    Start a gateway that takes C{listening} as systemd would pass it to
+    one of several instances sharing a socket unit (C{Sockets=}): as
+    descriptor 3, named C{gateway}.
+    """
+    process = GatewayProcess()
+    command = gatewayCommand(
+        [
+            "--listen",
+            "systemd:domain=INET:name=gateway",
+            *args,
+            "--metrics",
+            "tcp:0:interface=127.0.0.1",
+        ]
+    )
+    environment = dict(os.environ, LISTEN_FDS="1", LISTEN_FDNAMES="gateway")
+    # LISTEN_PID must be the gateway's own pid: the shell's, kept by exec.
+    reactor.spawnProcess(
+        process,
+        "/bin/sh",
+        ["sh", "-c", 'LISTEN_PID=$$ exec "$0" "$@"', *command],
+        env=environment,
+        childFDs={0: "w", 1: "r", 2: "r", 3: listening.fileno()},
+    )
+
+    async def stop() -> None:
+        if process.exitCode is None:
+            process.transport.signalProcess("TERM")
+        await process.ended.addTimeout(DEADLINE, reactor)
+
+    testCase.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+    return await process.ready.addTimeout(DEADLINE, reactor)
+
+
+class SharedSocketTests(TestCase):
+    async def test_instancesShareOneSocket(self):
+        """
+        Two gateways serve one listening socket, as systemd passes it to
+        several instances of a template unit. When one stops, the socket
+        stays open in the other (and in systemd, played here by the test):
+        no client is refused, every message arrives.
+        """
+        backend, backendPort = listenBackend(self)
+        listening = socket.socket()
+        self.addCleanup(listening.close)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(128)
+        port = listening.getsockname()[1]
+        args = ["--backend", f"tcp:host=127.0.0.1:port={backendPort}"]
+        first = await runSocketActivated(self, listening, args)
+        second = await runSocketActivated(self, listening, args)
+        for gateway in (first, second):
+            self.assertIn("systemd:gateway", gateway.ports)
+
+        held = [await connect(port) for _ in range(HELD_CLIENTS)]
+        for i, client in enumerate(held):
+            await roundTrip(client, [b"h%d" % i])
+        first.transport.signalProcess("TERM")
+        await untilLogged(first, "Received SIGTERM")
+        for i in range(NEW_CLIENTS):
+            self.assertEqual(await exchange(port, b"after %d\n" % i), b"AFTER %d\n" % i)
+        for i, client in enumerate(held):
+            client.send(b"bye %d\n" % i)
+            client.halfClose()
+        for i, client in enumerate(held):
+            await client.untilClosed()
+            self.assertEqual(client.received, b"H%d\nBYE %d\n" % (i, i))
+        self.assertIn(await first.ended.addTimeout(DEADLINE, reactor), (0, -15))
+        self.assertNotIn("drain timeout", first.log())
+        await backend.allClosed()
+        self.assertEqual(len(backend.received), 2 * HELD_CLIENTS + NEW_CLIENTS)
