@@ -222,6 +222,9 @@ class Streamer(Protocol):
 
 
 class StreamTests(TestCase):
+    # Trial's default of 120 s is shorter than the full stream.
+    timeout = 2 * STREAM_BYTES / BACKEND_RATE + 2 * DEADLINE
+
     async def test_slowBackend(self):
         """
         STREAM_BYTES of lines through a backend that reads BACKEND_RATE

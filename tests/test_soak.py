@@ -50,6 +50,9 @@ class Tally:
 
 
 class SoakTests(TestCase):
+    # Trial's default of 120 s is shorter than a real soak.
+    timeout = DURATION + 4 * DEADLINE
+
     async def test_soak(self):
         """
         For DURATION seconds: every message of every session is answered
