@@ -3,8 +3,12 @@ End to end: PROXY headers into a real gateway (C{--listen haproxy:...}) and
 out of it to a backend (C{--backend-proxy-protocol}).
 """
 
+import os
+
+import trustme
 from twisted.internet import reactor
 from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import deferLater
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.protocols.haproxy._v1parser import V1Parser
@@ -207,3 +211,35 @@ class ProxyOutTests(TestCase):
         self.assertEqual((source.host, source.port), ("192.0.2.7", 4242))
         self.assertEqual((destination.host, destination.port), ("198.51.100.1", 7000))
         self.assertEqual(backend.received, [b"x"])
+
+
+class TLSBehindProxyTests(TestCase):
+    async def test_tls(self):
+        """
+        --listen-tls haproxy:...: the PROXY header comes in plain text
+        before the TLS handshake, and names the client in the closed event.
+        """
+        ca = trustme.CA()
+        directory = self.mktemp()
+        os.makedirs(directory)
+        certificate = os.path.join(directory, "gateway.pem")
+        ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(
+            certificate
+        )
+        backend, backendPort = listenBackend(self)
+        gateway = await runGateway(
+            self,
+            ["--listen-tls", "haproxy:tcp:0:interface=127.0.0.1"]
+            + ["--tls-cert", certificate]
+            + backendOption(backendPort),
+        )
+        client = await connect(gateway.port())
+        client.send(HEADER_V2)
+        trust = Certificate.loadPEM(ca.cert_pem.bytes())
+        client.transport.startTLS(optionsForClientTLS("localhost", trust))
+        client.send(b"secret\n")
+        await client.untilLines(1)
+        self.assertEqual(client.received, b"SECRET\n")
+        client.transport.loseConnection()
+        await client.untilClosed()
+        await untilLogged(gateway, f"closed proxy+tls:0 {CLIENT} via")
