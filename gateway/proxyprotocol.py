@@ -7,15 +7,15 @@ balancer accepted; C{getPeer} and C{getHost} then give that client's
 addresses. Out: L{HEADERS} build the header the gateway sends a backend
 before its first frame (C{--backend-proxy-protocol}).
 
-Twisted's own C{haproxy:} wrapper is not used, for four reasons that tests
-pin down: it connects the wrapped protocol before the header has been read,
-so the peer address seen then is the load balancer's; it does not declare
+Twisted's own C{haproxy:} wrapper is not used, for reasons that tests pin
+down: it connects the wrapped protocol before the header has been read, so
+the peer address seen then is the load balancer's; it does not declare
 L{IHalfCloseableProtocol}, so a client's half-close ends the whole
 connection and loses the replies; it closes a connection whose first read
 holds less than 8 (version 1) or 16 (version 2) bytes of header; and a
 malformed port number escapes its parser as an unhandled C{ValueError}.
-Its parsers also refuse a bare C{PROXY UNKNOWN}, which HAProxy sends for
-its health checks, so the header is parsed here too.
+Its parsers also refuse a bare C{PROXY UNKNOWN}, which the specification
+allows, so the header is parsed here too.
 """
 
 from __future__ import annotations
@@ -154,12 +154,12 @@ def _parseV2(command: int, family: int, block: bytes) -> Addresses:
         kind, size = _V2_FAMILIES[family]
         if len(block) < 2 * size + 4:
             raise InvalidProxyHeader(f"version 2 address block of {len(block)} bytes")
-        source = ipaddress.ip_address(block[:size]).compressed
-        destination = ipaddress.ip_address(block[size : 2 * size]).compressed
+        sourceIP = ipaddress.ip_address(block[:size]).compressed
+        destinationIP = ipaddress.ip_address(block[size : 2 * size]).compressed
         sourcePort, destinationPort = struct.unpack_from("!HH", block, 2 * size)
-        return kind("TCP", source, sourcePort), kind(
-            "TCP", destination, destinationPort
-        )
+        source = kind("TCP", sourceIP, sourcePort)
+        destination = kind("TCP", destinationIP, destinationPort)
+        return source, destination
     if family >> 4 > 3 or family & 0x0F > 2:
         raise InvalidProxyHeader(f"unknown version 2 family {family:#04x}")
     # Unspecified, Unix or datagram: valid, but no address the gateway can
@@ -221,12 +221,14 @@ class ProxyHeaderProtocol(ProtocolWrapper):
 
     def readConnectionLost(self) -> None:
         if self._buffer is not None:
-            if not self._buffer:
+            if self._failed:
+                return
+            if self._buffer:
+                self._invalid("stream ended inside the header")
+            else:
                 # Closed before a single byte: a TCP health check or a port
                 # probe, not a protocol error.
                 self.transport.loseConnection()
-            elif not self._failed:
-                self._invalid("stream ended inside the header")
             return
         halfCloseable = IHalfCloseableProtocol(self.wrappedProtocol, None)
         if halfCloseable is not None:
