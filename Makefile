@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN_ARGS ?=
 
-.PHONY: run test check lint format bench bench-quick clean
+.PHONY: run test check lint format bench bench-quick clean load soak fuzz
 
 # A development install: editable, in setuptools' "compat" mode so the
 # checkout itself is on sys.path and Twisted's plugin scan finds
@@ -25,6 +25,34 @@ run: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/trial --jobs=2 tests
 	$(MAKE) lint
+
+# The long suites, outside `make test` (which runs small versions of load
+# and soak). Each keeps its own trial directory, whose test.log holds the
+# figures; they are printed at the end.
+SOAK_SECONDS ?= 600
+SOAK_REPORT ?= 60
+FUZZ_SECONDS ?= 300
+
+load: $(BIN)/.installed
+	GATEWAY_LOAD=full $(BIN)/trial --temp-directory=_trial_temp.load tests.test_load
+	@grep -h '\] load: ' _trial_temp.load/test.log | cut -d' ' -f4-
+
+soak: $(BIN)/.installed
+	GATEWAY_SOAK_SECONDS=$(SOAK_SECONDS) GATEWAY_SOAK_REPORT=$(SOAK_REPORT) \
+		$(BIN)/trial --temp-directory=_trial_temp.soak tests.test_soak
+
+# Hypothesis against a live gateway with many examples, then atheris on the
+# codecs when it installs (it is not a test dependency).
+fuzz: $(BIN)/.installed
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/trial --temp-directory=_trial_temp.fuzz tests.test_hostile
+	@grep -h '\] hostile: ' _trial_temp.fuzz/test.log | cut -d' ' -f4-
+	@if $(BIN)/python -m pip install --quiet 'atheris>=2.3'; then \
+		mkdir -p _trial_temp.fuzz/corpus && \
+		$(BIN)/python tests/fuzz_codec.py -max_total_time=$(FUZZ_SECONDS) \
+			-artifact_prefix=_trial_temp.fuzz/ _trial_temp.fuzz/corpus; \
+	else \
+		echo "atheris did not install: the codecs were not fuzzed"; \
+	fi
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check gateway twisted tests benchmarks

@@ -28,6 +28,7 @@ from zope.interface import alsoProvides, implementer
 
 from gateway import stats
 from gateway.codec import Framing, FramingError
+from gateway.proxyprotocol import PROXY_HEADER, IProxyHeaderReceiver
 
 
 class Translator:
@@ -248,7 +249,7 @@ class BackendFactory(Factory):
         return BackendProtocol(self.client, self.backendName)
 
 
-@implementer(IHalfCloseableProtocol, IHandshakeListener)
+@implementer(IHalfCloseableProtocol, IHandshakeListener, IProxyHeaderReceiver)
 class ClientProtocol(Protocol, TimeoutMixin):
     """
     The client end of a pair, and the owner of the pair's life.
@@ -291,8 +292,17 @@ class ClientProtocol(Protocol, TimeoutMixin):
         self.messagesUp = self.bytesUp = self.messagesDown = self.bytesDown = 0
         self._pending: list[bytes] = []
         self.setTimeout(factory.idleTimeout or None)
-        if not factory.tls:
+        if not factory.tls and not factory.proxyHeader:
             self._connectBackend()
+
+    def proxyHeaderReceived(self) -> None:
+        if not (self.rejected or self._clientGone or self._broken):
+            self._connectBackend()
+
+    def proxyHeaderInvalid(self, detail: str) -> None:
+        if not (self.rejected or self._clientGone or self._broken):
+            error = FramingError(PROXY_HEADER, f"PROXY header: {detail}")
+            self._protocolError(stats.CLIENT, error)
 
     def handshakeCompleted(self) -> None:
         self._handshakeDone = True
@@ -303,6 +313,8 @@ class ClientProtocol(Protocol, TimeoutMixin):
             self._connectBackend()
 
     def _connectBackend(self) -> None:
+        # Behind a PROXY header, the client's address is known only now.
+        self.clientAddress = describeAddress(self.transport.getPeer())
         # Don't read anything until there is somewhere to send it.
         self.transport.pauseProducing()
         backendFactory = BackendFactory(self)
@@ -336,6 +348,11 @@ class ClientProtocol(Protocol, TimeoutMixin):
         self.backend = backend
         self._backendGone = False
         backendTransport = backend.transport
+        if self.factory.sendProxyHeader is not None:
+            header = self.factory.sendProxyHeader(
+                self.transport.getPeer(), self.transport.getHost()
+            )
+            backendTransport.write(header)
         self.transport.registerProducer(backendTransport, True)
         backendTransport.registerProducer(self.transport, True)
         self._linked = True
@@ -452,7 +469,9 @@ class ClientProtocol(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self.rejected:
             return
-        self.setTimeout(None)
+        # The idle timeout keeps running until both sides are gone: a
+        # backend that never takes what is left for it is not waited for
+        # forever.
         self._clientGone = True
         if self.factory.tls and not self._handshakeDone:
             self.stats.tlsHandshakeFailed()
@@ -523,6 +542,7 @@ class ClientProtocol(Protocol, TimeoutMixin):
         if self._reported or not (self._clientGone and self._backendGone):
             return
         self._reported = True
+        self.setTimeout(None)
         duration = self.clock.seconds() - self.startedAt
         reason = self.closeReason or stats.CLIENT_CLOSED
         self.stats.closed(reason, duration)
@@ -550,6 +570,12 @@ class ProxyFactory(Factory):
     @ivar name: the listener's label in metrics and logs (C{tcp:7000}).
     @ivar tls: whether connections arrive through TLS, in which case the
         backend is connected only once the handshake has completed.
+    @ivar proxyHeader: whether connections start with a PROXY header (the
+        C{haproxy:} wrapper), in which case the backend is connected only
+        once it has been read.
+    @ivar sendProxyHeader: when given, builds the PROXY header written to
+        the backend before anything else, from the client's source and
+        destination addresses.
     """
 
     protocol = ClientProtocol
@@ -567,6 +593,8 @@ class ProxyFactory(Factory):
         stats: stats.ListenerStats,
         idleTimeout: float = 0,
         tls: bool = False,
+        proxyHeader: bool = False,
+        sendProxyHeader: Callable[[IAddress, IAddress], bytes] | None = None,
     ) -> None:
         self.name = name
         self.clientFraming = clientFraming
@@ -577,3 +605,5 @@ class ProxyFactory(Factory):
         self.stats = stats
         self.idleTimeout = idleTimeout
         self.tls = tls
+        self.proxyHeader = proxyHeader
+        self.sendProxyHeader = sendProxyHeader

@@ -22,6 +22,7 @@ from gateway.demo import DemoBackendService
 from gateway.names import backendName, listenerName
 from gateway.notify import Notifier, NotifyService
 from gateway.proxy import Connections, ProxyFactory
+from gateway.proxyprotocol import HEADERS, isBehindProxy, serverEndpoint
 from gateway.service import GatewayService, ListenerService, SignalService
 from gateway.stats import NoRecorder, Recorder
 from gateway.tls import ReloadableServerTLS, TLSError, wrapFactory
@@ -94,6 +95,13 @@ class Options(usage.Options):
         ],
         ["tls-min-version", None, "1.2", "Lowest TLS version accepted: 1.2 or 1.3."],
         [
+            "backend-proxy-protocol",
+            None,
+            None,
+            "v1 or v2: send the client's original address to the backend"
+            " (PROXY protocol) before the first frame. [default: none]",
+        ],
+        [
             "metrics",
             None,
             DEFAULT_METRICS,
@@ -163,12 +171,17 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--tls-min-version: {self['tls-min-version']!r} is not 1.2 or 1.3"
             )
+        proxyVersion = self["backend-proxy-protocol"]
+        if proxyVersion is not None and proxyVersion not in HEADERS:
+            raise usage.UsageError(
+                f"--backend-proxy-protocol: {proxyVersion!r} is not v1 or v2"
+            )
         if not self["listen"] and not self["listen-tls"]:
             self["listen"] = [DEFAULT_LISTEN]
         reactor = _reactor()
         for option in ("listen", "listen-tls"):
             for description in self[option]:
-                _parsed(f"--{option}", description, serverFromString, reactor)
+                _parsed(f"--{option}", description, serverEndpoint, reactor)
         for description in self["backend"]:
             _parsed("--backend", description, clientFromString, reactor)
         if self["metrics"] == "none":
@@ -266,6 +279,8 @@ def makeService(
     clientFraming = framing(options["client-framing"], maxSize)
     backendFraming = framing(options["backend-framing"], maxSize)
     tls = options["tls"]
+    proxyVersion = options["backend-proxy-protocol"]
+    sendProxyHeader = HEADERS[proxyVersion] if proxyVersion else None
     for option, tlsOn in (("listen", False), ("listen-tls", True)):
         for description in options[option]:
             name = listenerName(description, tls=tlsOn)
@@ -279,12 +294,14 @@ def makeService(
                 recorder.listener(name),
                 idleTimeout=options["idle-timeout"],
                 tls=tlsOn,
+                proxyHeader=isBehindProxy(description),
+                sendProxyHeader=sendProxyHeader,
             )
             ListenerService(
                 name,
                 f"--{option}",
                 description,
-                serverFromString(reactor, description),
+                serverEndpoint(reactor, description),
                 wrapFactory(tls, factory, reactor) if tlsOn else factory,
             ).setServiceParent(gateway)
     if registry is not None:

@@ -245,3 +245,20 @@ class NetstringTests(SynchronousTestCase):
             FramingError, framing("netstring", LIMIT).finish, b"3:ab"
         )
         self.assertEqual(error.reason, TRUNCATED)
+
+
+class CRLFAtTheLimitTests(SynchronousTestCase):
+    def test_carriageReturnWaits(self):
+        """
+        A crlf message of exactly the limit whose CR arrives in one read and
+        LF in the next is accepted, as it is when both arrive together
+        (found by tests/fuzz_codec.py).
+        """
+        codec = framing("crlf", LIMIT)
+        message = b"m" * LIMIT
+        self.assertEqual(codec.decode(message + b"\r"), ([], message + b"\r"))
+        self.assertEqual(codec.decode(message + b"\r\n"), ([message], b""))
+        error = self.assertRaises(FramingError, codec.decode, message + b"x")
+        self.assertEqual(error.reason, TOO_LONG)
+        error = self.assertRaises(FramingError, codec.decode, message + b"x\r")
+        self.assertEqual(error.reason, TOO_LONG)

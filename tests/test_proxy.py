@@ -457,3 +457,41 @@ class ConnectionsTests(SynchronousTestCase):
         self.failureResultOf(waiting)
         clientTransport.loseConnection()
         self.assertEqual(len(harness.connections), 0)
+
+
+class StuckTransport(HalfCloseableTransport):
+    """
+    A transport whose peer never reads: a polite close never completes,
+    only an abort ends it.
+    """
+
+    def loseConnection(self):
+        self.disconnecting = True
+
+    def abortConnection(self):
+        StringTransportWithDisconnection.loseConnection(self)
+
+
+class StuckPeerTests(SynchronousTestCase):
+    def test_backendStuckAfterClientLeft(self):
+        """
+        When the client has gone and the backend never takes what is left
+        for it, the idle timeout still ends the pair instead of leaving the
+        backend connection open for ever.
+        """
+        harness = Harness(idleTimeout=10)
+        client, clientTransport = harness.connectClient()
+        backendFactory, attempt = harness.attempts[0]
+        backend = backendFactory.buildProtocol(None)
+        backendTransport = StuckTransport()
+        backendTransport.protocol = backend
+        backend.makeConnection(backendTransport)
+        attempt.callback(backend)
+        client.dataReceived(b"unread\n")
+        clientTransport.loseConnection()
+        self.assertTrue(backendTransport.disconnecting)
+        self.assertEqual(len(harness.connections), 1)
+        harness.clock.advance(10)
+        self.assertFalse(backendTransport.connected)
+        self.assertEqual(len(harness.connections), 0)
+        self.assertEqual(harness.stats.named("closed"), [(stats.CLIENT_CLOSED, 10.0)])

@@ -34,7 +34,10 @@ class Delimited:
                 f" over the limit of {maxSize}",
                 good,
             )
-        if len(rest) > maxSize:
+        # A rest ending in the first half of a CRLF may be a message of
+        # exactly the limit whose terminator is still on its way.
+        pending = len(self.delimiter) - 1 if rest.endswith(self.delimiter[:-1]) else 0
+        if len(rest) - pending > maxSize:
             raise FramingError(
                 TOO_LONG,
                 f"{self.name} message longer than the limit of {maxSize} bytes"

@@ -1,0 +1,237 @@
+"""
+Tests for L{gateway.backends}: round robin, passive health and backoff,
+driven by a L{Clock} and endpoints the test answers by hand.
+"""
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.backends import (
+    FIRST_BACKOFF,
+    MAX_BACKOFF,
+    Backend,
+    BackendPool,
+    NoBackendAvailable,
+)
+
+CONNECT_TIMEOUT = 10.0
+
+
+class FakeEndpoint:
+    """
+    A client endpoint that accepts, refuses, or leaves an attempt hanging,
+    as told, and writes down every attempt and cancellation.
+    """
+
+    def __init__(self, name, log, behaviour="accept"):
+        self.name = name
+        self.log = log
+        self.behaviour = behaviour
+        self.cancelled = 0
+        self.pending = []
+
+    def connect(self, factory):
+        self.log.append(self.name)
+        if self.behaviour == "accept":
+            return succeed(factory.buildProtocol(None))
+        if self.behaviour == "refuse":
+            return Deferred.fromCoroutine(_refused())
+
+        def cancel(attempt):
+            self.cancelled += 1
+
+        attempt = Deferred(cancel)
+        self.pending.append(attempt)
+        return attempt
+
+
+async def _refused():
+    raise ConnectionRefusedError()
+
+
+class RecordingBackendStats:
+    def __init__(self):
+        self.connects = []
+        self.failures = 0
+
+    def connected(self, seconds):
+        self.connects.append(seconds)
+
+    def connectFailed(self):
+        self.failures += 1
+
+
+class NamedFactory(Factory):
+    """
+    What L{gateway.proxy.BackendFactory} offers the pool: a C{backendName}.
+    """
+
+    protocol = Protocol
+    backendName = ""
+
+
+class PoolHarness:
+    def __init__(self, *behaviours):
+        self.clock = Clock()
+        self.log = []
+        self.endpoints = [
+            FakeEndpoint(name, self.log, behaviour)
+            for name, behaviour in zip("abc", behaviours, strict=False)
+        ]
+        self.stats = [RecordingBackendStats() for _ in self.endpoints]
+        self.backends = [
+            Backend(endpoint.name, endpoint, stats)
+            for endpoint, stats in zip(self.endpoints, self.stats, strict=True)
+        ]
+        self.pool = BackendPool(self.backends, self.clock, CONNECT_TIMEOUT)
+
+    def connect(self):
+        factory = NamedFactory()
+        return factory, self.pool.connect(factory)
+
+    def served(self, testCase):
+        """
+        Connect once, which must succeed at once; the backend's name.
+        """
+        factory, attempt = self.connect()
+        testCase.successResultOf(attempt)
+        return factory.backendName
+
+    def behave(self, name, behaviour):
+        self.endpoints["abc".index(name)].behaviour = behaviour
+
+
+class RoundRobinTests(SynchronousTestCase):
+    def test_order(self):
+        """
+        Healthy backends take clients in turn.
+        """
+        harness = PoolHarness("accept", "accept", "accept")
+        served = [harness.served(self) for _ in range(7)]
+        self.assertEqual(served, list("abcabca"))
+        self.assertEqual(harness.log, list("abcabca"))
+
+    def test_connectTimeRecorded(self):
+        harness = PoolHarness("hang")
+        factory, attempt = harness.connect()
+        harness.clock.advance(2.5)
+        harness.endpoints[0].pending[0].callback(Protocol())
+        self.successResultOf(attempt)
+        self.assertEqual(harness.stats[0].connects, [2.5])
+
+    def test_needsOne(self):
+        self.assertRaises(ValueError, BackendPool, [], Clock(), CONNECT_TIMEOUT)
+
+
+class HealthTests(SynchronousTestCase):
+    def test_failoverAndSkip(self):
+        """
+        A client whose backend refuses is passed to the next one at once;
+        later clients skip the failed backend while it backs off (its turns
+        go to the backend after it).
+        """
+        harness = PoolHarness("accept", "refuse", "accept")
+        self.assertEqual(harness.served(self), "a")
+        self.assertEqual(harness.served(self), "c")
+        self.assertEqual([harness.served(self) for _ in range(4)], list("cacc"))
+        self.assertEqual(harness.log.count("b"), 1)
+        self.assertEqual(harness.stats[1].failures, 1)
+
+    def test_retryAfterBackoff(self):
+        """
+        Once its backoff has passed, the failed backend is tried again; when
+        it answers, it is healthy again.
+        """
+        harness = PoolHarness("accept", "refuse", "accept")
+        for _ in range(3):
+            harness.served(self)
+        harness.clock.advance(FIRST_BACKOFF - 0.001)
+        self.assertEqual([harness.served(self) for _ in range(3)], list("acc"))
+        harness.clock.advance(0.001)
+        harness.behave("b", "accept")
+        self.assertEqual([harness.served(self) for _ in range(3)], list("abc"))
+        self.assertEqual(harness.backends[1].failures, 0)
+
+    def test_backoffDoubles(self):
+        """
+        Each further failure in a row doubles the backoff, up to the maximum.
+        (A lone backend is tried even while it backs off: there is no other.)
+        """
+        harness = PoolHarness("refuse")
+        backoffs = []
+        for _ in range(7):
+            factory, attempt = harness.connect()
+            self.failureResultOf(attempt, NoBackendAvailable)
+            backoffs.append(harness.backends[0].retryAt - harness.clock.seconds())
+            harness.clock.advance(0.5)
+        self.assertEqual(backoffs, [1, 2, 4, 8, 16, MAX_BACKOFF, MAX_BACKOFF])
+        self.assertEqual(MAX_BACKOFF, 30)
+
+    def test_timeoutIsFailure(self):
+        """
+        An attempt that does not finish within the connect timeout is
+        cancelled, counted as the backend's failure, and the next backend is
+        tried.
+        """
+        harness = PoolHarness("hang", "accept")
+        factory, attempt = harness.connect()
+        harness.clock.advance(CONNECT_TIMEOUT - 0.001)
+        self.assertNoResult(attempt)
+        harness.clock.advance(0.001)
+        self.successResultOf(attempt)
+        self.assertEqual(factory.backendName, "b")
+        self.assertEqual(harness.endpoints[0].cancelled, 1)
+        self.assertEqual(harness.stats[0].failures, 1)
+        self.assertEqual(harness.backends[0].retryAt, CONNECT_TIMEOUT + FIRST_BACKOFF)
+
+    def test_allDown(self):
+        """
+        When every backend refuses, the client learns it at once: no time
+        passes. While all of them back off, a client costs one attempt only.
+        """
+        harness = PoolHarness("refuse", "refuse", "refuse")
+        factory, attempt = harness.connect()
+        failure = self.failureResultOf(attempt, NoBackendAvailable)
+        self.assertEqual(str(failure.value), "every backend failed: a, b, c")
+        self.assertEqual(harness.clock.seconds(), 0)
+        harness.log.clear()
+        factory, attempt = harness.connect()
+        self.failureResultOf(attempt, NoBackendAvailable)
+        self.assertEqual(len(harness.log), 1)
+
+    def test_allBackingOff(self):
+        """
+        While every backend backs off, the one whose backoff ends first is
+        tried, whatever the turn, so that a recovered backend is found.
+        """
+        harness = PoolHarness("accept", "refuse", "accept")
+        self.assertEqual([harness.served(self) for _ in range(2)], list("ac"))
+        harness.clock.advance(0.5)
+        harness.behave("a", "refuse")
+        harness.behave("c", "refuse")
+        factory, attempt = harness.connect()
+        self.failureResultOf(attempt, NoBackendAvailable)
+        # b backs off until 1.0, a and c until 1.5; a has the turn.
+        harness.behave("b", "accept")
+        harness.log.clear()
+        self.assertEqual(harness.served(self), "b")
+        self.assertEqual(harness.log, ["b"])
+
+    def test_cancelNotFailure(self):
+        """
+        Cancelling a connect (the client left) cancels the attempt under way
+        and says nothing about the backend's health.
+        """
+        harness = PoolHarness("hang", "accept")
+        factory, attempt = harness.connect()
+        attempt.cancel()
+        self.failureResultOf(attempt, CancelledError)
+        self.assertEqual(harness.endpoints[0].cancelled, 1)
+        self.assertEqual(harness.backends[0].failures, 0)
+        self.assertEqual(harness.stats[0].failures, 0)
+        self.assertEqual(harness.log, ["a"])
+        harness.clock.advance(CONNECT_TIMEOUT)
+        self.assertEqual(harness.stats[0].failures, 0)
