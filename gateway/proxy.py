@@ -517,10 +517,13 @@ class ClientProtocol(Protocol, TimeoutMixin):
 
     def _noteReason(self, reason: str) -> None:
         # A side closing is where the end usually starts; anything that goes
-        # wrong afterwards (a failed backend, a bad frame, a timeout) says
-        # more about why the pair ended, so it takes precedence.
+        # wrong afterwards while the client is still there (a failed backend,
+        # a bad frame, a timeout) says more about why the pair ended, so it
+        # takes precedence. Once the client is gone, its leaving is the reason.
         current = self.closeReason
-        if current is None or (current in _ORDINARY and reason not in _ORDINARY):
+        if current is None or (
+            current in _ORDINARY and reason not in _ORDINARY and not self._clientGone
+        ):
             self.closeReason = reason
 
     def _closeBoth(self, abort: bool) -> None:

@@ -64,12 +64,22 @@ class RecordingBackendStats:
         self.failures += 1
 
 
-class NamedFactory(Factory):
+class ReadyProtocol(Protocol):
     """
-    What L{gateway.proxy.BackendFactory} offers the pool: a C{backendName}.
+    Like L{gateway.proxy.BackendProtocol} over plain TCP: ready at once.
     """
 
-    protocol = Protocol
+    def __init__(self):
+        self.ready = succeed(self)
+
+
+class NamedFactory(Factory):
+    """
+    What L{gateway.proxy.BackendFactory} offers the pool: a C{backendName},
+    and protocols with a C{ready} Deferred.
+    """
+
+    protocol = ReadyProtocol
     backendName = ""
 
 
@@ -118,7 +128,7 @@ class RoundRobinTests(SynchronousTestCase):
         harness = PoolHarness("hang")
         factory, attempt = harness.connect()
         harness.clock.advance(2.5)
-        harness.endpoints[0].pending[0].callback(Protocol())
+        harness.endpoints[0].pending[0].callback(ReadyProtocol())
         self.successResultOf(attempt)
         self.assertEqual(harness.stats[0].connects, [2.5])
 
