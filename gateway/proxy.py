@@ -271,7 +271,8 @@ class ClientProtocol(Protocol, TimeoutMixin):
     _handshakeDone = False
     _broken = False
     _reported = False
-    _linked = False
+    _backendFeedsClient = False
+    _clientFeedsBackend = False
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -354,26 +355,42 @@ class ClientProtocol(Protocol, TimeoutMixin):
             )
             backendTransport.write(header)
         self.transport.registerProducer(backendTransport, True)
+        self._backendFeedsClient = True
         backendTransport.registerProducer(self.transport, True)
-        self._linked = True
+        self._clientFeedsBackend = True
         if self._pending:
             backendTransport.write(b"".join(self._pending))
             self._pending = []
         if self._clientReadDone:
-            self._unlink()
+            self._stopFeedingBackend()
             _shutWrite(backendTransport)
         else:
             self.transport.resumeProducing()
 
-    def _unlink(self) -> None:
+    def _stopFeedingBackend(self) -> None:
         """
-        Undo the producer registrations, as a side stops reading or closes.
+        The client will send nothing more: it stops being the producer of
+        the backend's transport, which must not resume it, and can shut.
         """
-        if self._linked:
-            self._linked = False
-            self.transport.unregisterProducer()
+        if self._clientFeedsBackend:
+            self._clientFeedsBackend = False
             if not self._backendGone:
                 self.backend.transport.unregisterProducer()
+
+    def _stopFeedingClient(self) -> None:
+        """
+        The backend will send nothing more: the mirror of the above.
+        """
+        if self._backendFeedsClient:
+            self._backendFeedsClient = False
+            self.transport.unregisterProducer()
+
+    def _unlink(self) -> None:
+        """
+        Undo both producer registrations, as the pair closes.
+        """
+        self._stopFeedingBackend()
+        self._stopFeedingClient()
 
     def dataReceived(self, data: bytes) -> None:
         if self._broken:
@@ -436,7 +453,9 @@ class ClientProtocol(Protocol, TimeoutMixin):
             return
         self._sendUpstream(out, messages, payload)
         if self.backend is not None:
-            self._unlink()
+            # Only this direction ends: the client can still hold the
+            # backend back while it reads the replies.
+            self._stopFeedingBackend()
             _shutWrite(self.backend.transport)
         self._endIfBothDone()
 
@@ -455,7 +474,7 @@ class ClientProtocol(Protocol, TimeoutMixin):
             self._protocolError(stats.BACKEND, error)
             return
         self._sendDownstream(out, messages, payload)
-        self._unlink()
+        self._stopFeedingClient()
         _shutWrite(self.transport)
         self._endIfBothDone()
 

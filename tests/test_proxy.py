@@ -345,6 +345,8 @@ class HalfCloseTests(SynchronousTestCase):
         self.assertEqual(backendTransport.value(), frame(b"a") + frame(b"b"))
         self.assertTrue(backendTransport.writeClosed)
         self.assertIsNone(backendTransport.producer)
+        # A client slow to read the replies still holds the backend back.
+        self.assertIs(clientTransport.producer, backendTransport)
         backend.dataReceived(frame(b"A") + frame(b"B"))
         backend.readConnectionLost()
         self.assertEqual(clientTransport.value(), b"A\nB\n")
@@ -363,6 +365,8 @@ class HalfCloseTests(SynchronousTestCase):
         backend.readConnectionLost()
         self.assertEqual(clientTransport.value(), b"bye\n")
         self.assertTrue(clientTransport.writeClosed)
+        self.assertIsNone(clientTransport.producer)
+        self.assertIs(backendTransport.producer, clientTransport)
         client.dataReceived(b"late\n")
         self.assertEqual(backendTransport.value(), frame(b"late"))
         client.readConnectionLost()
