@@ -479,9 +479,9 @@ class HostileTests(TestCase):
                 assert isPrefix(lines, expected), (lines, expected)
                 return
             assert lines == expected, (lines, expected)
-            # A stream cut inside a frame is found out only when the backend
-            # closes: the pair ends for that, and the error is counted.
-            if error in (None, "truncated"):
+            # A stream cut inside a frame is found out when the backend
+            # closes, and is a protocol error like any other broken frame.
+            if error is None:
                 assert reason == b"backend_closed", (reason, data, cuts, ending)
             else:
                 assert reason == b"protocol_error", (reason, data, cuts, ending)
