@@ -7,16 +7,13 @@ import os
 
 import trustme
 from twisted.internet import reactor
-from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import deferLater
-from twisted.protocols.basic import Int32StringReceiver
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
-from tests.e2e import listenBackend, runGateway
+from tests.e2e import UpperBackend, listenBackend, runGateway
 from tests.reliability import connect, metrics, untilLogged, value
 
 PROXIED = ["--listen", "haproxy:tcp:0:interface=127.0.0.1"]
@@ -39,8 +36,7 @@ def backendOption(port: int) -> list[str]:
     return ["--backend", f"tcp:host=127.0.0.1:port={port}"]
 
 
-@implementer(IHalfCloseableProtocol)
-class HeaderReadingBackend(Int32StringReceiver):
+class HeaderReadingBackend(UpperBackend):
     """
     An int32 upper-case echo backend that first reads a PROXY header with
     Twisted's own parsers, an implementation independent of the gateway's.
@@ -48,7 +44,7 @@ class HeaderReadingBackend(Int32StringReceiver):
     """
 
     def connectionMade(self) -> None:
-        self.factory.opened(self)
+        super().connectionMade()
         self._header = b""
 
     def dataReceived(self, data: bytes) -> None:
@@ -72,19 +68,6 @@ class HeaderReadingBackend(Int32StringReceiver):
         self.factory.headers.append((info.source, info.destination))
         if rest:
             super().dataReceived(rest)
-
-    def stringReceived(self, payload: bytes) -> None:
-        self.factory.received.append(payload)
-        self.sendString(payload.upper())
-
-    def readConnectionLost(self) -> None:
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason=None) -> None:
-        self.factory.closed(self)
 
 
 def headerBackend(testCase):
