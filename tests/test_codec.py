@@ -193,6 +193,18 @@ class LengthPrefixedTests(SynchronousTestCase):
         )
         self.assertEqual((error.reason, error.messages), (TOO_LONG, [b"x"]))
 
+    def test_overLimitWithItsBody(self):
+        """
+        A frame over the limit fails even when its whole body is in the chunk.
+        """
+        codec = framing("int32", LIMIT)
+        tooLong = (LIMIT + 1).to_bytes(4, "big") + b"y" * (LIMIT + 1)
+        error = self.assertRaises(FramingError, codec.decode, b"\0\0\0\1x" + tooLong)
+        self.assertEqual((error.reason, error.messages), (TOO_LONG, [b"x"]))
+
+    def test_encodeNothing(self):
+        self.assertEqual(framing("int32", LIMIT).encode([]), b"")
+
     def test_exactlyAtLimit(self):
         codec = framing("int32", LIMIT)
         frame = LIMIT.to_bytes(4, "big") + b"x" * LIMIT

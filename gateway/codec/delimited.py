@@ -14,6 +14,7 @@ class Delimited:
         self.name = name
         self.maxSize = maxSize
         self.delimiter = delimiter
+        self.overhead = len(delimiter)
 
     def decode(self, data: bytes) -> tuple[list[bytes], bytes]:
         messages = data.split(self.delimiter)
