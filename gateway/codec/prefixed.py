@@ -63,6 +63,9 @@ class LengthPrefixed:
         return []
 
     def encode(self, messages: list[bytes]) -> bytes:
+        if len(messages) == 1 and len(messages[0]) <= self.prefixLimit:
+            # One message per chunk, as request/response traffic has it.
+            return self._pack(len(messages[0])) + messages[0]
         if messages and max(map(len, messages)) > self.prefixLimit:
             good = []
             for message in messages:
