@@ -50,11 +50,12 @@ def write(transport: ITransport, data: bytes) -> None:
     now, the rest goes through C{transport.write}.
     """
     if isinstance(transport, Connection) and idle(transport):
-        # writeSomeData sends what it can, and returns 0 for a full socket
-        # buffer or an exception for a broken connection: either way the
-        # bytes not sent are queued below, where Twisted deals with them.
-        sent = transport.writeSomeData(data)
-        if not isinstance(sent, int):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            # A full socket buffer (EAGAIN, ENOBUFS) or a broken connection:
+            # either way the bytes are queued below, where Twisted deals
+            # with them as it does with any it could not send.
             sent = 0
         if sent == len(data):
             return
