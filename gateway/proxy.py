@@ -56,17 +56,18 @@ class Translator:
             data = self._rest + data
         try:
             messages, rest = self._decoder.decode(data)
+            count = len(messages)
+            out = self._encoder.encode(messages) if count else b""
         except FramingError as error:
             raise self._salvaged(error)
         self._rest = rest
-        count = len(messages)
         if not count:
             return b"", 0, 0
         if self._overhead is None:
             payload = sum(map(len, messages))
         else:
             payload = len(data) - len(rest) - count * self._overhead
-        return self._encode(messages), count, payload
+        return out, count, payload
 
     def finish(self) -> tuple[bytes, int, int]:
         """
