@@ -63,10 +63,17 @@ class LengthPrefixed:
         return []
 
     def encode(self, messages: list[bytes]) -> bytes:
-        if len(messages) == 1 and len(messages[0]) <= self.prefixLimit:
-            # One message per chunk, as request/response traffic has it.
-            return self._pack(len(messages[0])) + messages[0]
-        if messages and max(map(len, messages)) > self.prefixLimit:
+        pack = self._pack
+        try:
+            if len(messages) == 1:
+                # One message per chunk, as request/response traffic has it.
+                return pack(len(messages[0])) + messages[0]
+            # Headers made by map and interleaved with the payloads by slice
+            # assignment, then joined once: C-level iteration throughout.
+            parts: list[bytes] = [b""] * (2 * len(messages))
+            parts[0::2] = map(pack, map(len, messages))
+        except struct.error:
+            # A length the header cannot hold: packing checks every one.
             good = []
             for message in messages:
                 if len(message) > self.prefixLimit:
@@ -77,9 +84,5 @@ class LengthPrefixed:
                 f"payload of {len(message)} bytes does not fit a {self.name} length",
                 good,
             )
-        # Headers made by map and interleaved with the payloads by slice
-        # assignment, then joined once: C-level iteration throughout.
-        parts: list[bytes] = [b""] * (2 * len(messages))
-        parts[0::2] = map(self._pack, map(len, messages))
         parts[1::2] = messages
         return b"".join(parts)
