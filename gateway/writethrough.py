@@ -26,7 +26,7 @@ from twisted.internet.interfaces import ITransport
 from twisted.internet.tcp import Connection
 
 
-def idle(transport: Connection) -> bool:
+def canSendNow(transport: Connection) -> bool:
     """
     Whether C{transport} has nothing queued and may be written to directly:
     connected, not closing, not half-closed, not aborted, no TLS, no paused
@@ -49,7 +49,7 @@ def write(transport: ITransport, data: bytes) -> None:
     Write C{data} to C{transport}: what the kernel takes at once is sent
     now, the rest goes through C{transport.write}.
     """
-    if isinstance(transport, Connection) and idle(transport):
+    if isinstance(transport, Connection) and canSendNow(transport):
         try:
             sent = transport.socket.send(data)
         except OSError:

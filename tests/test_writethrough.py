@@ -108,13 +108,13 @@ class WriteThroughTests(SynchronousTestCase):
 
     def test_sentAtOnce(self):
         """
-        An idle transport's bytes are sent during the call, and the
+        The bytes for a transport with nothing queued are sent during the call, and the
         transport never waits to be writable.
         """
         writethrough.write(self.transport, b"hello")
         self.assertEqual(self.received(), b"hello")
         self.assertFalse(self.queued())
-        self.assertTrue(writethrough.idle(self.transport))
+        self.assertTrue(writethrough.canSendNow(self.transport))
 
     def test_behindQueuedBytes(self):
         """
@@ -122,11 +122,11 @@ class WriteThroughTests(SynchronousTestCase):
         behind them rather than overtake them.
         """
         self.transport.write(b"first ")
-        self.assertFalse(writethrough.idle(self.transport))
+        self.assertFalse(writethrough.canSendNow(self.transport))
         writethrough.write(self.transport, b"second")
         self.assertEqual(self.received(), b"")
         self.assertEqual(self.drain(), b"first second")
-        self.assertTrue(writethrough.idle(self.transport))
+        self.assertTrue(writethrough.canSendNow(self.transport))
 
     def test_partialSend(self):
         """
@@ -182,7 +182,7 @@ class WriteThroughTests(SynchronousTestCase):
         queue, which sends them before it closes.
         """
         self.transport.loseConnection()
-        self.assertFalse(writethrough.idle(self.transport))
+        self.assertFalse(writethrough.canSendNow(self.transport))
         writethrough.write(self.transport, b"last")
         self.assertEqual(self.received(), b"")
         self.assertIsNotNone(self.transport.doWrite())
@@ -194,7 +194,7 @@ class WriteThroughTests(SynchronousTestCase):
         transport's queue, which sends them before it shuts its write side.
         """
         self.transport.loseWriteConnection()
-        self.assertFalse(writethrough.idle(self.transport))
+        self.assertFalse(writethrough.canSendNow(self.transport))
         writethrough.write(self.transport, b"last")
         self.assertEqual(self.received(), b"")
         self.transport.doWrite()
@@ -205,7 +205,7 @@ class WriteThroughTests(SynchronousTestCase):
         Nothing is sent once the connection is aborted.
         """
         self.transport.abortConnection()
-        self.assertFalse(writethrough.idle(self.transport))
+        self.assertFalse(writethrough.canSendNow(self.transport))
         writethrough.write(self.transport, b"dropped")
         self.assertEqual(self.received(), b"")
 
@@ -214,7 +214,7 @@ class WriteThroughTests(SynchronousTestCase):
         Nothing is sent once the connection is lost.
         """
         self.transport.connectionLost(Failure(ConnectionDone()))
-        self.assertFalse(writethrough.idle(self.transport))
+        self.assertFalse(writethrough.canSendNow(self.transport))
         writethrough.write(self.transport, b"dropped")
         self.assertEqual(self.received(), b"")
 
