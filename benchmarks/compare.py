@@ -220,14 +220,14 @@ def measure(
             cwd=str(settings.root),
         )
         window = json.loads(loadgen.wait_for(WINDOW_LINE, LOADGEN_SLACK)[0])
-        watched = {"proxy": peer.pid, "backend": echo.pid}
-        ours = {os.getpid(), echo.pid, loadgen.pid} | {peer.pid or echo.pid}
+        watched = {"proxy": peer.pids, "backend": [echo.pid]}
+        ours = {os.getpid(), echo.pid, loadgen.pid, *peer.pids}
         sleep_until(window["start"])
         began = time.monotonic()
-        before = {k: cpu_seconds(pid) for k, pid in watched.items() if pid}
+        before = {k: sum(map(cpu_seconds, pids)) for k, pids in watched.items()}
         everyone, machine = all_cpu_seconds(), machine_cpu_seconds()
         sleep_until(window["end"])
-        after = {k: cpu_seconds(pid) for k, pid in watched.items() if pid}
+        after = {k: sum(map(cpu_seconds, pids)) for k, pids in watched.items()}
         machine = machine_cpu_seconds() - machine
         mine = cpu_of(everyone, all_cpu_seconds(), ours)
         elapsed = time.monotonic() - began
@@ -238,7 +238,7 @@ def measure(
         loadgen.wait(LOADGEN_SLACK)
         if peer.pid is not None:
             run.proxy_cpu = 100 * (after["proxy"] - before["proxy"]) / elapsed
-            run.peak_rss_kib = memory_kib(peer.pid, "VmHWM")
+            run.peak_rss_kib = sum(memory_kib(pid, "VmHWM") for pid in peer.pids)
         run.backend_cpu = 100 * (after["backend"] - before["backend"]) / elapsed
         run.msg_per_s = result["msg_per_s"]
         run.payload_mb_per_s = result["payload_mb_per_s"]
@@ -277,7 +277,7 @@ def measure_idle(plan: Plan, peer_name: str, settings: peers.PeerSettings) -> Id
     try:
         time.sleep(plan.settle)
         assert peer.pid is not None
-        run.idle_rss_kib = memory_kib(peer.pid)
+        run.idle_rss_kib = sum(map(memory_kib, peer.pids))
         loadgen = Child(
             f"idle loadgen for {peer_name}",
             loadgen_argv(
@@ -294,7 +294,7 @@ def measure_idle(plan: Plan, peer_name: str, settings: peers.PeerSettings) -> Id
         )
         ready = json.loads(loadgen.wait_for(READY_LINE, IDLE_OPEN_TIMEOUT)[0])
         time.sleep(plan.settle)
-        run.loaded_rss_kib = memory_kib(peer.pid)
+        run.loaded_rss_kib = sum(map(memory_kib, peer.pids))
         run.opened = ready["connections"]
         run.open_seconds = ready["seconds"]
         run.errors = ready["errors"]

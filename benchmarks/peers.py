@@ -4,6 +4,10 @@ echo backend on a loopback port.
 
 ``gateway``            twistd -n gateway, metrics on a unix socket (no fixed port)
 ``gateway-nometrics``  the same with ``--metrics none``, when the option exists
+``gateway-x2``         two gateway processes on one port: each is handed its own
+                       SO_REUSEPORT socket the way systemd socket activation
+                       hands one over (LISTEN_FDS), and the kernel spreads
+                       connections between them (not run by default)
 ``naive``              benchmarks.naive_translator (LineReceiver + Int32StringReceiver)
 ``asyncio``            benchmarks.asyncio_translator (streams, uvloop when installed)
 ``portforward``        twisted.protocols.portforward: raw bytes, int32 clients
@@ -34,12 +38,15 @@ ALL_PEERS = (
     "asyncio",
     "portforward",
     "haproxy",
+    "gateway-x2",
     "direct",
 )
-DEFAULT_PEERS = ALL_PEERS[:-1]
+DEFAULT_PEERS = ALL_PEERS[:-2]
+GATEWAYS = {"gateway", "gateway-nometrics", "gateway-x2"}
 FRAMING = {
     "gateway": "lf",
     "gateway-nometrics": "lf",
+    "gateway-x2": "lf",
     "naive": "lf",
     "asyncio": "lf",
     "portforward": "int32",
@@ -52,6 +59,11 @@ PYTHON_PEERS = {
     "portforward": "benchmarks.twisted_portforward",
 }
 GATEWAY_LISTENING = re.compile(r"listening on tcp:\d+ at 127\.0\.0\.1:(\d+)")
+GATEWAY_READY = re.compile(r"gateway ready")
+# The gateway processes of gateway-x2.
+PROCESSES = 2
+# systemd passes its sockets from this descriptor on (sd_listen_fds).
+LISTEN_FDS_START = 3
 # The gateway's default --max-connections (SPEC.md).
 GATEWAY_MAX_CONNECTIONS = 10000
 START_TIMEOUT = 30.0
@@ -108,12 +120,23 @@ class RunningPeer:
     framing: str
     port: int
     child: Child | None
+    # Further processes of the same peer (gateway-x2).
+    others: list[Child] = field(default_factory=list)
 
     @property
     def pid(self) -> int | None:
         return None if self.child is None else self.child.pid
 
+    @property
+    def pids(self) -> list[int]:
+        """
+        Every process of the peer, whose CPU and memory are the peer's.
+        """
+        return [c.pid for c in ([self.child] if self.child else []) + self.others]
+
     def stop(self) -> int | None:
+        for other in self.others:
+            other.stop()
         return None if self.child is None else self.child.stop()
 
 
@@ -165,13 +188,13 @@ def available(
     Which of the C{wanted} peers can run here, and why the others cannot.
     """
     skipped: dict[str, str] = {}
-    if {"gateway", "gateway-nometrics"} & set(wanted):
+    if GATEWAYS & set(wanted):
         twistd = shutil.which(settings.twistd) or settings.twistd
         settings.twistd = twistd
         settings.gateway_options = gateway_help(twistd, settings.root) or ""
         if not settings.gateway_options:
             reason = f"{twistd} cannot run the gateway plugin"
-            skipped["gateway"] = skipped["gateway-nometrics"] = reason
+            skipped.update(dict.fromkeys(GATEWAYS, reason))
         elif "--metrics" not in settings.gateway_options:
             skipped["gateway-nometrics"] = "the gateway has no --metrics option"
     if "haproxy" in wanted and shutil.which("haproxy") is None:
@@ -205,6 +228,8 @@ def start(name: str, backend_port: int, settings: PeerSettings) -> RunningPeer:
         peer = _started(name, framing, child, None)
     elif name == "haproxy":
         peer = _start_haproxy(backend_port, settings)
+    elif name == "gateway-x2":
+        peer = _start_gateways(backend_port, settings, PROCESSES)
     else:
         peer = _start_gateway(name, backend_port, settings)
     try:
@@ -225,14 +250,16 @@ def _started(name: str, framing: str, child: Child, port: int | None) -> Running
     return RunningPeer(name, framing, port, child)
 
 
-def _start_gateway(name: str, backend_port: int, settings: PeerSettings) -> RunningPeer:
+def _gateway_argv(
+    name: str, backend_port: int, settings: PeerSettings, listen: str, index: int = 0
+) -> list[str]:
     argv = [
         settings.twistd,
         "-n",
         "--pidfile=",
         "gateway",
         "--listen",
-        "tcp:0:interface=127.0.0.1",
+        listen,
         "--backend",
         f"tcp:host=127.0.0.1:port={backend_port}",
     ]
@@ -240,7 +267,7 @@ def _start_gateway(name: str, backend_port: int, settings: PeerSettings) -> Runn
         if name == "gateway-nometrics":
             argv += ["--metrics", "none"]
         else:
-            socket_path = settings.scratch / f"metrics-{os.getpid()}.sock"
+            socket_path = settings.scratch / f"metrics-{os.getpid()}-{index}.sock"
             socket_path.unlink(missing_ok=True)
             argv += ["--metrics", f"unix:{socket_path}"]
     wanted = settings.max_connections
@@ -249,7 +276,11 @@ def _start_gateway(name: str, backend_port: int, settings: PeerSettings) -> Runn
         and "--max-connections" in settings.gateway_options
     ):
         argv += ["--max-connections", str(wanted)]
-    argv += settings.gateway_args
+    return argv + settings.gateway_args
+
+
+def _start_gateway(name: str, backend_port: int, settings: PeerSettings) -> RunningPeer:
+    argv = _gateway_argv(name, backend_port, settings, "tcp:0:interface=127.0.0.1")
     child = Child(
         name, argv, cwd=str(settings.root), env=gateway_environment(settings.root)
     )
@@ -259,6 +290,70 @@ def _start_gateway(name: str, backend_port: int, settings: PeerSettings) -> Runn
         child.stop()
         raise
     return RunningPeer(name, "lf", port, child)
+
+
+# Puts the inherited socket at descriptor 3 and execs the gateway with its own
+# pid in LISTEN_PID, as systemd would. (A shell's "3<&N" takes only one-digit
+# descriptors, and the test runner may have more open than that.)
+_HAND_OVER = f"""
+import os, sys
+fd = int(sys.argv[1])
+if fd != {LISTEN_FDS_START}:
+    os.dup2(fd, {LISTEN_FDS_START})
+    os.close(fd)
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _start_gateways(
+    backend_port: int, settings: PeerSettings, count: int
+) -> RunningPeer:
+    """
+    C{count} gateways on one port, each with its own listening socket
+    (SO_REUSEPORT), handed over as systemd does: descriptor 3, C{LISTEN_FDS},
+    C{LISTEN_FDNAMES}, and C{LISTEN_PID} set to the gateway's own pid.
+    """
+    sockets: list[socket.socket] = []
+    children: list[Child] = []
+    port = 0
+    try:
+        for index in range(count):
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            listener.bind(("127.0.0.1", port))
+            listener.listen(4096)
+            listener.set_inheritable(True)
+            port = listener.getsockname()[1]
+            fd = listener.fileno()
+            argv = _gateway_argv(
+                "gateway-x2",
+                backend_port,
+                settings,
+                "systemd:domain=INET:name=gateway",
+                index,
+            )
+            env = gateway_environment(settings.root)
+            env.update(LISTEN_FDS="1", LISTEN_FDNAMES="gateway")
+            child = Child(
+                f"gateway-x2 #{index + 1}",
+                [sys.executable, "-c", _HAND_OVER, str(fd), *argv],
+                cwd=str(settings.root),
+                env=env,
+                pass_fds=[fd],
+            )
+            children.append(child)
+        for child in children:
+            child.wait_for(GATEWAY_READY, START_TIMEOUT)
+    except BaseException:
+        for child in children:
+            child.stop()
+        raise
+    finally:
+        for listener in sockets:
+            listener.close()
+    return RunningPeer("gateway-x2", "lf", port, children[0], children[1:])
 
 
 def _start_haproxy(backend_port: int, settings: PeerSettings) -> RunningPeer:

@@ -4,7 +4,8 @@ Every Prometheus metric of the gateway, and the web resources that serve them.
 L{GatewayMetrics} is the L{gateway.stats.Recorder} the proxy is given: it
 defines the metrics of SPEC section 5 on a registry passed in, and hands out
 per-listener and per-backend objects whose labelled children are looked up
-once, so a read chunk costs two counter increments.
+once. The two counters a read chunk moves (messages and their bytes) are
+plain integers, read only when scraped: a read chunk costs two additions.
 
 L{metricsSite} serves C{/metrics}, C{/healthz} and C{/readyz}, and logs no
 request. C{/metrics} is rendered in the reactor thread: on a 2-core test
@@ -19,9 +20,10 @@ This module imports neither the reactor nor C{prometheus_client.twisted},
 which imports the reactor when it is imported.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -86,7 +88,9 @@ _PLAIN_TEXT = b"text/plain; charset=utf-8"
 class ListenerMetrics:
     """
     The L{gateway.stats.ListenerStats} of one listener, with every labelled
-    child bound when it is made so that the calls per read chunk only add.
+    child bound when it is made, and the counts of forwarded messages and
+    bytes kept as plain integers that L{TrafficCollector} reads, so that the
+    calls per read chunk only add.
     """
 
     __slots__ = (
@@ -96,10 +100,10 @@ class ListenerMetrics:
         "_rejected",
         "_closed",
         "_duration",
-        "_upstreamMessages",
-        "_upstreamBytes",
-        "_downstreamMessages",
-        "_downstreamBytes",
+        "messagesUp",
+        "bytesUp",
+        "messagesDown",
+        "bytesDown",
         "_protocolErrors",
         "_protocolErrorFamily",
         "_tlsFailures",
@@ -115,10 +119,7 @@ class ListenerMetrics:
             for reason in CLOSE_REASONS
         }
         self._duration = metrics.connectionDuration.labels(name)
-        self._upstreamMessages = metrics.messages.labels(name, UPSTREAM)
-        self._upstreamBytes = metrics.messageBytes.labels(name, UPSTREAM)
-        self._downstreamMessages = metrics.messages.labels(name, DOWNSTREAM)
-        self._downstreamBytes = metrics.messageBytes.labels(name, DOWNSTREAM)
+        self.messagesUp = self.bytesUp = self.messagesDown = self.bytesDown = 0
         self._protocolErrorFamily = metrics.protocolErrors
         self._protocolErrors = {
             (peer, reason): metrics.protocolErrors.labels(name, peer, reason)
@@ -140,13 +141,16 @@ class ListenerMetrics:
         self._active.dec()
         self._duration.observe(duration)
 
+    # A prometheus_client Counter takes a lock and makes three calls per
+    # increment, about 0.7 us, twice per read chunk; these run in the reactor
+    # thread, as scrapes do, so plain additions need no lock.
     def upstream(self, messages: int, payloadBytes: int) -> None:
-        self._upstreamMessages.inc(messages)
-        self._upstreamBytes.inc(payloadBytes)
+        self.messagesUp += messages
+        self.bytesUp += payloadBytes
 
     def downstream(self, messages: int, payloadBytes: int) -> None:
-        self._downstreamMessages.inc(messages)
-        self._downstreamBytes.inc(payloadBytes)
+        self.messagesDown += messages
+        self.bytesDown += payloadBytes
 
     def protocolError(self, peer: str, reason: str) -> None:
         child = self._protocolErrors.get((peer, reason))
@@ -158,6 +162,44 @@ class ListenerMetrics:
 
     def tlsHandshakeFailed(self) -> None:
         self._tlsFailures.inc()
+
+
+class TrafficCollector:
+    """
+    C{gateway_messages_total} and C{gateway_message_bytes_total}, made from
+    every listener's plain counts when the registry is collected.
+    """
+
+    def __init__(self, listeners: dict[str, ListenerMetrics]) -> None:
+        self._listeners = listeners
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        messages, payload = self._families()
+        for name, listener in self._listeners.items():
+            messages.add_metric([name, UPSTREAM], listener.messagesUp)
+            messages.add_metric([name, DOWNSTREAM], listener.messagesDown)
+            payload.add_metric([name, UPSTREAM], listener.bytesUp)
+            payload.add_metric([name, DOWNSTREAM], listener.bytesDown)
+        yield messages
+        yield payload
+
+    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily]:
+        # CounterMetricFamily adds _total to these names when exposed.
+        return (
+            CounterMetricFamily(
+                "gateway_messages",
+                "Messages forwarded, upstream (client to backend) or downstream.",
+                labels=["listener", "direction"],
+            ),
+            CounterMetricFamily(
+                "gateway_message_bytes",
+                "Payload bytes of the messages forwarded, without framing.",
+                labels=["listener", "direction"],
+            ),
+        )
 
 
 class BackendMetrics:
@@ -233,18 +275,7 @@ class GatewayMetrics:
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        self.messages = Counter(
-            "gateway_messages",
-            "Messages forwarded, upstream (client to backend) or downstream.",
-            ["listener", "direction"],
-            registry=registry,
-        )
-        self.messageBytes = Counter(
-            "gateway_message_bytes",
-            "Payload bytes of the messages forwarded, without framing.",
-            ["listener", "direction"],
-            registry=registry,
-        )
+        registry.register(TrafficCollector(self._listeners))
         self.protocolErrors = Counter(
             "gateway_protocol_errors",
             "Framing errors, by the peer that sent the offending bytes.",

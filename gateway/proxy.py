@@ -14,6 +14,7 @@ from collections.abc import Callable
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
     IHalfCloseableProtocol,
     IHandshakeListener,
     IReactorTime,
@@ -21,12 +22,11 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
-from gateway import stats
+from gateway import stats, writethrough
 from gateway.codec import Framing, FramingError
 from gateway.proxyprotocol import PROXY_HEADER, IProxyHeaderReceiver
 
@@ -41,6 +41,7 @@ class Translator:
     def __init__(self, decoder: Framing, encoder: Framing) -> None:
         self._decoder = decoder
         self._encoder = encoder
+        self._overhead = decoder.overhead
         self._rest = b""
 
     def feed(self, data: bytes) -> tuple[bytes, int, int]:
@@ -55,12 +56,19 @@ class Translator:
         if self._rest:
             data = self._rest + data
         try:
-            messages, self._rest = self._decoder.decode(data)
+            messages, rest = self._decoder.decode(data)
+            count = len(messages)
+            out = self._encoder.encode(messages) if count else b""
         except FramingError as error:
             raise self._salvaged(error)
-        if not messages:
+        self._rest = rest
+        if not count:
             return b"", 0, 0
-        return self._encode(messages), len(messages), sum(map(len, messages))
+        if self._overhead is None:
+            payload = sum(map(len, messages))
+        else:
+            payload = len(data) - len(rest) - count * self._overhead
+        return out, count, payload
 
     def finish(self) -> tuple[bytes, int, int]:
         """
@@ -250,12 +258,18 @@ class BackendFactory(Factory):
 
 
 @implementer(IHalfCloseableProtocol, IHandshakeListener, IProxyHeaderReceiver)
-class ClientProtocol(Protocol, TimeoutMixin):
+class ClientProtocol(Protocol):
     """
     The client end of a pair, and the owner of the pair's life.
 
     It opens the backend connection, translates in both directions, keeps
     the pair's counts and chooses the one reason the pair ended for.
+
+    The idle timeout is checked lazily: a read chunk only writes down the
+    time, and the timer, when it fires, either ends the pair or re-arms
+    itself for the rest of the wait. (Moving a timer on every chunk, as
+    L{twisted.protocols.policies.TimeoutMixin} does, costs a method call and
+    the reactor's rescheduling per chunk.)
     """
 
     factory: ProxyFactory
@@ -273,6 +287,8 @@ class ClientProtocol(Protocol, TimeoutMixin):
     _reported = False
     _backendFeedsClient = False
     _clientFeedsBackend = False
+    _idleCall: IDelayedCall | None = None
+    _lastActivity = 0.0
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -292,7 +308,9 @@ class ClientProtocol(Protocol, TimeoutMixin):
         self.downstream = Translator(factory.backendFraming, factory.clientFraming)
         self.messagesUp = self.bytesUp = self.messagesDown = self.bytesDown = 0
         self._pending: list[bytes] = []
-        self.setTimeout(factory.idleTimeout or None)
+        if factory.idleTimeout:
+            self._lastActivity = self.startedAt
+            self._idleCall = self.callLater(factory.idleTimeout, self._idleCheck)
         if not factory.tls and not factory.proxyHeader:
             self._connectBackend()
 
@@ -403,7 +421,7 @@ class ClientProtocol(Protocol, TimeoutMixin):
             return
         if messages:
             self._sendUpstream(out, messages, payload)
-        self.resetTimeout()
+        self._lastActivity = self.clock.seconds()
 
     def _sendUpstream(self, out: bytes, messages: int, payload: int) -> None:
         if not messages:
@@ -411,7 +429,7 @@ class ClientProtocol(Protocol, TimeoutMixin):
         if self.backend is None:
             self._pending.append(out)
         else:
-            self.backend.transport.write(out)
+            writethrough.write(self.backend.transport, out)
         self.messagesUp += messages
         self.bytesUp += payload
         self.stats.upstream(messages, payload)
@@ -427,12 +445,12 @@ class ClientProtocol(Protocol, TimeoutMixin):
             return
         if messages:
             self._sendDownstream(out, messages, payload)
-        self.resetTimeout()
+        self._lastActivity = self.clock.seconds()
 
     def _sendDownstream(self, out: bytes, messages: int, payload: int) -> None:
         if not messages:
             return
-        self.transport.write(out)
+        writethrough.write(self.transport, out)
         self.messagesDown += messages
         self.bytesDown += payload
         self.stats.downstream(messages, payload)
@@ -511,8 +529,15 @@ class ClientProtocol(Protocol, TimeoutMixin):
             self.transport.loseConnection()
         self._maybeReport()
 
-    def timeoutConnection(self) -> None:
-        self.abort(stats.IDLE_TIMEOUT)
+    def _idleCheck(self) -> None:
+        remaining = self.factory.idleTimeout - (
+            self.clock.seconds() - self._lastActivity
+        )
+        if remaining > 0:
+            self._idleCall = self.callLater(remaining, self._idleCheck)
+        else:
+            self._idleCall = None
+            self.abort(stats.IDLE_TIMEOUT)
 
     def abort(self, reason: str) -> None:
         """
@@ -564,7 +589,9 @@ class ClientProtocol(Protocol, TimeoutMixin):
         if self._reported or not (self._clientGone and self._backendGone):
             return
         self._reported = True
-        self.setTimeout(None)
+        if self._idleCall is not None:
+            self._idleCall.cancel()
+            self._idleCall = None
         duration = self.clock.seconds() - self.startedAt
         reason = self.closeReason or stats.CLIENT_CLOSED
         self.stats.closed(reason, duration)

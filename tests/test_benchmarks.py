@@ -8,6 +8,7 @@ sockets that have deadlines; every wait here is bounded.
 
 import json
 import math
+import re
 import socket
 import struct
 import subprocess
@@ -33,6 +34,8 @@ from benchmarks.processes import Child, cpu_seconds, exchange, memory_kib
 ROOT = Path(benchmarks.__file__).resolve().parent.parent
 # Generous for a loaded 2-core machine, short enough to fail a hung test fast.
 DEADLINE = 10.0
+# Connections through gateway-x2: enough that both gateways get some.
+CONNECTIONS = 32
 
 
 def frames(verifier: Verifier, first: int, count: int) -> bytes:
@@ -329,6 +332,37 @@ class ServerTests(SynchronousTestCase):
         )
         data = peers.frame("int32", b"raw")
         self.assertEqual(exchange(port, data, len(data), DEADLINE), data)
+
+
+class GatewayPairTests(SynchronousTestCase):
+    """
+    gateway-x2: two real gateways sharing one port.
+    """
+
+    def test_both_serve(self) -> None:
+        """
+        Both gateways accept connections on the one port (SO_REUSEPORT
+        spreads them), and each connection is translated to the backend and
+        back.
+        """
+        echo = start(self, "echo", "benchmarks.echo_backend")
+        settings = peers.PeerSettings(
+            python=sys.executable, twistd=str(Path(sys.executable).with_name("twistd"))
+        )
+        runnable, skipped = peers.available(["gateway-x2"], settings)
+        self.assertEqual(runnable, ["gateway-x2"], skipped)
+        peer = peers.start("gateway-x2", echo, settings)
+        self.addCleanup(peer.stop)
+        self.assertEqual(len(peer.pids), peers.PROCESSES)
+        # The kernel hashes each connection to one of the two sockets: the
+        # chance that CONNECTIONS all land on the same one is 2 ** -31.
+        for index in range(CONNECTIONS):
+            message = b"message %d\n" % index
+            self.assertEqual(
+                exchange(peer.port, message, len(message), DEADLINE), message
+            )
+        for child in [peer.child, *peer.others]:
+            child.wait_for(re.compile(r"closed systemd:gateway "), DEADLINE)
 
 
 class LoadgenRunTests(SynchronousTestCase):

@@ -8,6 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.codec import FRAMINGS, FramingError, framing
 from gateway.codec._base import MALFORMED, TOO_LONG, TRUNCATED, UNENCODABLE
+from gateway.codec.delimited import LONG_MESSAGE
 
 # Small enough that hypothesis reaches it, large enough to hold int8's limit.
 LIMIT = 300
@@ -163,6 +164,32 @@ class DelimitedTests(SynchronousTestCase):
         )
         self.assertEqual((error.reason, error.messages), (TOO_LONG, [b"ok"]))
 
+    @settings(max_examples=100, deadline=None)
+    @given(
+        lengths=st.lists(st.integers(0, 2 * LONG_MESSAGE), max_size=8),
+        name=st.sampled_from(["lf", "crlf"]),
+        tail=st.binary(max_size=3),
+    )
+    def test_longAndShortMessages(self, lengths, name, tail):
+        """
+        Chunks whose first message is long (found one by one) or short
+        (split at once) decode alike: as C{bytes.split} would.
+        """
+        codec = framing(name, 4 * LONG_MESSAGE)
+        data = codec.encode([b"x" * n for n in lengths]) + tail.replace(b"\n", b"")
+        parts = data.split(codec.delimiter)
+        self.assertEqual(codec.decode(data), (parts[:-1], parts[-1]))
+
+    def test_delimiterAcrossPayloads(self):
+        """
+        A CR ending one payload and an LF starting the next do not make a
+        CRLF inside either: both are carried.
+        """
+        codec = framing("crlf", LIMIT)
+        data = codec.encode([b"a\r", b"\nb"])
+        self.assertEqual(data, b"a\r\r\n\nb\r\n")
+        self.assertEqual(codec.decode(data), ([b"a\r", b"\nb"], b""))
+
     def test_unencodable(self):
         for name, bad in [("lf", b"a\nb"), ("crlf", b"a\r\nb")]:
             error = self.assertRaises(
@@ -192,6 +219,18 @@ class LengthPrefixedTests(SynchronousTestCase):
             FramingError, codec.decode, b"\0\0\0\1x" + (LIMIT + 1).to_bytes(4, "big")
         )
         self.assertEqual((error.reason, error.messages), (TOO_LONG, [b"x"]))
+
+    def test_overLimitWithItsBody(self):
+        """
+        A frame over the limit fails even when its whole body is in the chunk.
+        """
+        codec = framing("int32", LIMIT)
+        tooLong = (LIMIT + 1).to_bytes(4, "big") + b"y" * (LIMIT + 1)
+        error = self.assertRaises(FramingError, codec.decode, b"\0\0\0\1x" + tooLong)
+        self.assertEqual((error.reason, error.messages), (TOO_LONG, [b"x"]))
+
+    def test_encodeNothing(self):
+        self.assertEqual(framing("int32", LIMIT).encode([]), b"")
 
     def test_exactlyAtLimit(self):
         codec = framing("int32", LIMIT)

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import stats
-from gateway.codec import framing
+from gateway.codec import FRAMINGS, framing
 from gateway.proxy import Connections, ProxyFactory, Translator
 
 LIMIT = 100
@@ -126,6 +126,24 @@ class TranslatorTests(SynchronousTestCase):
         )
         self.assertEqual(error.reason, "unencodable")
         self.assertEqual((error.salvage, error.salvageCounts), (b"ok\n", (1, 2)))
+
+    def test_payloadCounts(self):
+        """
+        The payload bytes reported for a chunk are the sum of its messages'
+        lengths, for every framing (most work it out from the framing's
+        fixed overhead instead of summing), whatever the chunk boundaries.
+        """
+        messages = [b"", b"a", b"bc" * 20, b"", b"d" * 99]
+        for name in FRAMINGS:
+            stream = framing(name, LIMIT).encode(messages)
+            for size in (1, 3, len(stream)):
+                translator = Translator(framing(name, LIMIT), framing("int32", LIMIT))
+                counts = [0, 0]
+                for start in range(0, len(stream), size):
+                    _, count, payload = translator.feed(stream[start : start + size])
+                    counts[0] += count
+                    counts[1] += payload
+                self.assertEqual(counts, [5, 140], (name, size))
 
 
 class ConnectTests(SynchronousTestCase):
@@ -418,6 +436,34 @@ class TimeoutTests(SynchronousTestCase):
         self.assertFalse(clientTransport.connected)
         self.assertFalse(backendTransport.connected)
         self.assertEqual(harness.stats.named("closed"), [(stats.IDLE_TIMEOUT, 28.0)])
+
+    def test_idleAfterLastChunk(self):
+        """
+        The pair closes exactly the idle timeout after the last chunk, not
+        before, however the chunks fell.
+        """
+        harness = Harness(idleTimeout=10)
+        client, clientTransport, backend, backendTransport = harness.pair()
+        harness.clock.advance(2.5)
+        client.dataReceived(b"a\n")
+        harness.clock.advance(7)
+        backend.dataReceived(frame(b"a"))
+        harness.clock.advance(9.75)
+        self.assertTrue(clientTransport.connected)
+        harness.clock.advance(0.25)
+        self.assertFalse(clientTransport.connected)
+        self.assertEqual(harness.stats.named("closed"), [(stats.IDLE_TIMEOUT, 19.5)])
+
+    def test_idleTimerCancelled(self):
+        """
+        A pair that closes leaves no timer behind.
+        """
+        harness = Harness(idleTimeout=10)
+        client, clientTransport, backend, backendTransport = harness.pair()
+        client.dataReceived(b"a\n")
+        self.assertEqual(len(harness.clock.getDelayedCalls()), 1)
+        clientTransport.loseConnection()
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
 
     def test_idleWhileConnecting(self):
         """

@@ -16,6 +16,7 @@ class Netstring:
     """
 
     name = "netstring"
+    overhead = None
 
     def __init__(self, maxSize: int) -> None:
         self.maxSize = maxSize
