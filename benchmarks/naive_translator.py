@@ -12,12 +12,9 @@ handling, no metrics, no limits beyond the receivers' C{MAX_LENGTH}.
 prints ``naive translator listening on 127.0.0.1:PORT`` once bound.
 """
 
-import argparse
-
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
-    TCP4ServerEndpoint,
     connectProtocol,
 )
 from twisted.internet.interfaces import IReactorTCP, IStreamClientEndpoint
@@ -25,13 +22,7 @@ from twisted.internet.protocol import Factory
 from twisted.protocols.basic import Int32StringReceiver, LineReceiver
 from twisted.python.failure import Failure
 
-from benchmarks.util import (
-    LOOPBACK,
-    MAX_MESSAGE_SIZE,
-    announce,
-    loopback_host,
-    raise_nofile_limit,
-)
+from benchmarks.util import MAX_MESSAGE_SIZE, serve_twisted
 
 
 class BackendSide(Int32StringReceiver):
@@ -106,32 +97,8 @@ class TranslatorFactory(Factory):
         return ClientSide(self.endpoint)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--host", type=loopback_host, default=LOOPBACK)
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--backend-host", type=loopback_host, default=LOOPBACK)
-    parser.add_argument("--backend-port", type=int, required=True)
-    args = parser.parse_args(argv)
-    raise_nofile_limit()
-
-    from twisted.internet import reactor
-
-    factory = TranslatorFactory(reactor, args.backend_host, args.backend_port)
-    listening = TCP4ServerEndpoint(
-        reactor, args.port, backlog=4096, interface=args.host
-    ).listen(factory)
-
-    def bound(port: object) -> None:
-        address = port.getHost()
-        announce("naive translator", address.host, address.port)
-
-    def failed(reason: Failure) -> None:
-        print(f"naive translator: cannot listen: {reason.getErrorMessage()}")
-        reactor.stop()
-
-    listening.addCallbacks(bound, failed)
-    reactor.run()
+def main() -> None:
+    serve_twisted("naive translator", TranslatorFactory)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,9 @@ prints ``portforward listening on 127.0.0.1:PORT`` once bound (``twistd
 portforward`` does not say which port it got for port 0).
 """
 
-import argparse
-
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.protocols import portforward
-from twisted.python.failure import Failure
 
-from benchmarks.util import LOOPBACK, announce, loopback_host, raise_nofile_limit
+from benchmarks.util import serve_twisted
 
 
 class QuietProxyServer(portforward.ProxyServer):
@@ -27,32 +23,10 @@ class QuietProxyFactory(portforward.ProxyFactory):
     protocol = QuietProxyServer
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--host", type=loopback_host, default=LOOPBACK)
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--backend-host", type=loopback_host, default=LOOPBACK)
-    parser.add_argument("--backend-port", type=int, required=True)
-    args = parser.parse_args(argv)
-    raise_nofile_limit()
-
-    from twisted.internet import reactor
-
-    factory = QuietProxyFactory(args.backend_host, args.backend_port)
-    listening = TCP4ServerEndpoint(
-        reactor, args.port, backlog=4096, interface=args.host
-    ).listen(factory)
-
-    def bound(port: object) -> None:
-        address = port.getHost()
-        announce("portforward", address.host, address.port)
-
-    def failed(reason: Failure) -> None:
-        print(f"portforward: cannot listen: {reason.getErrorMessage()}")
-        reactor.stop()
-
-    listening.addCallbacks(bound, failed)
-    reactor.run()
+def main() -> None:
+    serve_twisted(
+        "portforward", lambda reactor, host, port: QuietProxyFactory(host, port)
+    )
 
 
 if __name__ == "__main__":

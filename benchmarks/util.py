@@ -86,3 +86,45 @@ def fail(message: str) -> None:
     """
     print(message, file=sys.stderr)
     raise SystemExit(2)
+
+
+def serve_twisted(
+    name: str, make_factory: Callable[[object, str, int], object]
+) -> None:
+    """
+    The command line shared by the Twisted reference peers: parse
+    C{--host/--port/--backend-host/--backend-port}, listen with the factory
+    C{make_factory(reactor, backend_host, backend_port)} builds, announce the
+    bound port as C{name}, and run the reactor.
+    """
+    import argparse
+
+    main_module = sys.modules["__main__"]
+    parser = argparse.ArgumentParser(
+        description=(main_module.__doc__ or name).strip().splitlines()[0]
+    )
+    parser.add_argument("--host", type=loopback_host, default=LOOPBACK)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--backend-host", type=loopback_host, default=LOOPBACK)
+    parser.add_argument("--backend-port", type=int, required=True)
+    args = parser.parse_args()
+    raise_nofile_limit()
+
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    factory = make_factory(reactor, args.backend_host, args.backend_port)
+    listening = TCP4ServerEndpoint(
+        reactor, args.port, backlog=4096, interface=args.host
+    ).listen(factory)
+
+    def bound(port: object) -> None:
+        address = port.getHost()  # type: ignore[attr-defined]
+        announce(name, address.host, address.port)
+
+    def failed(reason: object) -> None:
+        print(f"{name}: cannot listen: {reason.getErrorMessage()}")  # type: ignore[attr-defined]
+        reactor.stop()
+
+    listening.addCallbacks(bound, failed)
+    reactor.run()
