@@ -15,18 +15,17 @@ prints ``asyncio translator listening on 127.0.0.1:PORT`` once bound.
 
 import argparse
 import asyncio
-import signal
 import struct
 from collections.abc import Awaitable, Callable
 
 from benchmarks.util import (
     LOOPBACK,
     MAX_MESSAGE_SIZE,
-    announce,
     loop_factory,
     loopback_host,
     raise_nofile_limit,
     run_async,
+    serve_until_signalled,
 )
 
 INT32 = struct.Struct(">I")
@@ -109,14 +108,7 @@ async def serve(host: str, port: int, backend_host: str, backend_port: int) -> N
         limit=STREAM_LIMIT,
         backlog=4096,
     )
-    bound = server.sockets[0].getsockname()
-    announce(f"asyncio translator ({loop_factory()[1]})", bound[0], bound[1])
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set_result, None)
-    async with server:
-        await stop
+    await serve_until_signalled(server, f"asyncio translator ({loop_factory()[1]})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,15 +16,14 @@ prints ``echo backend listening on 127.0.0.1:PORT`` once bound.
 
 import argparse
 import asyncio
-import signal
 from typing import cast
 
 from benchmarks.util import (
     LOOPBACK,
-    announce,
     loopback_host,
     raise_nofile_limit,
     run_async,
+    serve_until_signalled,
 )
 
 # Large enough that a stream of big messages is written back in few calls.
@@ -62,13 +61,7 @@ async def serve(host: str, port: int) -> None:
     """
     loop = asyncio.get_running_loop()
     server = await loop.create_server(Echo, host, port, backlog=4096)
-    bound = server.sockets[0].getsockname()
-    announce("echo backend", bound[0], bound[1])
-    stop = loop.create_future()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set_result, None)
-    async with server:
-        await stop
+    await serve_until_signalled(server, "echo backend")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -128,3 +128,20 @@ def serve_twisted(
 
     listening.addCallbacks(bound, failed)
     reactor.run()
+
+
+async def serve_until_signalled(server: asyncio.Server, name: str) -> None:
+    """
+    Announce an asyncio server's port as C{name}, then serve until SIGTERM
+    or SIGINT.
+    """
+    import signal
+
+    bound = server.sockets[0].getsockname()
+    announce(name, bound[0], bound[1])
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set_result, None)
+    async with server:
+        await stop

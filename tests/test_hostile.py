@@ -40,6 +40,7 @@ from zope.interface import implementer
 
 from tests.e2e import DEADLINE, exchange, runGateway
 from tests.reliability import metrics, value
+from tests.tlsclient import rawReceiveAll
 
 log = Logger(namespace="tests.hostile")
 
@@ -311,18 +312,6 @@ def isPrefix(part: list[bytes], whole: list[bytes]) -> bool:
     return whole[: len(part)] == part
 
 
-def readAll(sock: socket.socket) -> bytes:
-    received = b""
-    while True:
-        try:
-            data = sock.recv(65536)
-        except ConnectionResetError:
-            return received
-        if not data:
-            return received
-        received += data
-
-
 lineStreams = st.lists(
     st.one_of(
         st.binary(max_size=12),
@@ -404,7 +393,7 @@ class HostileTests(TestCase):
                     sock.shutdown(socket.SHUT_WR)
                 except OSError:
                     pass
-                replies = readAll(sock)
+                replies = rawReceiveAll(sock)
             elif ending == "reset":
                 resetSocket(sock)
             sock.close()
@@ -469,7 +458,7 @@ class HostileTests(TestCase):
             tally["examples"] += 1
             sock, port = clientSocket(gateway.port(), closed.forget)
             reactor.callFromThread(backends.register, port, pieces(data, cuts), ending)
-            received = readAll(sock)
+            received = rawReceiveAll(sock)
             sock.close()
             reason = closed.wait(port)
             expected, error = expectedFrames(data)
@@ -513,7 +502,7 @@ class HostileTests(TestCase):
             script = [struct.pack(">I", 5) + b"alive"]
             reactor.callFromThread(backends.register, port, script, "half")
             with sock:
-                return readAll(sock)
+                return rawReceiveAll(sock)
 
         self.assertEqual(await threads.deferToThread(stillServes), b"alive\n")
         log.info(
