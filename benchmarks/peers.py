@@ -4,6 +4,8 @@ echo backend on a loopback port.
 
 ``gateway``            twistd -n gateway, metrics on a unix socket (no fixed port)
 ``gateway-nometrics``  the same with ``--metrics none``, when the option exists
+``gateway-epoll``      the gateway on Twisted's stock epoll reactor
+                       (``twistd --reactor=epoll``; not run by default)
 ``gateway-x2``         two gateway processes on one port: each is handed its own
                        SO_REUSEPORT socket the way systemd socket activation
                        hands one over (LISTEN_FDS), and the kernel spreads
@@ -39,13 +41,15 @@ ALL_PEERS = (
     "portforward",
     "haproxy",
     "gateway-x2",
+    "gateway-epoll",
     "direct",
 )
-DEFAULT_PEERS = ALL_PEERS[:-2]
-GATEWAYS = {"gateway", "gateway-nometrics", "gateway-x2"}
+DEFAULT_PEERS = ALL_PEERS[:-3]
+GATEWAYS = {"gateway", "gateway-nometrics", "gateway-x2", "gateway-epoll"}
 FRAMING = {
     "gateway": "lf",
     "gateway-nometrics": "lf",
+    "gateway-epoll": "lf",
     "gateway-x2": "lf",
     "naive": "lf",
     "asyncio": "lf",
@@ -253,10 +257,10 @@ def _started(name: str, framing: str, child: Child, port: int | None) -> Running
 def _gateway_argv(
     name: str, backend_port: int, settings: PeerSettings, listen: str, index: int = 0
 ) -> list[str]:
-    argv = [
-        settings.twistd,
-        "-n",
-        "--pidfile=",
+    argv = [settings.twistd, "-n", "--pidfile="]
+    if name == "gateway-epoll":
+        argv.append("--reactor=epoll")
+    argv += [
         "gateway",
         "--listen",
         listen,

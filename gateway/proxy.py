@@ -102,6 +102,19 @@ class Translator:
         return error
 
 
+def noDelay(transport: ITransport) -> None:
+    """
+    Turn Nagle's algorithm off on the TCP connection under C{transport}, if
+    there is one. Each read chunk is already written in one go; Nagle would
+    only hold a short reply back until the previous one is acknowledged.
+    """
+    try:
+        transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        # A UNIX socket (under TLS or not), or another kind of transport.
+        pass
+
+
 _ORDINARY = frozenset({stats.CLIENT_CLOSED, stats.BACKEND_CLOSED})
 
 
@@ -222,6 +235,7 @@ class BackendProtocol(Protocol):
             self.handshakeCompleted()
 
     def handshakeCompleted(self) -> None:
+        noDelay(self.transport)
         self._ready = True
         self.client.backendConnected(self)
         self.ready.callback(self)
@@ -300,6 +314,7 @@ class ClientProtocol(Protocol):
             self.transport.loseConnection()
             return
         factory.connections.add(self)
+        noDelay(self.transport)
         self.clock = factory.clock
         self.callLater = factory.clock.callLater
         self.startedAt = factory.clock.seconds()

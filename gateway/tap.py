@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from gateway import __version__
+from gateway import reactor as gatewayReactor
 from gateway.backends import Backend, BackendPool
 from gateway.codec import FRAMINGS, framing
 from gateway.demo import DemoBackendService
@@ -35,7 +36,11 @@ log = Logger(namespace="gateway.tap")
 
 
 def _reactor() -> Any:
-    # Imported late: twistd installs the reactor it was asked for first.
+    # Imported late: twistd installs the reactor it was asked for with
+    # --reactor before the gateway's options are parsed. Asked for none,
+    # the gateway installs its own rather than Twisted's default.
+    if gatewayReactor.canInstall():
+        gatewayReactor.install()
     from twisted.internet import reactor
 
     return reactor

@@ -128,6 +128,31 @@ class LifecycleTests(TestCase):
         self.assertIn("gateway ready", gateway.log())
         self.assertNotIn("Traceback", gateway.log())
 
+    async def test_gatewayReactor(self):
+        """
+        Asked for no reactor, twistd runs the gateway on L{GatewayReactor},
+        and translates through it.
+        """
+        backend, backendPort = listenBackend(self)
+        gateway = await runGateway(self, LISTEN + backendOption(backendPort))
+        self.assertIn("reactor class: gateway.reactor.GatewayReactor.", gateway.log())
+        reply = await exchange(gateway.port(), b"one\ntwo\n")
+        self.assertEqual(reply, b"ONE\nTWO\n")
+
+    async def test_reactorChosenOnTheCommandLine(self):
+        """
+        A reactor chosen with C{twistd --reactor} is the one the gateway
+        runs on.
+        """
+        backend, backendPort = listenBackend(self)
+        gateway = await runGateway(
+            self, LISTEN + backendOption(backendPort), twistdArgs=["--reactor=poll"]
+        )
+        log = gateway.log()
+        self.assertIn("reactor class: twisted.internet.pollreactor.PollReactor.", log)
+        reply = await exchange(gateway.port(), b"one\n")
+        self.assertEqual(reply, b"ONE\n")
+
     async def test_severalListeners(self):
         gateway = await runGateway(
             self,

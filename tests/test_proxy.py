@@ -2,12 +2,16 @@
 Tests for L{gateway.proxy}: one client/backend pair driven by hand.
 """
 
+import socket
+
+from twisted.internet import tcp, unix
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.testing import (
+    MemoryReactorClock,
     StringTransport,
     StringTransportWithDisconnection,
 )
@@ -144,6 +148,64 @@ class TranslatorTests(SynchronousTestCase):
                     counts[0] += count
                     counts[1] += payload
                 self.assertEqual(counts, [5, 140], (name, size))
+
+
+def tcpServerTransport(testCase, protocol):
+    """
+    A real Twisted TCP transport for C{protocol} over a real loopback
+    connection, on a L{MemoryReactorClock}; and the socket under it.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    testCase.addCleanup(listener.close)
+    peer = socket.create_connection(listener.getsockname())
+    testCase.addCleanup(peer.close)
+    ours, address = listener.accept()
+    testCase.addCleanup(ours.close)
+    ours.setblocking(False)
+    transport = tcp.Server(ours, protocol, address, None, 1, MemoryReactorClock())
+    return transport, ours
+
+
+def noDelay(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+class NoDelayTests(SynchronousTestCase):
+    """
+    Nagle's algorithm is off on both connections of a pair: the gateway
+    already writes once per read chunk, and a short reply held back until
+    the previous segment is acknowledged is only latency.
+    """
+
+    def test_clientAndBackend(self):
+        harness = Harness()
+        client = harness.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        clientTransport, clientSocket = tcpServerTransport(self, client)
+        self.assertFalse(noDelay(clientSocket))
+        client.makeConnection(clientTransport)
+        self.assertTrue(noDelay(clientSocket))
+
+        backendFactory, attempt = harness.attempts[0]
+        backend = backendFactory.buildProtocol(None)
+        backendTransport, backendSocket = tcpServerTransport(self, backend)
+        self.assertFalse(noDelay(backendSocket))
+        backend.makeConnection(backendTransport)
+        attempt.callback(backend)
+        self.assertTrue(noDelay(backendSocket))
+
+    def test_notTCP(self):
+        """
+        A client on a UNIX socket is served as any other.
+        """
+        harness = Harness()
+        client = harness.factory.buildProtocol(None)
+        ours, peer = socket.socketpair()
+        self.addCleanup(peer.close)
+        self.addCleanup(ours.close)
+        transport = unix.Server(ours, client, "", None, 1, MemoryReactorClock())
+        client.makeConnection(transport)
+        self.assertEqual(len(harness.attempts), 1)
+        self.assertTrue(transport.connected)
 
 
 class ConnectTests(SynchronousTestCase):
