@@ -58,7 +58,7 @@ class Translator:
         try:
             messages, rest = self._decoder.decode(data)
             count = len(messages)
-            out = self._encoder.encode(messages) if count else b""
+            out = self._encoder.encode(messages, data) if count else b""
         except FramingError as error:
             raise self._salvaged(error)
         self._rest = rest

@@ -197,6 +197,43 @@ class DelimitedTests(SynchronousTestCase):
             )
             self.assertEqual((error.reason, error.messages), (UNENCODABLE, [b"ok"]))
 
+    def test_encodeWithin(self):
+        """
+        Given the chunk the payloads were decoded from, C{encode} searches it
+        for the delimiter first: a delimiter outside every payload (here in
+        an int32 length header of 10) does not refuse them, and one inside a
+        payload still does.
+        """
+        codec = framing("lf", LIMIT)
+        int32 = framing("int32", LIMIT)
+        ten = b"0123456789"
+        chunk = int32.encode([ten, b"x"])
+        self.assertIn(b"\n", chunk)
+        messages, rest = int32.decode(chunk)
+        self.assertEqual(codec.encode(messages, chunk), ten + b"\nx\n")
+
+        bad = int32.encode([b"ok", b"a\nb", b"later"])
+        messages, rest = int32.decode(bad)
+        error = self.assertRaises(FramingError, codec.encode, messages, bad)
+        self.assertEqual((error.reason, error.messages), (UNENCODABLE, [b"ok"]))
+
+    @given(st.lists(st.binary(max_size=20), max_size=20))
+    def test_encodeWithinSameAsWithout(self, payloads):
+        """
+        Searching the source chunk never changes what C{encode} does.
+        """
+        int32 = framing("int32", LIMIT)
+        chunk = int32.encode(payloads)
+        for name in ("lf", "crlf"):
+            codec = framing(name, LIMIT)
+            try:
+                expected = codec.encode(payloads)
+            except FramingError as error:
+                got = self.assertRaises(FramingError, codec.encode, payloads, chunk)
+                self.assertEqual(got.messages, error.messages)
+            else:
+                self.assertEqual(codec.encode(payloads, chunk), expected)
+
 
 class LengthPrefixedTests(SynchronousTestCase):
     def test_int32(self):

@@ -59,9 +59,13 @@ class Framing(Protocol):
         @raise FramingError: when the rest is a truncated frame.
         """
 
-    def encode(self, messages: list[bytes]) -> bytes:
+    def encode(self, messages: list[bytes], within: bytes = b"") -> bytes:
         """
         Frame every message, in order, into one bytes object.
+
+        C{within}, when given, holds every payload (the chunk they were
+        decoded from): a framing that must check payloads for a byte
+        sequence may search it once instead of the payloads.
 
         @raise FramingError: with reason L{UNENCODABLE} when a payload cannot
             be carried by this framing; its C{messages} are the ones before it.

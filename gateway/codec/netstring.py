@@ -76,6 +76,6 @@ class Netstring:
             )
         return []
 
-    def encode(self, messages: list[bytes]) -> bytes:
+    def encode(self, messages: list[bytes], within: bytes = b"") -> bytes:
         heads = map(b"%d:".__mod__, map(len, messages))
         return b"".join(chain.from_iterable(zip(heads, messages, repeat(b","))))

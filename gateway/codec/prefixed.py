@@ -62,7 +62,7 @@ class LengthPrefixed:
             )
         return []
 
-    def encode(self, messages: list[bytes]) -> bytes:
+    def encode(self, messages: list[bytes], within: bytes = b"") -> bytes:
         pack = self._pack
         try:
             if len(messages) == 1:
