@@ -365,6 +365,28 @@ class GatewayPairTests(SynchronousTestCase):
             child.wait_for(re.compile(r"closed systemd:gateway "), DEADLINE)
 
 
+class StockReactorPeerTests(SynchronousTestCase):
+    """
+    gateway-epoll: the gateway on Twisted's own epoll reactor.
+    """
+
+    def test_translates_on_stock_reactor(self) -> None:
+        echo = start(self, "echo", "benchmarks.echo_backend")
+        settings = peers.PeerSettings(
+            python=sys.executable, twistd=str(Path(sys.executable).with_name("twistd"))
+        )
+        runnable, skipped = peers.available(["gateway-epoll"], settings)
+        self.assertEqual(runnable, ["gateway-epoll"], skipped)
+        peer = peers.start("gateway-epoll", echo, settings)
+        self.addCleanup(peer.stop)
+        peer.child.wait_for(
+            re.compile(r"reactor class: twisted\.internet\.epollreactor\.EPollReactor"),
+            DEADLINE,
+        )
+        message = b"message\n"
+        self.assertEqual(exchange(peer.port, message, len(message), DEADLINE), message)
+
+
 class LoadgenRunTests(SynchronousTestCase):
     """
     The load generator as the harness runs it.
