@@ -223,6 +223,7 @@ class BackendProtocol(Protocol):
         self.transport.abortConnection()
 
     def connectionMade(self) -> None:
+        noDelay(self.transport)
         if isinstance(self.transport, TLSMemoryBIOProtocol):
             # Nothing is written to a TLS backend before its handshake is
             # done, so one that fails verification never sees a message.
@@ -235,7 +236,6 @@ class BackendProtocol(Protocol):
             self.handshakeCompleted()
 
     def handshakeCompleted(self) -> None:
-        noDelay(self.transport)
         self._ready = True
         self.client.backendConnected(self)
         self.ready.callback(self)

@@ -334,6 +334,22 @@ class ServerTests(SynchronousTestCase):
         self.assertEqual(exchange(port, data, len(data), DEADLINE), data)
 
 
+def startGatewayPeer(testcase: SynchronousTestCase, name: str) -> peers.RunningPeer:
+    """
+    Start the gateway peer C{name} in front of a new echo backend, with this
+    venv's twistd; both are stopped at the end of the test.
+    """
+    echo = start(testcase, "echo", "benchmarks.echo_backend")
+    settings = peers.PeerSettings(
+        python=sys.executable, twistd=str(Path(sys.executable).with_name("twistd"))
+    )
+    runnable, skipped = peers.available([name], settings)
+    testcase.assertEqual(runnable, [name], skipped)
+    peer = peers.start(name, echo, settings)
+    testcase.addCleanup(peer.stop)
+    return peer
+
+
 class GatewayPairTests(SynchronousTestCase):
     """
     gateway-x2: two real gateways sharing one port.
@@ -345,14 +361,7 @@ class GatewayPairTests(SynchronousTestCase):
         spreads them), and each connection is translated to the backend and
         back.
         """
-        echo = start(self, "echo", "benchmarks.echo_backend")
-        settings = peers.PeerSettings(
-            python=sys.executable, twistd=str(Path(sys.executable).with_name("twistd"))
-        )
-        runnable, skipped = peers.available(["gateway-x2"], settings)
-        self.assertEqual(runnable, ["gateway-x2"], skipped)
-        peer = peers.start("gateway-x2", echo, settings)
-        self.addCleanup(peer.stop)
+        peer = startGatewayPeer(self, "gateway-x2")
         self.assertEqual(len(peer.pids), peers.PROCESSES)
         # The kernel hashes each connection to one of the two sockets: the
         # chance that CONNECTIONS all land on the same one is 2 ** -31.
@@ -371,14 +380,7 @@ class StockReactorPeerTests(SynchronousTestCase):
     """
 
     def test_translates_on_stock_reactor(self) -> None:
-        echo = start(self, "echo", "benchmarks.echo_backend")
-        settings = peers.PeerSettings(
-            python=sys.executable, twistd=str(Path(sys.executable).with_name("twistd"))
-        )
-        runnable, skipped = peers.available(["gateway-epoll"], settings)
-        self.assertEqual(runnable, ["gateway-epoll"], skipped)
-        peer = peers.start("gateway-epoll", echo, settings)
-        self.addCleanup(peer.stop)
+        peer = startGatewayPeer(self, "gateway-epoll")
         peer.child.wait_for(
             re.compile(r"reactor class: twisted\.internet\.epollreactor\.EPollReactor"),
             DEADLINE,

@@ -193,6 +193,23 @@ class NoDelayTests(SynchronousTestCase):
         attempt.callback(backend)
         self.assertTrue(noDelay(backendSocket))
 
+    def test_underTLS(self):
+        """
+        A backend reached over TLS has Nagle off on its TCP connection from
+        the start, for the handshake too.
+        """
+        harness = Harness()
+        harness.connectClient()
+        backendFactory, attempt = harness.attempts[0]
+        tlsFactory = TLSMemoryBIOFactory(
+            optionsForClientTLS("backend.example"), True, backendFactory, harness.clock
+        )
+        tlsProtocol = tlsFactory.buildProtocol(None)
+        transport, backendSocket = tcpServerTransport(self, tlsProtocol)
+        self.assertFalse(noDelay(backendSocket))
+        tlsProtocol.makeConnection(transport)
+        self.assertTrue(noDelay(backendSocket))
+
     def test_notTCP(self):
         """
         A client on a UNIX socket is served as any other.
