@@ -295,6 +295,15 @@ def listenBackend(
     waits for every backend connection to close, then stops listening.
     """
     factory = BackendFactory(protocol)
+    return factory, listenUntilClosed(testCase, factory)
+
+
+def listenUntilClosed(testCase: TestCase, factory: BackendFactory) -> int:
+    """
+    Listen with C{factory} on a free loopback port and return the port.
+    When the test ends, wait for every connection to close, then stop
+    listening.
+    """
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
 
     async def cleanup() -> None:
@@ -303,7 +312,7 @@ def listenBackend(
 
     # Registered before the gateway's own cleanup, so it runs after it.
     testCase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
-    return factory, port.getHost().port
+    return port.getHost().port
 
 
 def freePort() -> int:

@@ -40,6 +40,7 @@ from tests.e2e import (
     GatewayProcess,
     gatewayCommand,
     listenBackend,
+    listenUntilClosed,
 )
 
 LISTEN = ["--listen", "tcp:0:interface=127.0.0.1"]
@@ -698,14 +699,7 @@ def listenHolding(testCase: TestCase) -> tuple[HoldingFactory, int]:
     connection to it has closed at the end of the test.
     """
     factory = HoldingFactory()
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-
-    async def cleanup() -> None:
-        await port.stopListening()
-        await factory.allClosed()
-
-    testCase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
-    return factory, port.getHost().port
+    return factory, listenUntilClosed(testCase, factory)
 
 
 _CLOSED = re.compile(

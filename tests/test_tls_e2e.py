@@ -454,29 +454,19 @@ class LateBackend(Int32StringReceiver):
         self.factory.closed(self)
 
 
-@implementer(IHalfCloseableProtocol)
-class GreetingBackend(Int32StringReceiver):
+class GreetingBackend(UpperBackend):
     """
     An int32 backend that greets, shuts its write side at once, and then
     only listens until the gateway shuts its own.
     """
 
     def connectionMade(self) -> None:
-        self.factory.opened(self)
+        super().connectionMade()
         self.sendString(b"hello")
         self.transport.loseWriteConnection()
 
     def stringReceived(self, payload: bytes) -> None:
         self.factory.received.append(payload)
-
-    def readConnectionLost(self) -> None:
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason=None) -> None:
-        self.factory.closed(self)
 
 
 class HalfCloseTests(TLSTestCase):
