@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol as TypingProtocol
 
 from OpenSSL import SSL
 from twisted.internet import error as netError
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHandshakeListener,
@@ -433,6 +433,8 @@ class _CheckProtocol(Protocol):
         # handshake (and the verification) to complete.
 
     def handshakeCompleted(self) -> None:
+        if self.done.called:
+            return
         if self._settings.mode != PROBE:
             self._finish(None)
             return
@@ -490,7 +492,7 @@ def runCheck(
     C{timed out after 2 s}). Cancelling it aborts the attempt.
     """
     result: Deferred[None] = Deferred(lambda _: attempt.cancel())
-    connecting = target.endpoint.connect(_CheckFactory(target, settings))
+    connecting = maybeDeferred(target.endpoint.connect, _CheckFactory(target, settings))
     attempt: Deferred[None] = connecting.addCallback(lambda protocol: protocol.done)
     timedOut = []
 
@@ -716,4 +718,24 @@ class HealthChecker:
                 state=DOWN,
             )
         for observer in list(self._observers):
-            observer(state)
+            try:
+                observer(state)
+            except Exception:
+                # One broken observer must not stop the checks or the others.
+                log.failure(
+                    "observer of {service}'s backend health failed",
+                    service=self.service,
+                )
+
+
+def readinessProblems(checkers: Mapping[str, HealthChecker]) -> list[str]:
+    """
+    The lines C{/readyz} adds to its body for backend health (SPEC section
+    5): one C{service NAME: no backend up} per service, by name C{->} its
+    checker, whose backends are all down. Empty when every service has one.
+    """
+    return [
+        f"service {name}: no backend up"
+        for name, checker in checkers.items()
+        if not checker.anyUp()
+    ]

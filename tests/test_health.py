@@ -38,6 +38,7 @@ from gateway.health import (
     HealthTarget,
     compileExpect,
     parseSend,
+    readinessProblems,
     runCheck,
 )
 from tests.e2e import DEADLINE, BackendFactory, freePort, listenBackend
@@ -517,6 +518,26 @@ class CheckerTests(SynchronousTestCase):
         debug = [e for e in self.events if e["log_level"] == LogLevel.debug]
         self.assertEqual(len(debug), len(self.stats[name].results))
 
+    def test_observerError(self) -> None:
+        """
+        An observer that raises is logged; the others still hear of the
+        change and the checks go on.
+        """
+        checker = self.checker(["a"], HealthSettings(fall=1))
+        self.checks.scripts["a"] = ["refused"]
+        heard: list[str] = []
+
+        def broken(state: BackendHealth) -> None:
+            raise RuntimeError("observer bug")
+
+        checker.addObserver(broken)
+        checker.addObserver(lambda state: heard.append(state.state))
+        checker.start()
+        self.clock.pump([0, 2])
+        self.assertEqual(heard, [DOWN])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(len(self.checks.calls), 2)
+
     def test_stateKept(self) -> None:
         """
         Each backend's state has the time and result of its last check and
@@ -555,6 +576,20 @@ class CheckerTests(SynchronousTestCase):
         self.assertFalse(checker.isUp("a"))
         self.clock.advance(1)
         self.assertFalse(checker.anyUp())
+
+    def test_readiness(self) -> None:
+        """
+        L{readinessProblems} names each service with no backend up.
+        """
+        orders = self.checker(["a", "b"], HealthSettings(fall=1))
+        quotes = self.checker(["c"], HealthSettings(fall=1))
+        self.checks.scripts = {"a": ["refused"], "c": ["refused"]}
+        checkers = {"orders": orders, "quotes": quotes}
+        self.assertEqual(readinessProblems(checkers), [])
+        orders.start()
+        quotes.start()
+        self.clock.pump([0, 1])
+        self.assertEqual(readinessProblems(checkers), ["service quotes: no backend up"])
 
     def test_slowCheck(self) -> None:
         """
