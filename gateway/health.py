@@ -37,6 +37,7 @@ import re
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 from OpenSSL import SSL
@@ -229,11 +230,11 @@ class HealthSettings:
             if count < 1:
                 raise HealthSettingsError(option, f"must be 1 or more, not {count}")
         if self.mode != PROBE:
-            for option, value in (
-                ("health-check-send", self.send),
-                ("health-check-expect", self.expect),
+            for option, given in (
+                ("health-check-send", self.send is not None),
+                ("health-check-expect", self.expect is not None),
             ):
-                if value is not None:
+                if given:
                     raise HealthSettingsError(
                         option, "is used only with --health-check probe"
                     )
@@ -350,11 +351,13 @@ class CheckFailed(Exception):
     """
 
 
-def describeFailure(error: BaseException) -> str:
+def describeFailure(error: BaseException | None) -> str:
     """
     A short reason for a failed check, as an operator reads it in a log line:
     C{connection refused}, C{TLS: certificate verify failed}, …
     """
+    if error is None:
+        return "unknown error"
     if isinstance(error, CheckFailed):
         return str(error)
     if isinstance(error, netError.ConnectionRefusedError):
@@ -379,8 +382,8 @@ def describeFailure(error: BaseException) -> str:
         return text[:1].lower() + text[1:]
     if isinstance(error, OSError) and error.strerror:
         return error.strerror[:1].lower() + error.strerror[1:]
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _showReply(payload: bytes) -> str:
@@ -399,6 +402,9 @@ class _CheckProtocol(Protocol):
     the connection's error) otherwise; cancelling it aborts the connection.
     Whatever happens on the connection after C{done} has fired is ignored.
     """
+
+    # A TCP, UNIX or TLS transport: abortConnection and startTLS are there.
+    transport: Any
 
     def __init__(self, target: HealthTarget, settings: HealthSettings) -> None:
         self._target = target
@@ -473,6 +479,9 @@ class _CheckProtocol(Protocol):
 
 
 class _CheckFactory(Factory):
+    # A TCP, UNIX or TLS transport: abortConnection and startTLS are there.
+    transport: Any
+
     def __init__(self, target: HealthTarget, settings: HealthSettings) -> None:
         self._target = target
         self._settings = settings
@@ -481,6 +490,11 @@ class _CheckFactory(Factory):
         protocol = _CheckProtocol(self._target, self._settings)
         protocol.factory = self
         return protocol
+
+
+def _whenDone(protocol: Any) -> Deferred[None]:
+    done: Deferred[None] = protocol.done
+    return done
 
 
 def runCheck(
@@ -493,7 +507,7 @@ def runCheck(
     """
     result: Deferred[None] = Deferred(lambda _: attempt.cancel())
     connecting = maybeDeferred(target.endpoint.connect, _CheckFactory(target, settings))
-    attempt: Deferred[None] = connecting.addCallback(lambda protocol: protocol.done)
+    attempt: Deferred[None] = connecting.addCallback(_whenDone)
     timedOut = []
 
     def onTimeout() -> None:

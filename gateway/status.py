@@ -420,7 +420,8 @@ class StatusPage(Resource):
         if path == b"":
             # "/" itself: the root with an empty last segment.
             return self
-        return super().getChild(path, request)
+        child: Resource = super().getChild(path, request)
+        return child
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", _HTML_TYPE)
