@@ -479,9 +479,6 @@ class _CheckProtocol(Protocol):
 
 
 class _CheckFactory(Factory):
-    # A TCP, UNIX or TLS transport: abortConnection and startTLS are there.
-    transport: Any
-
     def __init__(self, target: HealthTarget, settings: HealthSettings) -> None:
         self._target = target
         self._settings = settings
