@@ -426,6 +426,8 @@ class Admission:
         """
         self._clock = _seconds(clock)
         self._concurrency = ConcurrencyCounter(0)
+        self._rate: RateLimiter | None = None
+        self._rateSettings: tuple[float, int] | None = None
         self.configure(settings)
 
     def configure(self, settings: AdmissionSettings) -> None:
@@ -434,17 +436,13 @@ class Admission:
         connections are kept, so their tickets still release correctly; a
         changed rate starts every source from a full bucket.
         """
-        previous: AdmissionSettings | None = getattr(self, "settings", None)
         self.settings = settings
         self._allow = NetworkSet(settings.allow)
         self._deny = NetworkSet(settings.deny)
         self._concurrency.limit = settings.maxConnectionsPerSource
-        if (
-            previous is None
-            or previous.maxConnectionRatePerSource
-            != settings.maxConnectionRatePerSource
-            or previous.rateTableSize != settings.rateTableSize
-        ):
+        rateSettings = (settings.maxConnectionRatePerSource, settings.rateTableSize)
+        if rateSettings != self._rateSettings:
+            self._rateSettings = rateSettings
             self._rate = (
                 RateLimiter(
                     settings.maxConnectionRatePerSource,

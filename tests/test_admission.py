@@ -684,6 +684,25 @@ class SettingsTests(SynchronousTestCase):
         ticket.release()
         self.assertIsInstance(rules.admit("192.0.2.7"), Ticket)
 
+    def test_reloadRate(self):
+        """
+        A reload that keeps the rate keeps the buckets (a reload is no way
+        round the limit); one that changes it starts them full.
+        """
+        clock = Clock()
+        rules = admission(clock, maxConnectionRatePerSource=1)
+        rules.admit("192.0.2.7")
+        rules.configure(
+            AdmissionSettings(maxConnectionRatePerSource=1, deny=(net("10.0.0.0/8"),))
+        )
+        self.assertEqual(rules.admit("192.0.2.7").reason, RATE_LIMIT)
+        rules.configure(AdmissionSettings(maxConnectionRatePerSource=2))
+        self.assertIsInstance(rules.admit("192.0.2.7"), Ticket)
+        rules.configure(AdmissionSettings())
+        self.assertIsNone(rules.rate)
+        for _ in range(5):
+            self.assertIsInstance(rules.admit("192.0.2.7"), Ticket)
+
     def test_reactorOrCallable(self):
         """
         The clock may be anything with C{seconds} (a reactor) or a callable.
