@@ -25,11 +25,12 @@ names are compared in the form certificates carry them, A-labels
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
 
 # A URI scheme (RFC 3986 §3.1) followed by its colon.
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
@@ -222,3 +223,51 @@ def subjectLine(certificate: object) -> str:
         f"\\{ord(char):02x}" if ord(char) < 0x20 or ord(char) == 0x7F else char
         for char in text
     )
+
+
+def nameVerifier(
+    names: Iterable[ClientName],
+    refused: Callable[[SSL.Connection, str], None],
+) -> Callable[[SSL.Connection, crypto.X509, int, int, int], bool]:
+    """
+    A pyOpenSSL verify callback (C{Context.set_verify}) that adds the name
+    check to OpenSSL's chain check, so that a certificate without an
+    authorised name fails the handshake itself (the client gets a
+    certificate alert and never a byte from the backend) instead of being
+    closed after it.
+
+    Chain errors stay errors; CA certificates (depth above 0) pass on
+    OpenSSL's word; the client's own certificate (depth 0) must also carry
+    one of C{names}. The callback never raises (pyOpenSSL would hold the
+    exception and end the handshake with it): a certificate it cannot read
+    is refused.
+
+    @param names: from L{parseClientNames}.
+    @param refused: called with the connection and the certificate's
+        L{subjectLine} when a chain-valid certificate is refused for its
+        names, so that the handshake failure's log line can name it; it
+        must not raise.
+    """
+    authorised = tuple(names)
+
+    def verify(
+        connection: SSL.Connection,
+        certificate: crypto.X509,
+        error: int,
+        depth: int,
+        ok: int,
+    ) -> bool:
+        if not ok:
+            return False
+        if depth:
+            return True
+        try:
+            if certificateAuthorised(certificate, authorised):
+                return True
+            subject = subjectLine(certificate)
+        except Exception:
+            subject = "(unreadable certificate)"
+        refused(connection, subject)
+        return False
+
+    return verify

@@ -10,13 +10,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.certnames import (
     InvalidClientName,
     certificateAuthorised,
     certificateNames,
+    nameVerifier,
     parseClientName,
     parseClientNames,
     subjectLine,
@@ -263,3 +264,112 @@ class SubjectLineTests(SynchronousTestCase):
 
     def test_empty(self):
         self.assertEqual(subjectLine(build()), "")
+
+
+def handshake(client, server):
+    """
+    Run a TLS handshake between two memory-BIO pyOpenSSL connections,
+    passing bytes until both ends are done; an end's C{SSL.Error} escapes.
+    """
+    done = set()
+    for _ in range(20):
+        for connection in (client, server):
+            if connection not in done:
+                try:
+                    connection.do_handshake()
+                    done.add(connection)
+                except SSL.WantReadError:
+                    pass
+        for source, sink in ((client, server), (server, client)):
+            try:
+                sink.bio_write(source.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+        if len(done) == 2:
+            return
+    raise AssertionError("handshake did not finish")
+
+
+class NameVerifierTests(SynchronousTestCase):
+    """
+    L{nameVerifier} makes a certificate without an authorised name fail
+    the handshake, on real pyOpenSSL sessions with a CA, an intermediate CA
+    and leaf certificates from trustme.
+    """
+
+    def setUp(self):
+        self.root = trustme.CA()
+        self.intermediate = self.root.create_child_ca()
+        self.refusals = []
+
+    def connect(self, names, leaf):
+        """
+        Handshake a client presenting C{leaf} with a server that trusts the
+        root and wants one of C{names}; return the server's connection.
+        """
+        serverContext = SSL.Context(SSL.TLS_METHOD)
+        self.root.issue_cert("gateway.example.com").configure_cert(serverContext)
+        self.root.configure_trust(serverContext)
+        serverContext.set_verify(
+            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+            nameVerifier(
+                parseClientNames(names),
+                lambda connection, subject: self.refusals.append(subject),
+            ),
+        )
+        clientContext = SSL.Context(SSL.TLS_METHOD)
+        self.root.configure_trust(clientContext)
+        leaf.configure_cert(clientContext)
+        server = SSL.Connection(serverContext, None)
+        server.set_accept_state()
+        client = SSL.Connection(clientContext, None)
+        client.set_connect_state()
+        handshake(client, server)
+        return server
+
+    def test_allowedName(self):
+        """
+        A leaf issued by an intermediate CA, carrying an allowed name,
+        completes: the CA certificates are not held to the names.
+        """
+        leaf = self.intermediate.issue_cert("orders.example.com")
+        server = self.connect(["*.example.com"], leaf)
+        self.assertIsNotNone(server.get_peer_certificate())
+        self.assertEqual(self.refusals, [])
+
+    def test_wrongName(self):
+        """
+        A valid chain with the wrong name fails the handshake, and the
+        refusal names the certificate's subject.
+        """
+        leaf = self.intermediate.issue_cert("a.b.example.com", common_name="intruder")
+        self.assertRaises(SSL.Error, self.connect, ["*.example.com", "orders"], leaf)
+        [subject] = self.refusals
+        self.assertIn("CN=intruder", subject)
+
+    def test_untrustedChain(self):
+        """
+        A certificate from another CA still fails on its chain, whatever
+        its names: the name check adds to OpenSSL's, never replaces it.
+        """
+        stranger = trustme.CA().issue_cert("orders.example.com")
+        self.assertRaises(SSL.Error, self.connect, ["orders.example.com"], stranger)
+        self.assertEqual(self.refusals, [])
+
+    def test_unreadableIsRefused(self):
+        """
+        A certificate the check cannot read is refused, not raised through
+        pyOpenSSL.
+        """
+
+        class Broken:
+            def to_cryptography(self):
+                raise ValueError("unreadable")
+
+        verify = nameVerifier(
+            parseClientNames(["orders"]), lambda c, s: self.refusals.append(s)
+        )
+        self.assertFalse(verify(None, Broken(), 0, 0, 1))
+        self.assertEqual(self.refusals, ["(unreadable certificate)"])
+        self.assertTrue(verify(None, Broken(), 0, 1, 1))
+        self.assertFalse(verify(None, Broken(), 20, 1, 0))

@@ -24,6 +24,7 @@ from gateway.proxytlv import (
     v2SSLHeader,
     withTLVs,
 )
+from tests.test_certnames import handshake
 
 SOURCE = IPv4Address("TCP", "192.0.2.7", 4242)
 DESTINATION = IPv4Address("TCP", "198.51.100.1", 7000)
@@ -273,29 +274,6 @@ class HeaderTests(SynchronousTestCase):
         )
         grown = withTLVs(plain, tlv(0x04, b"x" * (0xFFFF - 3 - 12)))
         self.assertEqual(len(grown), 16 + 0xFFFF)
-
-
-def handshake(client, server):
-    """
-    Run a TLS handshake between two memory-BIO connections.
-    """
-    done = set()
-    for _ in range(20):
-        for connection, name in ((client, "client"), (server, "server")):
-            if name not in done:
-                try:
-                    connection.do_handshake()
-                    done.add(name)
-                except SSL.WantReadError:
-                    pass
-        for source, sink in ((client, server), (server, client)):
-            try:
-                sink.bio_write(source.bio_read(65536))
-            except SSL.WantReadError:
-                pass
-        if done == {"client", "server"}:
-            return
-    raise AssertionError("handshake did not finish")
 
 
 class ClientTLSTests(SynchronousTestCase):
