@@ -33,6 +33,16 @@ from gateway.admission import (
     sourceKey,
 )
 
+# Sources for the properties: two IPv4 addresses, one of them also in its
+# mapped form, and two addresses of one IPv6 /64.
+ADDRESSES = [
+    "192.0.2.7",
+    "::ffff:192.0.2.7",
+    "192.0.2.8",
+    "2001:db8:0:1::1",
+    "2001:db8:0:1::2",
+]
+
 
 def ip(text):
     return ipaddress.ip_address(text)
@@ -443,6 +453,48 @@ class ConcurrencyTests(SynchronousTestCase):
         self.assertEqual(rules.admit("192.0.2.7").reason, PER_SOURCE_LIMIT)
         tickets[0].release()
         self.assertIsInstance(rules.admit("192.0.2.7"), Ticket)
+
+    @given(
+        st.integers(1, 3),
+        st.lists(
+            st.tuples(st.booleans(), st.sampled_from(ADDRESSES), st.integers(0, 9)),
+            max_size=80,
+        ),
+    )
+    def test_countsMatchLiveTickets(self, limit, steps):
+        """
+        Whatever the order of connections and closes (each close possibly
+        repeated), each source's count is its live tickets, never above the
+        limit, and nothing is left once every ticket is released.
+        """
+
+        def key(address):
+            return sourceKey(clientIP(address))
+
+        def held(source):
+            return sum(1 for address, _ in live if key(address) == source)
+
+        rules = admission(maxConnectionsPerSource=limit)
+        live = []
+        for connect, address, pick in steps:
+            if connect or not live:
+                decision = rules.admit(address)
+                if held(key(address)) < limit:
+                    self.assertIsInstance(decision, Ticket)
+                    live.append((address, decision))
+                else:
+                    self.assertEqual(decision.reason, PER_SOURCE_LIMIT)
+            else:
+                _, ticket = live.pop(pick % len(live))
+                ticket.release()
+                ticket.release()
+            for address in ADDRESSES:
+                self.assertEqual(
+                    rules.concurrency.count(key(address)), held(key(address))
+                )
+        for _, ticket in live:
+            ticket.release()
+        self.assertEqual(len(rules.concurrency), 0)
 
     def test_counterAlone(self):
         counter = ConcurrencyCounter(1)
