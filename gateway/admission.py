@@ -261,7 +261,9 @@ class Ticket:
 
     __slots__ = ("_counts", "_key", "source")
 
-    def __init__(self, counts: ConcurrencyCounter | None, key: int, source: str):
+    def __init__(
+        self, counts: ConcurrencyCounter | None, key: int, source: str
+    ) -> None:
         self._counts = counts
         self._key = key
         self.source = source
