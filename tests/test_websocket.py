@@ -561,8 +561,14 @@ class CloseTests(SynchronousTestCase):
         )
         self.assertEqual(codec.feed(clientFrame(PING, b"x")), ([], b"", None))
         self.assertEqual(codec.encode([b"reply"]), serverFrame(BINARY, b"reply"))
+        self.assertEqual(
+            (codec.closeSent, codec.closeCode, codec.encode([b"more"], b"within")),
+            (False, None, serverFrame(BINARY, b"more")),
+        )
         self.assertEqual(closeOf(codec.close(NORMAL_CLOSURE)), Close(1000, ""))
-        self.assertEqual(codec.close(NORMAL_CLOSURE), b"")
+        self.assertEqual((codec.closeSent, codec.closeCode), (True, NORMAL_CLOSURE))
+        self.assertEqual(codec.close(GOING_AWAY), b"")
+        self.assertEqual(codec.closeCode, NORMAL_CLOSURE)
         self.assertEqual(codec.encode([b"too late"]), b"")
 
     def test_emptyClose(self):
@@ -804,9 +810,10 @@ class UpgradeTests(SynchronousTestCase):
         A request line that is already wrong is refused as soon as it is
         complete, without waiting for the rest of the head.
         """
-        self.assertRefused(
+        refused = self.assertRefused(
             WebSocketUpgrade().feed(b"GET / HTTP/1.1\nHost: x\n"), 400, MALFORMED
         )
+        self.assertEqual(refused.detail, "invalid HTTP request: line without CRLF")
         self.assertRefused(WebSocketUpgrade().feed(b"nonsense\r\n"), 400, MALFORMED)
 
     def test_sizeBound(self):

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from websockets.exceptions import (
+    InvalidMessage,
     InvalidOrigin,
     InvalidUpgrade,
     PayloadTooBig,
@@ -274,12 +275,14 @@ class WebSocketUpgrade:
 
 
 def _describe(error: BaseException) -> str:
-    # websockets chains the parser's own error under InvalidMessage.
-    parts = [str(error)]
-    while error.__cause__ is not None:
-        error = error.__cause__
-        parts.append(str(error))
-    return "; ".join(part for part in parts if part)
+    if isinstance(error, InvalidMessage):
+        # websockets puts the parser's own error, the one that names what is
+        # wrong, at the end of the chain, under an EOFError that would read
+        # as if the connection had closed.
+        while error.__cause__ is not None:
+            error = error.__cause__
+        return f"invalid HTTP request: {error}"
+    return str(error)
 
 
 # The messages.
@@ -379,6 +382,8 @@ class ClientWebSocket:
     """
 
     name = "websocket"
+    # Frame headers vary with the payload's length (see Framing.overhead).
+    overhead = None
 
     def __init__(self, maxSize: int, messageType: str = "binary") -> None:
         """
@@ -403,6 +408,7 @@ class ClientWebSocket:
         self._betweenFrames = True
         self._ended = False
         self.closeSent = False
+        self.closeCode: int | None = None
         self._parser = self._parse()
         next(self._parser)
 
@@ -476,9 +482,12 @@ class ClientWebSocket:
             + ("fragmented message" if self._betweenFrames else "frame"),
         )
 
-    def encode(self, messages: list[bytes]) -> bytes:
+    def encode(self, messages: list[bytes], within: bytes = b"") -> bytes:
         """
         Frame every backend message, in order, into one bytes object.
+
+        The signature is L{Framing.encode}'s, so that this object can be the
+        encoding side of a translator; C{within} is not needed.
 
         Once the gateway's Close has been sent, nothing more may be: the
         result is empty.
@@ -538,7 +547,8 @@ class ClientWebSocket:
 
         Only one is ever sent (RFC 6455 section 5.5.1): once it has been,
         the result is empty, and L{encode} and L{feed} give nothing more but
-        the client's Close.
+        the client's Close. C{closeSent} and C{closeCode} tell whether it
+        has been sent and with which code (for the pair's close log line).
 
         @param code: one of L{CLOSE_CODES}.
         @raise ValueError: for another code.
@@ -548,6 +558,7 @@ class ClientWebSocket:
         if self.closeSent:
             return b""
         self.closeSent = True
+        self.closeCode = code
         payload = Close(code, _closeReason(reason)).serialize()
         return _serverFrame(CLOSE, payload)
 
