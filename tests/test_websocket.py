@@ -840,6 +840,44 @@ class UpgradeTests(SynchronousTestCase):
             MALFORMED,
         )
 
+    @settings(max_examples=300, deadline=None)
+    @given(
+        prefix=st.sampled_from([b"", b"GET / HTTP/1.1\r\n"]),
+        data=st.binary(max_size=200),
+        size=st.integers(1, 64),
+    )
+    def test_arbitraryBytes(self, prefix, data, size):
+        """
+        Any bytes at all, in any chunking, either wait for more or end in
+        an answer with one of the statuses SPEC section 10 names; feeding
+        never raises.
+        """
+        upgrade = WebSocketUpgrade()
+        for piece in cut(prefix + data + b"\r\n\r\n", size):
+            outcome = upgrade.feed(piece)
+            if outcome is not None:
+                break
+        if isinstance(outcome, Refused):
+            self.assertIn(outcome.status, (400, 404, 426))
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        name=st.text(st.characters(codec="latin-1"), min_size=1, max_size=20),
+        value=st.text(st.characters(codec="latin-1"), max_size=40),
+    )
+    def test_arbitraryHeader(self, name, value):
+        """
+        A valid request with one more header of any Latin-1 name and value
+        is accepted or refused with 400; nothing raises.
+        """
+        request = upgradeRequest()
+        line = f"{name}: {value}\r\n".encode("latin-1")
+        outcome = WebSocketUpgrade().feed(request[:-2] + line + b"\r\n")
+        if isinstance(outcome, Refused):
+            self.assertEqual(outcome.status, 400, outcome.detail)
+        else:
+            self.assertIsInstance(outcome, (Accepted, type(None)))
+
     def test_feedAfterOutcome(self):
         upgrade = WebSocketUpgrade()
         upgrade.feed(upgradeRequest())
