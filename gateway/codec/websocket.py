@@ -17,9 +17,9 @@ The library: the Sans-I/O layer of C{websockets}, rather than C{wsproto}.
   - Speed per message, measured on CPython 3.11 with 64-byte masked client
     frames in 64 KiB chunks (CPU time; C{benchmarks/websocket_codec.py}):
     C{websockets}' frame parser, driven one chunk at a time, costs about
-    3 microseconds a frame (about 3.8 through its whole C{Protocol}),
-    C{wsproto}'s connection about 15; serializing a server frame 1.35
-    against 2.0. C{websockets} unmasks in C (its C{speedups} module),
+    3 microseconds a frame (3.6 to 4.2 through its whole C{Protocol}),
+    C{wsproto}'s connection 12; serializing a server frame 1.3 against
+    1.9. C{websockets} unmasks in C (its C{speedups} module),
     C{wsproto} in Python.
   - Fit with chunk-by-chunk translation: C{Frame.parse} refuses a frame
     longer than the room left in the message on its header alone, before
