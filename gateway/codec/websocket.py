@@ -438,8 +438,10 @@ class ClientWebSocket:
         self._unparsed = _Unparsed()
         self._messages: list[bytes] = []
         self._replies: list[bytes] = []
-        # A fragmented message in progress: its length so far (for the limit
-        # and for the error's detail), its pieces, and whether it is text.
+        # Whether a fragmented message is in progress, and its length so far
+        # (for the limit and the error's detail); its pieces and its UTF-8
+        # decoder are the parser's own. And whether the parser waits for
+        # the next frame or inside one (for finish).
         self._fragmented = False
         self._fragmentSize = 0
         self._betweenFrames = True
