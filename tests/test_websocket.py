@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import subprocess
+import sys
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -672,6 +674,20 @@ class CloseTests(SynchronousTestCase):
 
     def test_messageType(self):
         self.assertRaises(ValueError, ClientWebSocket, LIMIT, "json")
+
+    def test_sansIO(self):
+        """
+        The module imports neither Twisted nor asyncio (the codecs' rule).
+        """
+        check = (
+            "import sys, gateway.codec.websocket;"
+            "print(sorted({m.split('.')[0] for m in sys.modules}"
+            " & {'twisted', 'asyncio'}))"
+        )
+        output = subprocess.run(
+            [sys.executable, "-c", check], capture_output=True, check=True
+        ).stdout
+        self.assertEqual(output, b"[]\n")
 
 
 def upgradeRequest(
