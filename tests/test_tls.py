@@ -45,7 +45,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from gateway import tls
+from gateway import halfclosetls
 from gateway.tls import (
     ReloadableServerTLS,
     TLSError,
@@ -1117,7 +1117,7 @@ class HalfCloseTests(TestCase):
         L{CLOSE_NOTIFY_TIMEOUT} after C{loseConnection}, what was written
         first still delivered. (Twisted alone would wait for ever.)
         """
-        self.patch(tls, "CLOSE_NOTIFY_TIMEOUT", 0.2)
+        self.patch(halfclosetls, "CLOSE_NOTIFY_TIMEOUT", 0.2)
         closedAt = []
 
         def close(server: _Server) -> None:
@@ -1158,7 +1158,7 @@ class HalfCloseTests(TestCase):
         does until it has a backend) still reads the client's answer, and
         the connection ends then, not at the close timeout.
         """
-        self.patch(tls, "CLOSE_NOTIFY_TIMEOUT", DEADLINE * 10)
+        self.patch(halfclosetls, "CLOSE_NOTIFY_TIMEOUT", DEADLINE * 10)
 
         def pauseThenClose(server: _Server) -> None:
             server.transport.pauseProducing()
