@@ -561,7 +561,9 @@ def failureReason(reason: Failure | BaseException | None) -> str | None:
             if isinstance(entry, tuple) and len(entry) == 3 and entry[2]:
                 words = str(entry[2])
                 return _REASON_ALIASES.get(words, words)
-    return _printable(str(error)) or type(error).__name__
+        # OpenSSL gave no reason (an empty error queue).
+        return "tls error"
+    return _printable(str(error)) or "tls error"
 
 
 @dataclass(frozen=True)
