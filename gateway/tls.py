@@ -279,10 +279,12 @@ class ServerTLS:
     that sends no name, or a name no certificate has, gets the first one.
 
     ALPN: with no C{alpn} protocols, a client's ALPN offer is ignored, as if
-    it had made none (Twisted's own selection callback ends such a handshake
-    with an C{internal_error} alert on OpenSSL 3: it answers "no overlap"
-    with an empty protocol name, and without the Twisted protocol it expects
-    as the connection's app data it raises). With C{alpn}, the first of the
+    it had made none. (C{CertificateOptions} always installs Twisted's own
+    selection callback, which fails such a handshake: it looks for the
+    Twisted protocol as the connection's app data, which a creator of its
+    own does not set, and it raises; given one, it answers "no overlap"
+    with an empty protocol name, which OpenSSL 3 ends with an
+    C{internal_error} alert.) With C{alpn}, the first of the
     client's offers that is in C{alpn} is selected; a client that offers ALPN
     but none of them gets the C{no_application_protocol} alert, as RFC 7301
     section 3.2 says; a client that offers no ALPN is served.
