@@ -22,8 +22,9 @@ L{twisted.protocols.tls.TLSMemoryBIOProtocol}:
 The tests pin them (C{tests.test_halfclosetls.PinTests}): they check that
 each name is there with the signature used here, and that Twisted's
 C{_flushReceiveBIO}, of which the override is a copy, is still the one it
-was copied from; a Twisted release that changes any of them fails there,
-not in production. When one of the names is missing at run time, the
+was copied from; and they run Twisted's own TLS tests with this module's
+factory as the server side. A Twisted release that changes any of them
+fails there, not in production. When one of the names is missing at run time, the
 factory falls back to Twisted's own TLS layer (a connection missing
 C{_tlsConnection}, to Twisted's own C{_flushReceiveBIO}), with one warning: TLS
 connections then work as Twisted makes them, without half-close and
@@ -236,8 +237,10 @@ class HalfCloseableTLSProtocol(BufferingTLSTransport):
             return
         # The client's answer (or its FIN) must be read: the wrapped
         # protocol may have paused reading, as the proxy does while it
-        # has no backend.
-        self.transport.resumeProducing()
+        # has no backend. (A transport that cannot pause was not paused.)
+        resume = getattr(self.transport, "resumeProducing", None)
+        if resume is not None:
+            resume()
         if self._closeTimer is None:
             self._closeTimer = self.factory.clock.callLater(
                 CLOSE_NOTIFY_TIMEOUT, self._closeNotifyTimedOut

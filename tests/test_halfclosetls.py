@@ -1,8 +1,12 @@
 """
 Tests for L{gateway.halfclosetls}: the pins on the private state of
-Twisted's TLS layer it overrides and reads, and its fall back to Twisted's
-own TLS layer when that state is missing. (Its behaviour over real
-connections is tested in C{tests.test_tls.HalfCloseTests}.)
+Twisted's TLS layer it overrides and reads, its fall back to Twisted's own
+TLS layer when that state is missing, and Twisted's own TLS tests run with
+L{HalfCloseableTLSFactory} as their server side, so that everything Twisted
+checks of its TLS layer (handshakes, writes before and after it, producers,
+aborts, closes) still holds for protocols that do not half-close. (Its
+half-close behaviour over real connections is tested in
+C{tests.test_tls.HalfCloseTests}.)
 """
 
 from __future__ import annotations
@@ -20,7 +24,12 @@ from twisted.internet.protocol import ServerFactory
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOProtocol
+from twisted.protocols.test import test_tls as twistedTLSTests
+from twisted.protocols.tls import (
+    BufferingTLSTransport,
+    TLSMemoryBIOFactory,
+    TLSMemoryBIOProtocol,
+)
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway import halfclosetls
@@ -206,3 +215,55 @@ class MissingInstanceStateTests(TestCase):
         self.assertTrue(server.transport._stock)
         [warning] = events.warnings()
         self.assertIn("_tlsConnection", warning)
+
+
+def _serverSideOurs(
+    contextFactory, isClient: bool, wrappedFactory, clock=None
+) -> TLSMemoryBIOFactory:
+    """
+    Stands in for L{TLSMemoryBIOFactory} in Twisted's tests: the server side
+    is the gateway's, the client side Twisted's.
+    """
+    if isClient:
+        return TLSMemoryBIOFactory(contextFactory, True, wrappedFactory, clock)
+    return HalfCloseableTLSFactory(contextFactory, wrappedFactory, clock)
+
+
+# Twisted's tests that do not apply, with the reason.
+_NOT_FOR_HALF_CLOSE = {
+    "test_brokenContextFactoryErrors": (
+        "checks which file a deprecation warning is attributed to: the factory"
+        " is built in this module, not in Twisted's test module"
+    ),
+    "test_maximumCompatibilityWarning": (
+        "checks which file a deprecation warning is attributed to: the factory"
+        " is built in this module, not in Twisted's test module"
+    ),
+}
+
+
+def _withOurServerSide(base: type) -> type:
+    def setUp(self):
+        self.patch(twistedTLSTests, "TLSMemoryBIOFactory", _serverSideOurs)
+        return base.setUp(self)
+
+    namespace: dict[str, object] = {"setUp": setUp}
+    for name, reason in _NOT_FOR_HALF_CLOSE.items():
+        if hasattr(base, name):
+
+            def skipped(self):
+                pass
+
+            skipped.skip = reason
+            namespace[name] = skipped
+    return type(base.__name__, (base,), namespace)
+
+
+for _base in [
+    twistedTLSTests.TLSMemoryBIOFactoryTests,
+    twistedTLSTests.DeterministicTLSMemoryBIOTests,
+    twistedTLSTests.TLSMemoryBIOTests,
+    twistedTLSTests.TLSProducerTests,
+    twistedTLSTests.NonStreamingProducerTests,
+]:
+    globals()["Twisted" + _base.__name__] = _withOurServerSide(_base)
