@@ -2,7 +2,8 @@
 ClientHello extensions against L{gateway.tls.ServerTLS}: whatever a real
 client offers (ALPN, NPN, OCSP stapling, session tickets, early data,
 post-handshake auth, an SNI name the server lacks, key shares for one curve
-only, a maximum fragment length, ...), it gets a handshake, served as if the
+only, a maximum fragment length, extensions OpenSSL does not implement such
+as record_size_limit, ...), it gets a handshake, served as if the
 server had not heard the offer, unless the gateway was told to act on it
 (C{--tls-alpn}).
 
@@ -21,13 +22,14 @@ import ssl
 import subprocess
 import warnings
 
+from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import ProcessProtocol, Protocol, ServerFactory
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from gateway.tls import connectionInfo, failureReason, loadServerTLS, wrapFactory
@@ -445,3 +447,94 @@ class PythonClientTests(_ServerTestCase):
         context = self.context(check_hostname=False)
         client, received = await self.pythonClient(context, "unknown.example")
         self.assertEqual(received, (b"hello -\n", CLOSE_NOTIFY))
+
+
+def _withExtension(record: bytes, extensionType: int, data: bytes) -> bytes:
+    """
+    The ClientHello in TLS record C{record} with one more extension, first
+    in its list (RFC 8446 section 4.1.2; lengths big-endian).
+    """
+    header, body = record[:5], record[5:]
+    assert header[0] == HANDSHAKE_RECORD and body[0] == CLIENT_HELLO, record[:6]
+    offset = 4 + 2 + 32  # handshake header, legacy_version, random
+    offset += 1 + body[offset]  # session id
+    offset += 2 + int.from_bytes(body[offset : offset + 2], "big")  # ciphers
+    offset += 1 + body[offset]  # compression methods
+    extensionsLength = int.from_bytes(body[offset : offset + 2], "big")
+    extension = extensionType.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
+    hello = (
+        body[4:offset]
+        + (extensionsLength + len(extension)).to_bytes(2, "big")
+        + extension
+        + body[offset + 2 :]
+    )
+    handshake = bytes([CLIENT_HELLO]) + len(hello).to_bytes(3, "big") + hello
+    return header[:3] + len(handshake).to_bytes(2, "big") + handshake
+
+
+# TLS record and handshake message types (RFC 8446, appendix B).
+HANDSHAKE_RECORD = 0x16
+ALERT_RECORD = 0x15
+CLIENT_HELLO = 0x01
+
+# Extensions OpenSSL 3.0 does not implement, as some clients send them.
+UNIMPLEMENTED_EXTENSIONS = {
+    # record_size_limit (RFC 8449): Firefox; the limit, 16385 bytes.
+    "record_size_limit": (28, (16385).to_bytes(2, "big")),
+    # compress_certificate (RFC 8879): Chrome, Safari; brotli.
+    "compress_certificate": (27, bytes([2, 0, 2])),
+    # delegated_credential (RFC 9345): Firefox; one signature scheme.
+    "delegated_credential": (34, bytes([0, 2, 4, 3])),
+    # application_settings (ALPS, draft): Chrome; h2.
+    "application_settings": (17513, bytes([0, 3, 2]) + b"h2"),
+    # A GREASE value (RFC 8701): Chrome, reserved so that servers ignore it.
+    "GREASE": (0x0A0A, b""),
+}
+
+
+class UnimplementedExtensionTests(SynchronousTestCase):
+    """
+    A ClientHello carrying an extension OpenSSL does not implement gets a
+    ServerHello, not an alert. (openssl s_client and Python cannot send
+    them, so one is put into a real ClientHello.)
+    """
+
+    def test_ignored(self) -> None:
+        pki = _PKI(self.mktemp())
+        gw = pki.server("gw", NAME)
+        tls = loadServerTLS([gw.certFile], [gw.keyFile])
+        for name, (extensionType, data) in UNIMPLEMENTED_EXTENSIONS.items():
+            for version in [SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION]:
+                context = SSL.Context(SSL.TLS_METHOD)
+                context.set_max_proto_version(version)
+                client = SSL.Connection(context, None)
+                client.set_tlsext_host_name(NAME.encode("ascii"))
+                client.set_connect_state()
+                self.assertRaises(SSL.WantReadError, client.do_handshake)
+                hello = _withExtension(client.bio_read(65536), extensionType, data)
+
+                server = tls.serverConnectionForTLS(None)
+                server.set_accept_state()
+                server.bio_write(hello)
+                # Waiting for the client's next flight, having answered.
+                self.assertRaises(SSL.WantReadError, server.do_handshake)
+                answer = server.bio_read(65536)
+                self.assertEqual(answer[0], HANDSHAKE_RECORD, (name, version, answer))
+
+    def test_modifiedHelloIsRead(self) -> None:
+        """
+        The modified ClientHello is well formed: a malformed extension in it
+        is refused.
+        """
+        pki = _PKI(self.mktemp())
+        gw = pki.server("gw", NAME)
+        client = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+        client.set_connect_state()
+        self.assertRaises(SSL.WantReadError, client.do_handshake)
+        # supported_versions (43) with a list length past its end.
+        hello = _withExtension(client.bio_read(65536), 43, bytes([9, 3, 4]))
+        server = loadServerTLS([gw.certFile], [gw.keyFile]).serverConnectionForTLS(None)
+        server.set_accept_state()
+        server.bio_write(hello)
+        self.assertRaises(SSL.Error, server.do_handshake)
+        self.assertEqual(server.bio_read(65536)[0], ALERT_RECORD)
