@@ -59,6 +59,7 @@ from gateway.halfclosetls import HalfCloseableTLSFactory
 
 __all__ = [
     "HalfCloseableTLSFactory",
+    "NoApplicationProtocol",
     "ReloadableServerTLS",
     "ServerTLS",
     "TLSConnectionInfo",
