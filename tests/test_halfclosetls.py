@@ -256,7 +256,11 @@ def _withOurServerSide(base: type) -> type:
 
             skipped.skip = reason
             namespace[name] = skipped
-    return type(base.__name__, (base,), namespace)
+    # Named as the module attribute it is bound to, so that trial finds
+    # each test by name (as it does in its --jobs workers).
+    name = "Twisted" + base.__name__
+    namespace.update(__module__=__name__, __qualname__=name)
+    return type(name, (base,), namespace)
 
 
 for _base in [
@@ -266,4 +270,8 @@ for _base in [
     twistedTLSTests.TLSProducerTests,
     twistedTLSTests.NonStreamingProducerTests,
 ]:
-    globals()["Twisted" + _base.__name__] = _withOurServerSide(_base)
+    _case = _withOurServerSide(_base)
+    globals()[_case.__name__] = _case
+# Not left as module attributes, where trial would collect Twisted's own
+# class as a test case of this module.
+del _base, _case
