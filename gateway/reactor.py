@@ -17,14 +17,20 @@ epoll reactor's own. Legacy log lines that Twisted emits while handling an
 event (a protocol's uncaught exception, say) are still logged, with C{-}
 as their system instead of the connection's prefix.
 
-It subclasses L{EPollReactor} and reads its poller and descriptor map,
-which Twisted keeps private; the tests run Twisted's own reactor tests
-against it, so that a Twisted release which changes them fails there.
+It subclasses L{EPollReactor} and uses what Twisted keeps private there:
+C{_poller} (the C{select.epoll} object, whose C{poll(timeout, maxevents)}
+it calls), C{_selectables} (the file descriptor -> descriptor map) and
+C{_doReadOrWrite(selectable, fd, event)}, which it calls for each event. The
+tests pin those names and that signature, and run Twisted's own reactor
+tests against it, so that a Twisted release which changes them fails there.
+Should one be missing at run time all the same, L{install} logs one warning
+and installs Twisted's stock epoll reactor instead: slower, never broken.
 C{twistd --reactor=epoll gateway} runs the gateway on the stock reactor.
 """
 
 from __future__ import annotations
 
+import inspect
 import select
 import sys
 
@@ -33,6 +39,11 @@ from twisted.internet.main import installReactor
 from twisted.logger import Logger
 
 log = Logger(namespace="gateway.reactor")
+
+# The epoll reactor's private state that doPoll uses: instance attributes,
+# and the method it calls with the parameters it passes.
+PRIVATE_ATTRIBUTES = ("_poller", "_selectables")
+PRIVATE_METHODS = {"_doReadOrWrite": ("selectable", "fd", "event")}
 
 
 class GatewayReactor(EPollReactor):
@@ -73,6 +84,30 @@ class GatewayReactor(EPollReactor):
     doIteration = doPoll
 
 
+def missingPrivateState(reactor: EPollReactor) -> list[str]:
+    """
+    The private names of the epoll reactor L{GatewayReactor.doPoll} uses
+    that C{reactor} lacks, or has with other parameters: empty when it can
+    run.
+    """
+    missing = [name for name in PRIVATE_ATTRIBUTES if not hasattr(reactor, name)]
+    poller = getattr(reactor, "_poller", None)
+    if poller is not None and not callable(getattr(poller, "poll", None)):
+        missing.append("_poller.poll")
+    for name, parameters in PRIVATE_METHODS.items():
+        method = getattr(reactor, name, None)
+        if not callable(method):
+            missing.append(name)
+            continue
+        try:
+            actual = tuple(inspect.signature(method).parameters)
+        except (TypeError, ValueError):
+            actual = ()
+        if actual != parameters:
+            missing.append(f"{name}{actual}")
+    return missing
+
+
 def canInstall() -> bool:
     """
     Whether no reactor is installed yet and this platform has epoll.
@@ -80,10 +115,32 @@ def canInstall() -> bool:
     return "twisted.internet.reactor" not in sys.modules and hasattr(select, "epoll")
 
 
-def install() -> GatewayReactor:
+def install() -> EPollReactor:
     """
-    Install a L{GatewayReactor} as the global reactor.
+    Install a L{GatewayReactor} as the global reactor; or, when Twisted's
+    epoll reactor lacks the private state it uses, Twisted's own
+    L{EPollReactor}, with a warning.
     """
-    reactor = GatewayReactor()
+    reactor: EPollReactor = GatewayReactor()
+    missing = missingPrivateState(reactor)
+    if missing:
+        log.warn(
+            "Twisted's epoll reactor lacks {missing}, which gateway.reactor"
+            " uses: running on Twisted's stock epoll reactor",
+            missing=", ".join(missing),
+        )
+        _close(reactor)
+        reactor = EPollReactor()
     installReactor(reactor)
     return reactor
+
+
+def _close(reactor: EPollReactor) -> None:
+    # The reactor that is not installed must not keep its epoll descriptor
+    # nor its waker's pipe.
+    poller = getattr(reactor, "_poller", None)
+    if poller is not None:
+        poller.close()
+    waker = getattr(reactor, "waker", None)
+    if waker is not None:
+        waker.connectionLost(None)

@@ -120,6 +120,7 @@ class Options(usage.Options):
         self["listen-tls"] = []
         self["tls-cert"] = []
         self["tls-key"] = []
+        self["tls-alpn"] = []
         self["backend"] = []
 
     def opt_listen(self, description: str) -> None:
@@ -144,6 +145,14 @@ class Options(usage.Options):
         is the default).
         """
         self["tls-cert"].append(path)
+
+    def opt_tls_alpn(self, name: str) -> None:
+        """
+        ALPN protocol to select when a TLS client offers it (repeatable), e.g.
+        http/1.1; a client offering others only is refused.
+        [default: an ALPN offer is ignored]
+        """
+        self["tls-alpn"].append(name)
 
     def opt_tls_key(self, path: str) -> None:
         """
@@ -203,6 +212,7 @@ class Options(usage.Options):
                     self["tls-key"],
                     self["tls-client-ca"],
                     self["tls-min-version"],
+                    self["tls-alpn"],
                 )
             except TLSError as error:
                 raise usage.UsageError(str(error))

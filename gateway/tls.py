@@ -1,5 +1,6 @@
 """
-Server-side TLS: loading certificates and keys, choosing one by SNI, reloading.
+Server-side TLS: loading certificates and keys, choosing one by SNI, reloading,
+and describing a connection (how it ended, what it negotiated) for the logs.
 
 The files named by C{--tls-cert}, C{--tls-key} and C{--tls-client-ca} are read
 into a L{ServerTLS}: one OpenSSL context per certificate, all with the same
@@ -12,11 +13,18 @@ open connections keep what they started with.
 Every mistake in the files is a L{TLSError} whose message is one line naming
 the option and the file, fit to show an operator as it is.
 
-L{wrapFactory} puts a L{HalfCloseableTLSProtocol} under each accepted
-connection: Twisted's TLS layer, changed so that a client's close_notify ends
-only the client's direction (Twisted's answers it at once and closes, losing
-the replies still on their way: its ticket 5341), and so that a close never
-waits forever for the client's close_notify (Twisted's ticket 7926).
+A client certificate is accepted when its chain ends at any certificate of
+the C{--tls-client-ca} file, a root or an intermediate (OpenSSL's
+C{X509_V_FLAG_PARTIAL_CHAIN}). An ALPN offer is served as if none was made,
+unless C{--tls-alpn} names protocols to select (see L{ServerTLS}).
+
+L{failureReason} turns the reason a TLS connection ended with into OpenSSL's
+words for it, and L{connectionInfo} reads what a completed handshake
+negotiated, for the connection's close log line.
+
+L{wrapFactory} puts a L{gateway.halfclosetls.HalfCloseableTLSProtocol} under
+each accepted connection: Twisted's TLS layer, changed so that either side can
+half-close; that module holds every override of Twisted's private TLS state.
 """
 
 from __future__ import annotations
@@ -37,28 +45,37 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 from OpenSSL import SSL, crypto
-from OpenSSL.SSL import WantReadError, ZeroReturnError
 from twisted.internet.interfaces import (
-    IDelayedCall,
-    IHalfCloseableProtocol,
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
     IReactorTime,
 )
 from twisted.internet.ssl import CertificateOptions, TLSVersion
-from twisted.protocols.policies import ProtocolWrapper
-from twisted.protocols.tls import (
-    BufferingTLSTransport,
-    TLSMemoryBIOFactory,
-    TLSMemoryBIOProtocol,
-)
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from gateway.halfclosetls import HalfCloseableTLSFactory
+
+__all__ = [
+    "HalfCloseableTLSFactory",
+    "NoApplicationProtocol",
+    "ReloadableServerTLS",
+    "ServerTLS",
+    "TLSConnectionInfo",
+    "TLSError",
+    "connectionInfo",
+    "failureReason",
+    "loadServerTLS",
+    "parseALPN",
+    "wrapFactory",
+]
 
 CERT_OPTION = "--tls-cert"
 KEY_OPTION = "--tls-key"
 CLIENT_CA_OPTION = "--tls-client-ca"
 MIN_VERSION_OPTION = "--tls-min-version"
+ALPN_OPTION = "--tls-alpn"
 
 DEFAULT_MIN_VERSION = "1.2"
 MIN_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
@@ -67,10 +84,12 @@ MIN_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
 # OP_NO_COMPRESSION).  OpenSSL builds without it get 0: nothing to add.
 _EXTRA_OPTIONS = getattr(SSL, "OP_NO_RENEGOTIATION", 0)
 
-# Once the gateway has closed a TLS connection (sent its close_notify), how
-# long the client has to answer with its own before the socket is closed
-# without it.  Twisted alone would wait for ever (its ticket 7926).
-CLOSE_NOTIFY_TIMEOUT = 5.0
+# An ALPN protocol name is 1 to 255 bytes (RFC 7301, section 3.1).
+_ALPN_MAX_BYTES = 255
+
+# OpenSSL's reason for a client that sent no certificate when one is
+# required, and the TLS 1.3 alert it gets: SPEC's word for it.
+_REASON_ALIASES = {"peer did not return a certificate": "certificate required"}
 
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL
@@ -82,6 +101,18 @@ class TLSError(Exception):
     A TLS option names a file that cannot be used; the message is one line
     that names the option and the file.
     """
+
+
+class NoApplicationProtocol(SSL.Error):
+    """
+    A client offered ALPN protocols, none of which C{--tls-alpn} lists.
+
+    Shaped as OpenSSL's own errors are (a list of (library, function,
+    reason) triples), so that L{failureReason} reads it the same way.
+    """
+
+    def __init__(self) -> None:
+        super().__init__([("SSL routines", "", "no application protocol")])
 
 
 @dataclass(frozen=True)
@@ -215,6 +246,29 @@ def parseMinVersion(minVersion: str) -> TLSVersion:
         ) from None
 
 
+def parseALPN(names: Sequence[str]) -> tuple[bytes, ...]:
+    """
+    The ALPN protocol names given with C{--tls-alpn}, as OpenSSL takes them.
+
+    @raise TLSError: a name is empty, longer than 255 bytes, or not
+        printable ASCII (RFC 7301 allows any bytes; registered names, such
+        as C{h2} and C{http/1.1}, are ASCII, and an operator types them).
+    """
+    protocols = []
+    for name in names:
+        encoded = name.encode("ascii", "replace")
+        if not name or not name.isascii() or not name.isprintable():
+            raise TLSError(
+                f"{ALPN_OPTION} {name!r}: must be a protocol name such as http/1.1"
+            )
+        if len(encoded) > _ALPN_MAX_BYTES:
+            raise TLSError(
+                f"{ALPN_OPTION} {name[:20]!r}...: longer than {_ALPN_MAX_BYTES} bytes"
+            )
+        protocols.append(encoded)
+    return tuple(protocols)
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class ServerTLS:
     """
@@ -224,6 +278,17 @@ class ServerTLS:
     Certificates are chosen by their subjectAltName DNS names: an exact name
     first, then a wildcard C{*.example.com} (matching one label); a client
     that sends no name, or a name no certificate has, gets the first one.
+
+    ALPN: with no C{alpn} protocols, a client's ALPN offer is ignored, as if
+    it had made none. (C{CertificateOptions} always installs Twisted's own
+    selection callback, which fails such a handshake: it looks for the
+    Twisted protocol as the connection's app data, which a creator of its
+    own does not set, and it raises; given one, it answers "no overlap"
+    with an empty protocol name, which OpenSSL 3 ends with an
+    C{internal_error} alert.) With C{alpn}, the first of the
+    client's offers that is in C{alpn} is selected; a client that offers ALPN
+    but none of them gets the C{no_application_protocol} alert, as RFC 7301
+    section 3.2 says; a client that offers no ALPN is served.
     """
 
     def __init__(
@@ -231,12 +296,14 @@ class ServerTLS:
         certificates: Sequence[ServerCertificate],
         clientCAs: Sequence[x509.Certificate] = (),
         minVersion: TLSVersion = MIN_VERSIONS[DEFAULT_MIN_VERSION],
+        alpn: Sequence[bytes] = (),
     ) -> None:
         if not certificates:
             raise TLSError(f"{CERT_OPTION} is required for TLS")
         self.certificates = tuple(certificates)
         self.clientCAs = tuple(clientCAs)
         self.minVersion = minVersion
+        self.alpn = tuple(alpn)
         self._exact: dict[str, int] = {}
         self._wildcard: dict[str, int] = {}
         for index, certificate in enumerate(self.certificates):
@@ -273,10 +340,37 @@ class ServerTLS:
         except SSL.Error as e:
             raise _fail(CERT_OPTION, certificate.certFile, f"unusable: {e}") from None
         context.set_options(_EXTRA_OPTIONS)
+        # Replaces the callback CertificateOptions always sets (see the
+        # class docstring); a context has one, so this is the only one.
+        context.set_alpn_select_callback(self._selectProtocol)
+        if self.clientCAs:
+            store = context.get_cert_store()
+            assert store is not None
+            # A chain that reaches any certificate of the file is trusted,
+            # an intermediate CA included: without the flag OpenSSL insists
+            # on reaching a self-signed root, and answers "unknown ca".
+            store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
         for ca in self.clientCAs:
             # Named in the certificate request, so clients can pick a cert.
             context.add_client_ca(ca)
         return context
+
+    def _selectProtocol(
+        self, connection: SSL.Connection, offered: list[bytes]
+    ) -> bytes | object:
+        """
+        The ALPN selection callback: the first of C{offered} (the client's
+        order) that the server accepts; with none, L{SSL.NO_OVERLAPPING_PROTOCOLS}
+        when the server selects none (the offer is ignored), else a
+        L{NoApplicationProtocol} error, which pyOpenSSL turns into a fatal
+        C{no_application_protocol} alert and raises from the handshake.
+        """
+        for protocol in offered:
+            if protocol in self.alpn:
+                return protocol
+        if not self.alpn:
+            return SSL.NO_OVERLAPPING_PROTOCOLS
+        raise NoApplicationProtocol()
 
     def certificateFor(self, serverName: str | None) -> ServerCertificate:
         """
@@ -325,6 +419,7 @@ def loadServerTLS(
     keyFiles: Sequence[str] = (),
     clientCAFile: str | None = None,
     minVersion: str = DEFAULT_MIN_VERSION,
+    alpn: Sequence[str] = (),
 ) -> ServerTLS:
     """
     Read the files named by the TLS options into a L{ServerTLS}.
@@ -335,6 +430,7 @@ def loadServerTLS(
     @raise TLSError: an option value or a file cannot be used.
     """
     version = parseMinVersion(minVersion)
+    protocols = parseALPN(alpn)
     if not certFiles:
         raise TLSError(f"{CERT_OPTION} is required for TLS")
     if len(keyFiles) > len(certFiles):
@@ -353,7 +449,7 @@ def loadServerTLS(
             clientCAFile,
             _readFile(CLIENT_CA_OPTION, clientCAFile),
         )
-    return ServerTLS(certificates, clientCAs, version)
+    return ServerTLS(certificates, clientCAs, version, protocols)
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -371,6 +467,7 @@ class ReloadableServerTLS:
         keyFiles: Sequence[str] = (),
         clientCAFile: str | None = None,
         minVersion: str = DEFAULT_MIN_VERSION,
+        alpn: Sequence[str] = (),
     ) -> None:
         """
         Read the files now.
@@ -381,11 +478,16 @@ class ReloadableServerTLS:
         self.keyFiles = tuple(keyFiles)
         self.clientCAFile = clientCAFile
         self.minVersion = minVersion
+        self.alpn = tuple(alpn)
         self.current = self._load()
 
     def _load(self) -> ServerTLS:
         return loadServerTLS(
-            self.certFiles, self.keyFiles, self.clientCAFile, self.minVersion
+            self.certFiles,
+            self.keyFiles,
+            self.clientCAFile,
+            self.minVersion,
+            self.alpn,
         )
 
     def reload(self) -> None:
@@ -405,144 +507,6 @@ class ReloadableServerTLS:
         return self.current.serverConnectionForTLS(tlsProtocol)
 
 
-@implementer(IHalfCloseableProtocol)
-class HalfCloseableTLSProtocol(BufferingTLSTransport):
-    """
-    Server-side TLS over one accepted connection, where either side can end
-    its own direction of the stream and go on with the other.
-
-    Changes to Twisted's TLS layer, for a wrapped protocol that provides
-    L{IHalfCloseableProtocol}:
-
-      - the client's close_notify ends only the client's direction: the
-        wrapped protocol gets C{readConnectionLost} and may go on writing
-        until it closes the connection itself;
-      - C{loseWriteConnection} sends the gateway's close_notify (once what
-        was written is sent) and goes on reading until the client's;
-      - C{loseConnection} also sends close_notify, and closes the socket
-        once the client has answered, or L{CLOSE_NOTIFY_TIMEOUT} seconds
-        later without the answer (what was written is still sent first).
-
-    A TCP FIN with no close_notify before it cuts the TLS stream short: the
-    connection ends as if it were lost (at once; or once what was written is
-    sent, when the gateway was closing it anyway).  A wrapped protocol that
-    cannot half-close gets Twisted's behaviour, apart from the close
-    timeout.
-    """
-
-    factory: HalfCloseableTLSFactory
-    _peerFinished = False
-    _closing = False
-    _closeTimer: IDelayedCall | None = None
-
-    def _halfCloseable(self) -> bool:
-        return IHalfCloseableProtocol.providedBy(self.wrappedProtocol)
-
-    def _flushReceiveBIO(self) -> None:
-        # TLSMemoryBIOProtocol._flushReceiveBIO, but for what happens when the
-        # client's close_notify arrives (the ZeroReturnError).
-        if self._peerFinished:
-            # Nothing can follow a close_notify.
-            return
-        while not self._lostTLSConnection:
-            try:
-                data = self._tlsConnection.recv(2**15)
-            except WantReadError:
-                break
-            except ZeroReturnError:
-                if self._halfCloseable() and not self._closing:
-                    # Sent by loseWriteConnection, or not sent yet.
-                    ourCloseNotifySent = self.disconnecting
-                    self._peerFinished = True
-                    self.wrappedProtocol.readConnectionLost()
-                    if not ourCloseNotifySent:
-                        # Keep the connection for the replies still to come.
-                        break
-                # Answer it and close, as Twisted does; or, when the gateway
-                # had sent its own close_notify first, the close is complete.
-                self._shutdownTLS()
-                self._tlsShutdownFinished(None)
-            except SSL.Error:
-                self._tlsShutdownFinished(Failure())
-            else:
-                if not self._aborted:
-                    ProtocolWrapper.dataReceived(self, data)
-        self._flushSendBIO()
-
-    def readConnectionLost(self) -> None:
-        """
-        The client's TCP FIN: expected after its close_notify, or once TLS is
-        over. Without one, the TLS stream was cut short: when the gateway
-        was closing anyway, the socket closes once what was written is sent;
-        otherwise at once, as Twisted ends a connection that is lost.
-        """
-        if self._peerFinished or self._lostTLSConnection:
-            return
-        if self.disconnecting:
-            self.transport.loseConnection()
-        else:
-            self.transport.abortConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def loseWriteConnection(self) -> None:
-        """
-        End the gateway's direction: close_notify once everything written so
-        far is sent. Reading goes on until the client's close_notify.
-        """
-        super().loseConnection()
-
-    def loseConnection(self) -> None:
-        """
-        Close: close_notify once everything written is sent, then the socket,
-        when the client answers or after L{CLOSE_NOTIFY_TIMEOUT}.
-        """
-        self._closing = True
-        super().loseConnection()
-        if not self.connected or self._aborted:
-            return
-        # The client's answer (or its FIN) must be read: the wrapped
-        # protocol may have paused reading, as the proxy does while it
-        # has no backend.
-        self.transport.resumeProducing()
-        if self._closeTimer is None:
-            self._closeTimer = self.factory.clock.callLater(
-                CLOSE_NOTIFY_TIMEOUT, self._closeNotifyTimedOut
-            )
-
-    def _closeNotifyTimedOut(self) -> None:
-        self._closeTimer = None
-        # An orderly close: whatever is still buffered is sent first.
-        self.transport.loseConnection()
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self._closeTimer is not None:
-            self._closeTimer.cancel()
-            self._closeTimer = None
-        super().connectionLost(reason)
-
-
-class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
-    """
-    Server-side TLS with L{HalfCloseableTLSProtocol} under each connection.
-
-    @ivar clock: where the close timeout and the buffered writes are
-        scheduled.
-    """
-
-    protocol = HalfCloseableTLSProtocol
-
-    def __init__(
-        self,
-        creator: IOpenSSLServerConnectionCreator,
-        wrappedFactory: IProtocolFactory,
-        clock: IReactorTime | None = None,
-    ) -> None:
-        super().__init__(creator, False, wrappedFactory, clock)
-        self.clock = self._clock
-
-
 def wrapFactory(
     creator: IOpenSSLServerConnectionCreator,
     factory: IProtocolFactory,
@@ -555,10 +519,147 @@ def wrapFactory(
     The wrapped protocols are connected when the TCP connection is accepted,
     before the handshake; those that provide
     L{twisted.internet.interfaces.IHandshakeListener} learn when it is done,
-    and those that provide L{IHalfCloseableProtocol} can half-close (see
-    L{HalfCloseableTLSProtocol}).
+    and those that provide L{twisted.internet.interfaces.IHalfCloseableProtocol}
+    can half-close (see L{gateway.halfclosetls.HalfCloseableTLSProtocol}).
 
     @param clock: where the TLS layer schedules its buffered writes and its
         close timeout; the global reactor when L{None}.
     """
     return HalfCloseableTLSFactory(creator, factory, clock)
+
+
+def failureReason(reason: Failure | BaseException | None) -> str | None:
+    """
+    OpenSSL's short reason, in words, for a TLS connection that ended with
+    C{reason}: the L{Failure} its protocol's C{connectionLost} got (or the
+    exception in it).
+
+    Examples: C{"unsupported protocol"} (a TLS 1.1 client), C{"http request"}
+    (plain HTTP on the TLS port), C{"wrong version number"} (other bytes
+    that are not TLS), C{"no shared cipher"}, C{"certificate required"} (a
+    client without a certificate under C{--tls-client-ca}; OpenSSL's
+    "peer did not return a certificate"), C{"certificate verify failed"}
+    (one from another CA), C{"no application protocol"} (no C{--tls-alpn}
+    match), C{"tlsv1 alert unknown ca"} (the client refused the server's
+    certificate: OpenSSL names an alert the peer sent that way).
+
+    @return: the reason, lower case as OpenSSL writes it; L{None} when
+        C{reason} is not an OpenSSL error (a connection closed or lost
+        before the handshake finished arrives as Twisted's
+        L{twisted.internet.error.ConnectionDone} or
+        L{twisted.internet.error.ConnectionLost}, an unexpected EOF
+        included), or is a clean close_notify.
+    """
+    error = reason.value if isinstance(reason, Failure) else reason
+    if not isinstance(error, SSL.Error) or isinstance(error, SSL.ZeroReturnError):
+        return None
+    if isinstance(error, SSL.SysCallError):
+        # (errno, text) from the socket layer; (-1, "Unexpected EOF") when
+        # the peer closed mid-record.
+        text = error.args[1] if len(error.args) > 1 else str(error)
+        return _printable(str(text).lower())
+    entries = error.args[0] if error.args else None
+    if isinstance(entries, list):
+        for entry in entries:
+            if isinstance(entry, tuple) and len(entry) == 3 and entry[2]:
+                words = str(entry[2])
+                return _REASON_ALIASES.get(words, words)
+        # OpenSSL gave no reason (an empty error queue).
+        return "tls error"
+    return _printable(str(error)) or "tls error"
+
+
+@dataclass(frozen=True)
+class TLSConnectionInfo:
+    """
+    What a completed server-side handshake negotiated.
+
+    @ivar version: OpenSSL's name for it, C{"TLSv1.2"} or C{"TLSv1.3"}.
+    @ivar cipher: OpenSSL's name of the cipher suite, e.g.
+        C{"TLS_AES_256_GCM_SHA384"} or C{"ECDHE-RSA-AES256-GCM-SHA384"}.
+    @ivar serverName: the SNI name the client sent, or L{None}.
+    @ivar clientSubject: the client certificate's subject as an RFC 4514
+        string (C{"CN=alice.client.example"}), or L{None} without one.
+    @ivar alpn: the ALPN protocol selected, or L{None}.
+
+    Strings that came from the client (the SNI name, the subject) have
+    anything unprintable escaped (C{\\x0a}), so they fit on one log line.
+    """
+
+    version: str
+    cipher: str
+    serverName: str | None
+    clientSubject: str | None
+    alpn: str | None
+
+    def logFields(self) -> dict[str, str]:
+        """
+        The fields for a log event, C{"-"} for what is absent: C{tls_version},
+        C{tls_cipher}, C{tls_sni}, C{tls_client}, C{tls_alpn}.
+        """
+        return {
+            "tls_version": self.version,
+            "tls_cipher": self.cipher,
+            "tls_sni": self.serverName or "-",
+            "tls_client": self.clientSubject or "-",
+            "tls_alpn": self.alpn or "-",
+        }
+
+    def __str__(self) -> str:
+        """
+        One line for a log, e.g. C{TLSv1.3 TLS_AES_256_GCM_SHA384
+        sni=gw.example client="CN=alice"}; C{sni}, C{client} and C{alpn}
+        only when there is one.
+        """
+        parts = [self.version, self.cipher]
+        if self.serverName:
+            parts.append(f"sni={self.serverName}")
+        if self.clientSubject:
+            parts.append(f'client="{self.clientSubject}"')
+        if self.alpn:
+            parts.append(f"alpn={self.alpn}")
+        return " ".join(parts)
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def connectionInfo(
+    transport: TLSMemoryBIOProtocol | SSL.Connection | object,
+) -> TLSConnectionInfo | None:
+    """
+    What the handshake of C{transport} negotiated.
+
+    @param transport: the transport of a protocol under L{wrapFactory} (a
+        L{TLSMemoryBIOProtocol}), or its L{SSL.Connection}. Call it once the
+        handshake has completed (C{handshakeCompleted}) and keep the result:
+        Twisted drops the OpenSSL connection when the connection is lost.
+    @return: L{None} for a transport that is not TLS, or whose handshake has
+        not completed, or that is already gone.
+    """
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        connection = transport.getHandle()
+    else:
+        connection = transport
+    if not isinstance(connection, SSL.Connection):
+        return None
+    cipher = connection.get_cipher_name()
+    if cipher is None:
+        return None
+    rawName = connection.get_servername()
+    serverName = (
+        _printable(rawName.decode("ascii", "backslashreplace")) if rawName else None
+    )
+    peer = connection.get_peer_certificate(as_cryptography=True)
+    subject = _printable(peer.subject.rfc4514_string()) if peer is not None else None
+    selected = connection.get_alpn_proto_negotiated()
+    return TLSConnectionInfo(
+        version=connection.get_protocol_version_name(),
+        cipher=cipher,
+        serverName=serverName,
+        clientSubject=subject,
+        alpn=_printable(selected.decode("ascii", "backslashreplace"))
+        if selected
+        else None,
+    )

@@ -7,6 +7,8 @@ checks of a reactor (descriptors, TCP and UNIX transports, half-close,
 aborts, TLS, timers, threads, shutdown) must still hold for it.
 """
 
+import inspect
+import select
 import sys
 from collections.abc import Callable
 
@@ -20,6 +22,7 @@ from twisted.internet.test import (
     test_tls,
     test_unix,
 )
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -162,3 +165,82 @@ class InstallTests(SynchronousTestCase):
         self.addCleanup(reactor._poller.close)
         self.assertIs(sys.modules["twisted.internet.reactor"], reactor)
         self.assertIsInstance(reactor, gatewayReactor.GatewayReactor)
+
+
+class PinTests(SynchronousTestCase):
+    """
+    The private state of Twisted's epoll reactor that L{GatewayReactor}
+    uses is still there, under the names and with the parameters it uses: a
+    Twisted release that changes it fails here.
+    """
+
+    def test_nothingMissing(self):
+        reactor = gatewayReactor.GatewayReactor()
+        self.addCleanup(gatewayReactor._close, reactor)
+        self.assertEqual(gatewayReactor.missingPrivateState(reactor), [])
+
+    def test_doReadOrWriteSignature(self):
+        reactor = EPollReactor()
+        self.addCleanup(gatewayReactor._close, reactor)
+        self.assertEqual(
+            tuple(inspect.signature(reactor._doReadOrWrite).parameters),
+            ("selectable", "fd", "event"),
+        )
+        self.assertIsInstance(reactor._poller, select.epoll)
+        self.assertIsInstance(reactor._selectables, dict)
+
+    def test_missingDetected(self):
+        """
+        A reactor lacking an attribute, or whose dispatch method takes other
+        parameters, is reported.
+        """
+        reactor = gatewayReactor.GatewayReactor()
+        self.addCleanup(gatewayReactor._close, reactor)
+        del reactor._selectables
+        reactor._doReadOrWrite = lambda selectable, fd: None
+        self.assertEqual(
+            gatewayReactor.missingPrivateState(reactor),
+            ["_selectables", "_doReadOrWrite('selectable', 'fd')"],
+        )
+
+
+class FallbackTests(SynchronousTestCase):
+    """
+    When Twisted's epoll reactor no longer has what L{GatewayReactor} uses,
+    C{install} installs Twisted's stock one, with one warning.
+    """
+
+    def setUp(self):
+        installed = sys.modules.pop("twisted.internet.reactor")
+        self.addCleanup(sys.modules.__setitem__, "twisted.internet.reactor", installed)
+        import twisted.internet
+
+        self.addCleanup(setattr, twisted.internet, "reactor", installed)
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def test_stockReactorWhenStateMissing(self):
+        original = EPollReactor.__init__
+
+        def withoutSelectables(reactor):
+            original(reactor)
+            # What a Twisted release renaming the map would look like.
+            reactor._descriptors = reactor.__dict__.pop("_selectables")
+
+        self.patch(EPollReactor, "__init__", withoutSelectables)
+        reactor = gatewayReactor.install()
+        self.addCleanup(gatewayReactor._close, reactor)
+        self.assertIs(type(reactor), EPollReactor)
+        self.assertIs(sys.modules["twisted.internet.reactor"], reactor)
+        [warning] = [e for e in self.events if e.get("log_level") == LogLevel.warn]
+        self.assertIn("_selectables", formatEvent(warning))
+        self.assertIn("stock epoll reactor", formatEvent(warning))
+
+    def test_gatewayReactorWhenStateThere(self):
+        reactor = gatewayReactor.install()
+        self.addCleanup(gatewayReactor._close, reactor)
+        self.assertIs(type(reactor), gatewayReactor.GatewayReactor)
+        self.assertEqual(
+            [e for e in self.events if e.get("log_level") == LogLevel.warn], []
+        )

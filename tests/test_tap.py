@@ -32,6 +32,7 @@ class DefaultsTests(SynchronousTestCase):
                 "listen-tls": [],
                 "tls-cert": [],
                 "tls-key": [],
+                "tls-alpn": [],
                 "tls-client-ca": None,
                 "tls-min-version": "1.2",
                 "backend": [],
@@ -81,6 +82,7 @@ class DefaultsTests(SynchronousTestCase):
                 "listen-tls": [],
                 "tls-cert": [],
                 "tls-key": [],
+                "tls-alpn": [],
                 "tls-client-ca": None,
                 "tls-min-version": "1.2",
                 "backend": [

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     load_pem_private_key,
 )
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
@@ -38,6 +38,7 @@ from twisted.internet.ssl import (
     TLSVersion,
     optionsForClientTLS,
 )
+from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -45,11 +46,15 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from gateway import tls
+from gateway import halfclosetls
 from gateway.tls import (
+    NoApplicationProtocol,
     ReloadableServerTLS,
     TLSError,
+    connectionInfo,
+    failureReason,
     loadServerTLS,
+    parseALPN,
     wrapFactory,
 )
 from tests.e2e import DEADLINE
@@ -569,6 +574,11 @@ def _clientTLS(
         options.update(
             certificate=clientCertificate.certificate,
             privateKey=load_pem_private_key(leaf.private_key_pem.bytes(), None),
+            # The intermediates, if any, as a client sends them.
+            extraCertChain=[
+                x509.load_pem_x509_certificate(blob.bytes())
+                for blob in leaf.cert_chain_pems[1:]
+            ],
         )
     certificateOptions = CertificateOptions(trustRoot=_trustRoot(pki.ca), **options)
     return _ClientTLS(certificateOptions.getContext(), serverName)
@@ -1117,7 +1127,7 @@ class HalfCloseTests(TestCase):
         L{CLOSE_NOTIFY_TIMEOUT} after C{loseConnection}, what was written
         first still delivered. (Twisted alone would wait for ever.)
         """
-        self.patch(tls, "CLOSE_NOTIFY_TIMEOUT", 0.2)
+        self.patch(halfclosetls, "CLOSE_NOTIFY_TIMEOUT", 0.2)
         closedAt = []
 
         def close(server: _Server) -> None:
@@ -1158,7 +1168,7 @@ class HalfCloseTests(TestCase):
         does until it has a backend) still reads the client's answer, and
         the connection ends then, not at the close timeout.
         """
-        self.patch(tls, "CLOSE_NOTIFY_TIMEOUT", DEADLINE * 10)
+        self.patch(halfclosetls, "CLOSE_NOTIFY_TIMEOUT", DEADLINE * 10)
 
         def pauseThenClose(server: _Server) -> None:
             server.transport.pauseProducing()
@@ -1171,3 +1181,491 @@ class HalfCloseTests(TestCase):
         await deferToThread(client.closeNotify)
         await servers[0].lost.addTimeout(DEADLINE, reactor)
         self.assertIsInstance(servers[0].reason.value, ConnectionDone)
+
+
+def _handshake(
+    server: SSL.Connection, client: SSL.Connection
+) -> tuple[SSL.Error | None, SSL.Error | None]:
+    """
+    Move bytes between two connections until neither has more to say;
+    returns the error each side's handshake ended with, if any.
+    """
+    server.set_accept_state()
+    client.set_connect_state()
+    errors: dict[SSL.Connection, SSL.Error | None] = {server: None, client: None}
+    moved = True
+    while moved:
+        for connection in (client, server):
+            if errors[connection] is None:
+                try:
+                    connection.do_handshake()
+                except SSL.WantReadError:
+                    pass
+                except SSL.Error as e:
+                    errors[connection] = e
+        moved = False
+        for source, destination in ((client, server), (server, client)):
+            try:
+                data = source.bio_read(_FLIGHT_BYTES)
+            except SSL.WantReadError:
+                continue
+            destination.bio_write(data)
+            moved = True
+    return errors[server], errors[client]
+
+
+def _clientContext(
+    pki: _PKI,
+    maxVersion: int | None = None,
+    certificate: _Written | None = None,
+    alpn: list[bytes] | None = None,
+) -> SSL.Context:
+    """
+    A pyOpenSSL client context trusting C{pki}'s root.
+    """
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_verify(SSL.VERIFY_PEER)
+    store = context.get_cert_store()
+    store.add_cert(crypto.X509.from_cryptography(_certificate(pki.ca)))
+    if maxVersion is not None:
+        context.set_max_proto_version(maxVersion)
+    if certificate is not None:
+        context.use_certificate_file(certificate.certFile)
+        context.use_privatekey_file(certificate.keyFile)
+    if alpn is not None:
+        context.set_alpn_protos(alpn)
+    return context
+
+
+def _certificate(ca: trustme.CA) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+
+
+def _client(context: SSL.Context, serverName: bytes | None = None) -> SSL.Connection:
+    connection = SSL.Connection(context, None)
+    if serverName is not None:
+        connection.set_tlsext_host_name(serverName)
+    return connection
+
+
+class ALPNTests(SynchronousTestCase):
+    """
+    ALPN: an offer is ignored unless the server has protocols to select.
+    """
+
+    def setUp(self) -> None:
+        self.pki = _PKI(self.mktemp())
+        self.gw = self.pki.server("gw", "gw.example")
+        self.other = self.pki.server("other", "other.example")
+
+    def server(self, alpn: list[str] = ()) -> SSL.Connection:
+        tls = loadServerTLS(
+            [self.gw.certFile, self.other.certFile],
+            [self.gw.keyFile, self.other.keyFile],
+            alpn=alpn,
+        )
+        return tls.serverConnectionForTLS(None)
+
+    def test_offerIgnored(self) -> None:
+        """
+        Without protocols to select, a client offering ALPN (any client
+        order, with or without SNI) completes its handshake with none.
+        """
+        for serverName in [None, b"gw.example", b"other.example"]:
+            for offer in [[b"http/1.1"], [b"h2", b"http/1.1"]]:
+                client = _client(_clientContext(self.pki, alpn=offer), serverName)
+                server = self.server()
+                self.assertEqual(_handshake(server, client), (None, None))
+                self.assertEqual(client.get_alpn_proto_negotiated(), b"")
+                self.assertEqual(server.get_alpn_proto_negotiated(), b"")
+
+    def test_selectedInClientOrder(self) -> None:
+        """
+        The first of the client's offers that the server has is selected,
+        on the default certificate's context and on one chosen by SNI.
+        """
+        for serverName in [None, b"other.example"]:
+            for offer, selected in [
+                ([b"http/1.1"], b"http/1.1"),
+                ([b"spdy/3", b"h2", b"http/1.1"], b"h2"),
+                ([b"http/1.1", b"h2"], b"http/1.1"),
+            ]:
+                client = _client(_clientContext(self.pki, alpn=offer), serverName)
+                server = self.server(["h2", "http/1.1"])
+                self.assertEqual(_handshake(server, client), (None, None))
+                self.assertEqual(client.get_alpn_proto_negotiated(), selected)
+
+    def test_noneOfThem(self) -> None:
+        """
+        A client offering none of the server's protocols gets the
+        no_application_protocol alert.
+        """
+        for serverName in [None, b"other.example"]:
+            for version in [SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION]:
+                context = _clientContext(self.pki, version, alpn=[b"http/1.1"])
+                server = self.server(["h2"])
+                serverError, clientError = _handshake(
+                    server, _client(context, serverName)
+                )
+                self.assertIsInstance(serverError, NoApplicationProtocol)
+                self.assertEqual(failureReason(serverError), "no application protocol")
+                self.assertEqual(
+                    failureReason(clientError), "tlsv1 alert no application protocol"
+                )
+
+    def test_noOffer(self) -> None:
+        """
+        A client that offers no ALPN is served when the server has protocols.
+        """
+        client = _client(_clientContext(self.pki))
+        self.assertEqual(_handshake(self.server(["h2"]), client), (None, None))
+        self.assertEqual(client.get_alpn_proto_negotiated(), b"")
+
+    def test_parse(self) -> None:
+        self.assertEqual(parseALPN(["h2", "http/1.1"]), (b"h2", b"http/1.1"))
+        self.assertEqual(parseALPN([]), ())
+        for bad, message in [
+            ("", "--tls-alpn '': must be a protocol name such as http/1.1"),
+            (
+                "h\u00e9",
+                "--tls-alpn 'h\u00e9': must be a protocol name such as http/1.1",
+            ),
+            ("a b\n", "--tls-alpn 'a b\\n': must be a protocol name such as http/1.1"),
+            ("a" * 256, f"--tls-alpn {'a' * 20!r}...: longer than 255 bytes"),
+        ]:
+            error = self.assertRaises(TLSError, parseALPN, ["h2", bad])
+            self.assertEqual(str(error), message)
+        self.assertEqual(parseALPN(["a" * 255]), (b"a" * 255,))
+
+    def test_loadRefusesBadName(self) -> None:
+        self.assertRaises(
+            TLSError, loadServerTLS, [self.gw.certFile], [self.gw.keyFile], alpn=[""]
+        )
+
+    def test_keptOnReload(self) -> None:
+        creator = ReloadableServerTLS(
+            [self.gw.certFile], [self.gw.keyFile], None, "1.2", ["h2"]
+        )
+        creator.reload()
+        self.assertEqual(creator.current.alpn, (b"h2",))
+        client = _client(_clientContext(self.pki, alpn=[b"h2"]))
+        server = creator.serverConnectionForTLS(None)
+        self.assertEqual(_handshake(server, client), (None, None))
+        self.assertEqual(client.get_alpn_proto_negotiated(), b"h2")
+
+
+class ClientCAChainTests(_LoopbackTestCase):
+    """
+    A client certificate is accepted when its chain ends at any certificate
+    of the C{--tls-client-ca} file: a root, or an intermediate alone.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.root = trustme.CA()
+        self.intermediate = self.root.create_child_ca()
+        sibling = self.root.create_child_ca()
+        strangerIntermediate = trustme.CA().create_child_ca()
+        # Each client sends its leaf and its intermediate.
+        self.alice = self.pki.client("alice", issuer=self.intermediate)
+        self.bob = self.pki.client("bob", issuer=sibling)
+        self.mallory = self.pki.client("mallory", issuer=strangerIntermediate)
+
+    def serve(self, *cas: trustme.CA) -> list[_EchoServer]:
+        caFile = self.pki.write(
+            "client-ca.pem", b"".join(ca.cert_pem.bytes() for ca in cas)
+        )
+        return self.listen(loadServerTLS([self.gw.certFile], [self.gw.keyFile], caFile))
+
+    async def assertAccepted(self, client: _Written, servers) -> None:
+        for version in [TLSVersion.TLSv1_2, TLSVersion.TLSv1_3]:
+            connected = await self.handshake(
+                _clientTLS(self.pki, None, client, lowerMaximumSecurityTo=version)
+            )
+            self.assertEqual(await connected.echo(b"ping"), b"ping")
+            peer = servers[-1].transport.getPeerCertificate().to_cryptography()
+            self.assertEqual(peer, client.certificate)
+
+    async def assertRefused(self, client: _Written, servers) -> None:
+        for version in [TLSVersion.TLSv1_2, TLSVersion.TLSv1_3]:
+            error, server = await self.refused(
+                _clientTLS(self.pki, None, client, lowerMaximumSecurityTo=version),
+                servers,
+            )
+            self.assertEqual(failureReason(server.reason), "certificate verify failed")
+
+    async def test_intermediateOnly(self) -> None:
+        """
+        A file holding only the intermediate accepts its clients, and no
+        others: not those of another intermediate of the same root.
+        """
+        servers = self.serve(self.intermediate)
+        await self.assertAccepted(self.alice, servers)
+        await self.assertRefused(self.bob, servers)
+        await self.assertRefused(self.mallory, servers)
+
+    async def test_rootOnly(self) -> None:
+        """
+        A file holding the root accepts the clients of all its
+        intermediates (which the clients send).
+        """
+        servers = self.serve(self.root)
+        await self.assertAccepted(self.alice, servers)
+        await self.assertAccepted(self.bob, servers)
+        await self.assertRefused(self.mallory, servers)
+
+    async def test_both(self) -> None:
+        servers = self.serve(self.root, self.intermediate)
+        await self.assertAccepted(self.alice, servers)
+        await self.assertAccepted(self.bob, servers)
+        await self.assertRefused(self.mallory, servers)
+
+
+class FailureReasonTests(SynchronousTestCase):
+    """
+    L{failureReason} over real handshakes that fail, one per kind.
+    """
+
+    def setUp(self) -> None:
+        self.pki = _PKI(self.mktemp())
+        self.gw = self.pki.server("gw", "gw.example")
+
+    def server(self, clientCAFile: str | None = None) -> SSL.Connection:
+        tls = loadServerTLS([self.gw.certFile], [self.gw.keyFile], clientCAFile)
+        return tls.serverConnectionForTLS(None)
+
+    def refusedWith(self, client: SSL.Connection, clientCAFile=None) -> str | None:
+        serverError, clientError = _handshake(self.server(clientCAFile), client)
+        self.assertIsNotNone(serverError)
+        # As a protocol's connectionLost gets it, and as the exception.
+        self.assertEqual(
+            failureReason(Failure(serverError)), failureReason(serverError)
+        )
+        return failureReason(serverError)
+
+    def plaintext(self, data: bytes) -> str | None:
+        server = self.server()
+        server.set_accept_state()
+        server.bio_write(data)
+        error = self.assertRaises(SSL.Error, server.do_handshake)
+        return failureReason(Failure(error))
+
+    def test_unsupportedProtocol(self) -> None:
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_min_proto_version(SSL.TLS1_1_VERSION)
+        context.set_max_proto_version(SSL.TLS1_1_VERSION)
+        context.set_cipher_list(b"ALL:@SECLEVEL=0")
+        self.assertEqual(self.refusedWith(_client(context)), "unsupported protocol")
+
+    def test_httpRequest(self) -> None:
+        self.assertEqual(
+            self.plaintext(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n"), "http request"
+        )
+
+    def test_otherPlaintext(self) -> None:
+        for data in [b"hello\n", b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n"]:
+            self.assertEqual(self.plaintext(data), "wrong version number")
+
+    def test_certificateRequired(self) -> None:
+        caFile = self.pki.writeClientCA()
+        for version in [SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION]:
+            client = _client(_clientContext(self.pki, version))
+            self.assertEqual(self.refusedWith(client, caFile), "certificate required")
+
+    def test_untrustedCertificate(self) -> None:
+        caFile = self.pki.writeClientCA()
+        stranger = self.pki.client("stranger", issuer=self.pki.ca)
+        client = _client(_clientContext(self.pki, certificate=stranger))
+        self.assertEqual(self.refusedWith(client, caFile), "certificate verify failed")
+
+    def test_noSharedCipher(self) -> None:
+        """
+        A TLS 1.2 client with RSA key exchange only, against an ECDSA
+        certificate.
+        """
+        context = _clientContext(self.pki, SSL.TLS1_2_VERSION)
+        context.set_cipher_list(b"AES128-SHA")
+        self.assertEqual(self.refusedWith(_client(context)), "no shared cipher")
+
+    def test_clientRefusesServer(self) -> None:
+        """
+        A client that does not trust the server's certificate alerts; the
+        reason names the alert.
+        """
+        for version, alert in [
+            (SSL.TLS1_2_VERSION, "tlsv1 alert unknown ca"),
+            (SSL.TLS1_3_VERSION, "tlsv1 alert unknown ca"),
+        ]:
+            context = SSL.Context(SSL.TLS_METHOD)
+            context.set_verify(SSL.VERIFY_PEER)
+            context.set_max_proto_version(version)
+            self.assertEqual(self.refusedWith(_client(context)), alert)
+
+    def test_notOpenSSL(self) -> None:
+        """
+        A connection closed or lost before its handshake is not OpenSSL's
+        failure; nor is a clean close_notify.
+        """
+        for reason in [
+            Failure(ConnectionDone()),
+            Failure(ConnectionLost()),
+            ConnectionLost(),
+            None,
+            SSL.ZeroReturnError(),
+        ]:
+            self.assertIsNone(failureReason(reason))
+
+    def test_otherShapes(self) -> None:
+        """
+        An error from the socket layer, or one with no reason, still gets
+        words, on one line.
+        """
+        self.assertEqual(
+            failureReason(SSL.SysCallError(-1, "Unexpected EOF")), "unexpected eof"
+        )
+        self.assertEqual(failureReason(SSL.Error([])), "tls error")
+        self.assertEqual(failureReason(SSL.Error("odd\nline")), "odd\\x0aline")
+
+
+class ConnectionInfoTests(SynchronousTestCase):
+    """
+    L{connectionInfo}: what a completed handshake negotiated.
+    """
+
+    def setUp(self) -> None:
+        self.pki = _PKI(self.mktemp())
+        self.gw = self.pki.server("gw", "gw.example")
+
+    def handshake(
+        self, client: SSL.Connection, clientCAFile=None, alpn=()
+    ) -> SSL.Connection:
+        tls = loadServerTLS(
+            [self.gw.certFile], [self.gw.keyFile], clientCAFile, alpn=alpn
+        )
+        server = tls.serverConnectionForTLS(None)
+        self.assertEqual(_handshake(server, client), (None, None))
+        return server
+
+    def test_mutualTLS13(self) -> None:
+        alice = self.pki.writeLeaf(
+            "alice",
+            self.pki.clientCA.issue_cert("alice.client.example", common_name="alice"),
+        )
+        context = _clientContext(self.pki, certificate=alice, alpn=[b"h2"])
+        server = self.handshake(
+            _client(context, b"gw.example"), self.pki.writeClientCA(), ["h2"]
+        )
+        info = connectionInfo(server)
+        self.assertEqual(info.version, "TLSv1.3")
+        self.assertEqual(info.cipher, server.get_cipher_name())
+        self.assertTrue(info.cipher.startswith("TLS_"), info.cipher)
+        self.assertEqual(info.serverName, "gw.example")
+        self.assertEqual(info.clientSubject, alice.certificate.subject.rfc4514_string())
+        self.assertTrue(info.clientSubject.startswith("CN=alice,"), info.clientSubject)
+        self.assertEqual(info.alpn, "h2")
+        self.assertEqual(
+            str(info),
+            f"TLSv1.3 {info.cipher} sni=gw.example"
+            f' client="{info.clientSubject}" alpn=h2',
+        )
+        self.assertEqual(
+            info.logFields(),
+            {
+                "tls_version": "TLSv1.3",
+                "tls_cipher": info.cipher,
+                "tls_sni": "gw.example",
+                "tls_client": info.clientSubject,
+                "tls_alpn": "h2",
+            },
+        )
+
+    def test_tls12NoNameNoCertificate(self) -> None:
+        server = self.handshake(_client(_clientContext(self.pki, SSL.TLS1_2_VERSION)))
+        info = connectionInfo(server)
+        self.assertEqual(
+            (info.version, info.serverName, info.clientSubject, info.alpn),
+            ("TLSv1.2", None, None, None),
+        )
+        self.assertIn("ECDHE", info.cipher)
+        self.assertEqual(str(info), f"TLSv1.2 {info.cipher}")
+        self.assertEqual(
+            info.logFields(),
+            {
+                "tls_version": "TLSv1.2",
+                "tls_cipher": info.cipher,
+                "tls_sni": "-",
+                "tls_client": "-",
+                "tls_alpn": "-",
+            },
+        )
+
+    def test_unprintableServerName(self) -> None:
+        """
+        OpenSSL accepts control characters in an SNI name; they are escaped,
+        so that the log line stays one line.
+        """
+        client = _client(_clientContext(self.pki), b"gw\x01.example\nFORGED")
+        info = connectionInfo(self.handshake(client))
+        self.assertEqual(info.serverName, "gw\\x01.example\\x0aFORGED")
+
+    def test_noHandshake(self) -> None:
+        """
+        L{None} before the handshake, and for what is not TLS.
+        """
+        tls = loadServerTLS([self.gw.certFile], [self.gw.keyFile])
+        self.assertIsNone(connectionInfo(tls.serverConnectionForTLS(None)))
+        self.assertIsNone(connectionInfo(StringTransport()))
+        self.assertIsNone(connectionInfo(None))
+
+
+class ConnectionInfoLoopbackTests(_LoopbackTestCase):
+    """
+    L{connectionInfo} on the transport a protocol under L{wrapFactory} has.
+    """
+
+    async def test_fromTransport(self) -> None:
+        servers = self.listen(
+            loadServerTLS(
+                [self.gw.certFile, self.other.certFile],
+                [self.gw.keyFile, self.other.keyFile],
+                self.pki.writeClientCA(),
+            )
+        )
+        alice = self.pki.client("alice")
+        client = await self.handshake(_clientTLS(self.pki, "other.example", alice))
+        self.assertEqual(await client.echo(b"ping"), b"ping")
+        info = connectionInfo(servers[-1].transport)
+        self.assertEqual(info.serverName, "other.example")
+        self.assertEqual(info.clientSubject, alice.certificate.subject.rfc4514_string())
+        self.assertEqual(
+            info.version, client.transport.getHandle().get_protocol_version_name()
+        )
+
+    async def test_failureInConnectionLost(self) -> None:
+        """
+        What a protocol's C{connectionLost} gets after a failed handshake
+        gives OpenSSL's reason.
+        """
+        servers = self.listen(
+            loadServerTLS(
+                [self.gw.certFile], [self.gw.keyFile], self.pki.writeClientCA()
+            )
+        )
+        for version in [TLSVersion.TLSv1_2, TLSVersion.TLSv1_3]:
+            error, server = await self.refused(
+                _clientTLS(self.pki, lowerMaximumSecurityTo=version), servers
+            )
+            self.assertEqual(failureReason(server.reason), "certificate required")
+            self.assertIsNone(connectionInfo(server.transport))
+
+    async def test_plaintextInConnectionLost(self) -> None:
+        servers = self.listen(loadServerTLS([self.gw.certFile], [self.gw.keyFile]))
+        sock = await deferToThread(
+            socket.create_connection,
+            ("127.0.0.1", self.port.getHost().port),
+            DEADLINE,
+        )
+        self.addCleanup(sock.close)
+        await deferToThread(sock.sendall, b"GET / HTTP/1.0\r\n\r\n")
+        await servers[-1].lost
+        self.assertEqual(failureReason(servers[-1].reason), "http request")

@@ -35,6 +35,7 @@ from tests.e2e import (
     UpperBackend,
     listenBackend,
     runGateway,
+    runToEnd,
 )
 from tests.tlsclient import (
     CLOSE_NOTIFY,
@@ -285,6 +286,45 @@ class ListenerTests(TLSTestCase):
         )
         self.assertEqual(backend.accepted, 0)
         context = self.certificates.context(clientCertificate=(certFile, keyFile))
+        client = await self.handshake(gateway.port(), context=context)
+        await deferToThread(client.send, b"hi\n")
+        self.assertEqual(await deferToThread(client.receive, 3), b"HI\n")
+        self.assertEqual(backend.accepted, 1)
+
+    async def test_intermediateClientCA(self):
+        """
+        A --tls-client-ca file holding only an intermediate CA is enough: a
+        client whose certificate it signed is served; one signed by another
+        intermediate of the same root is refused.
+        """
+        backend, backendPort = listenBackend(self)
+        clients = Certificates(self.mktemp())
+        intermediate = clients.ca.create_child_ca()
+        sibling = clients.ca.create_child_ca()
+        caFile = clients.write("intermediate.pem", intermediate.cert_pem.bytes())
+
+        def issue(name: str, issuer) -> tuple[str, str]:
+            leaf = issuer.issue_cert(f"{name}.client.example")
+            chain = b"".join(blob.bytes() for blob in leaf.cert_chain_pems)
+            return (
+                clients.write(f"{name}.crt", chain),
+                clients.write(f"{name}.key", leaf.private_key_pem.bytes()),
+            )
+
+        gateway = await runGateway(
+            self,
+            LISTEN_TLS
+            + self.gatewayCertificate()
+            + backendOption(backendPort)
+            + ["--tls-client-ca", caFile],
+        )
+        await self.refused(
+            gateway.port(),
+            context=self.certificates.context(clientCertificate=issue("bob", sibling)),
+        )
+        context = self.certificates.context(
+            clientCertificate=issue("alice", intermediate)
+        )
         client = await self.handshake(gateway.port(), context=context)
         await deferToThread(client.send, b"hi\n")
         self.assertEqual(await deferToThread(client.receive, 3), b"HI\n")
@@ -646,6 +686,103 @@ class BackendTLSTests(TLSTestCase):
             await backend.allClosed()
             self.assertEqual(backend.received, [])
             self.assertNotIn(b"secret", b"".join(backend.raw))
+
+
+class ALPNTests(TLSTestCase):
+    """
+    Clients that offer ALPN, as browsers, curl, Go and Java clients do.
+    """
+
+    async def sClient(self, port: int, *options: str) -> subprocess.CompletedProcess:
+        """
+        C{openssl s_client -quiet}: it sends two lines, prints the replies,
+        and ends when the gateway's idle timeout closes the connection.
+        """
+        command = [
+            _which("openssl"),
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-servername",
+            NAME,
+            "-CAfile",
+            self.certificates.caFile,
+            "-verify_return_error",
+            *options,
+        ]
+        return await deferToThread(
+            subprocess.run,
+            command,
+            input=b"a\nb\n",
+            capture_output=True,
+            timeout=DEADLINE,
+        )
+
+    async def test_offerServed(self):
+        """
+        Without --tls-alpn, an ALPN offer is served as if none was made:
+        openssl s_client -alpn and a Python client offering h2 and http/1.1.
+        """
+        backend, backendPort = listenBackend(self)
+        gateway = await runGateway(
+            self,
+            LISTEN_TLS
+            + self.gatewayCertificate()
+            + backendOption(backendPort)
+            + ["--idle-timeout", IDLE_TIMEOUT],
+        )
+        run = await self.sClient(gateway.port(), "-alpn", "http/1.1", "-quiet")
+        self.assertEqual(run.stdout, b"A\nB\n", run.stderr)
+        context = self.certificates.context()
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        client = await self.handshake(gateway.port(), context=context)
+        self.assertIsNone(client.tls.selected_alpn_protocol())
+        await deferToThread(client.send, b"hi\n")
+        self.assertEqual(await deferToThread(client.receive, 3), b"HI\n")
+
+    async def test_selected(self):
+        """
+        With --tls-alpn, the first of the client's offers in that list is
+        selected; a client offering none of them is refused with the
+        no_application_protocol alert, and never reaches the backend.
+        """
+        backend, backendPort = listenBackend(self)
+        gateway = await runGateway(
+            self,
+            LISTEN_TLS
+            + self.gatewayCertificate()
+            + backendOption(backendPort)
+            + ["--tls-alpn", "x-gateway", "--tls-alpn", "http/1.1"]
+            + ["--idle-timeout", IDLE_TIMEOUT],
+        )
+        refused = await self.sClient(gateway.port(), "-alpn", "h2", "-brief")
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn(b"no application protocol", refused.stderr)
+        await waitForSample(
+            gateway, 1, "gateway_tls_handshake_failures_total", listener=LISTENER
+        )
+        self.assertEqual(backend.accepted, 0)
+
+        context = self.certificates.context()
+        context.set_alpn_protocols(["h2", "http/1.1", "x-gateway"])
+        client = await self.handshake(gateway.port(), context=context)
+        self.assertEqual(client.tls.selected_alpn_protocol(), "http/1.1")
+        await deferToThread(client.send, b"hi\n")
+        self.assertEqual(await deferToThread(client.receive, 3), b"HI\n")
+        # A client that offers none is served.
+        client = await self.handshake(gateway.port())
+        self.assertIsNone(client.tls.selected_alpn_protocol())
+
+    async def test_badName(self):
+        """
+        An --tls-alpn value that is no protocol name ends twistd at start-up,
+        naming the option.
+        """
+        process = await runToEnd(
+            LISTEN_TLS + self.gatewayCertificate() + ["--tls-alpn", ""]
+        )
+        self.assertNotEqual(process.exitCode, 0)
+        self.assertIn(b"--tls-alpn", process.output + process.errors)
 
 
 def _which(*names: str) -> str:

@@ -11,6 +11,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -237,3 +238,122 @@ class WriteThroughTests(SynchronousTestCase):
 
         for kind in (tcp.Server, tcp.Client, unix.Server, unix.Client):
             self.assertTrue(issubclass(kind, tcp.Connection), kind)
+
+
+class PinTests(SynchronousTestCase):
+    """
+    The private state of Twisted's TCP transports that L{writethrough}
+    reads is still there, under those names: a Twisted release that changes
+    it fails here.
+    """
+
+    def test_attributesOfAConnection(self):
+        """
+        A connected transport has every attribute read, with the values of
+        one that has nothing queued. (TCP and UNIX clients and servers share
+        them: L{WriteThroughTests.test_transportKinds}.)
+        """
+        ours, peer = socket.socketpair()
+        self.addCleanup(peer.close)
+        self.addCleanup(ours.close)
+        transport = tcp.Server(
+            ours, Protocol(), ("127.0.0.1", 1), None, 1, MemoryReactorClock()
+        )
+        for name in writethrough.PRIVATE_ATTRIBUTES:
+            self.assertTrue(hasattr(transport, name), name)
+        self.assertEqual(transport._tempDataLen, 0)
+        self.assertEqual(transport.dataBuffer, b"")
+        self.assertIs(transport._writeDisconnecting, False)
+        self.assertIs(transport._aborting, False)
+        self.assertIs(transport.TLS, False)
+        self.assertTrue(writethrough.canSendNow(transport))
+
+    def test_stateFollowsTheTransport(self):
+        """
+        The flags read move as the transport does: a queued write sets
+        C{_tempDataLen}, C{loseWriteConnection} sets C{_writeDisconnecting},
+        C{abortConnection} sets C{_aborting}.
+        """
+        ours, peer = socket.socketpair()
+        self.addCleanup(peer.close)
+        self.addCleanup(ours.close)
+        reactor = MemoryReactorClock()
+        transport = tcp.Server(ours, Protocol(), ("127.0.0.1", 1), None, 1, reactor)
+        transport.write(b"queued")
+        self.assertEqual(transport._tempDataLen, len(b"queued"))
+        transport.loseWriteConnection()
+        self.assertTrue(transport._writeDisconnecting)
+        transport.abortConnection()
+        self.assertTrue(transport._aborting)
+
+
+class _Renamed(tcp.Server):
+    """
+    A TCP transport as a Twisted release that renamed C{_aborting} would
+    make it: its own code works, the name L{writethrough} reads is gone.
+    """
+
+    @property
+    def _aborting(self):
+        raise AttributeError("'_Renamed' object has no attribute '_aborting'")
+
+
+class FallbackTests(SynchronousTestCase):
+    """
+    A TCP transport lacking the private state L{writethrough} reads is
+    written to through its own C{write}, and the gateway warns once.
+    """
+
+    def setUp(self):
+        self.patch(writethrough, "_enabled", True)
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        ours, self.peer = socket.socketpair()
+        self.addCleanup(self.peer.close)
+        self.addCleanup(ours.close)
+        self.peer.setblocking(False)
+        self.reactor = MemoryReactorClock()
+        self.transport = _Renamed(
+            ours, Protocol(), ("127.0.0.1", 40000), None, 1, self.reactor
+        )
+
+    def received(self) -> bytes:
+        return WriteThroughTests.received(self)
+
+    def warnings(self) -> list[str]:
+        return [
+            formatEvent(event)
+            for event in self.events
+            if event.get("log_level") == LogLevel.warn
+        ]
+
+    def test_missingAttribute(self):
+        """
+        Without C{_aborting}, the bytes are queued by the transport instead
+        of sent at once, and arrive once it sends them.
+        """
+        writethrough.write(self.transport, b"hello")
+        self.assertIn(self.transport, self.reactor.getWriters())
+        self.assertFalse(writethrough._enabled)
+        self.assertIsNone(self.transport.doWrite())
+        self.assertEqual(self.received(), b"hello")
+        [warning] = self.warnings()
+        self.assertIn("_aborting", warning)
+        self.assertIn("transport.write", warning)
+
+    def test_warnedOnce(self):
+        """
+        Once it has fallen back, every write goes through the transport's
+        own C{write}, with no further warning, even to a transport that has
+        every attribute.
+        """
+        writethrough.write(self.transport, b"one")
+        writethrough.write(self.transport, b"two")
+        ours, peer = socket.socketpair()
+        self.addCleanup(peer.close)
+        self.addCleanup(ours.close)
+        whole = tcp.Server(ours, Protocol(), ("127.0.0.1", 1), None, 1, self.reactor)
+        writethrough.write(whole, b"three")
+        self.assertIn(whole, self.reactor.getWriters())
+        self.assertEqual(len(self.warnings()), 1)
