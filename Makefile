@@ -12,7 +12,7 @@ RUN_ARGS ?=
 # checkout itself is on sys.path and Twisted's plugin scan finds
 # twisted/plugins/gateway_plugin.py; then the plugin cache is rebuilt so
 # twistd never warns about a stale one.
-$(BIN)/.installed: setup.cfg pyproject.toml
+$(BIN)/.installed: setup.cfg setup.py pyproject.toml gateway/codec/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
