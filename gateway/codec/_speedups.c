@@ -58,6 +58,8 @@ typedef struct {
     /* Payloads decoded from source may hold target's delimiter: an lf
      * payload never holds "\n" (nor so "\r\n"), a crlf one never "\r\n". */
     int checkDelimiter;
+    /* The most framing bytes target adds to a payload within the limit. */
+    Py_ssize_t mostOverhead;
     /* The bytes of an incomplete message carried over to the next chunk. */
     char *rest;
     Py_ssize_t restLen;
@@ -67,7 +69,9 @@ typedef struct {
 /* The state of one translation: where output goes and the first error. */
 typedef struct {
     const TranslatorObject *self;
-    char *out;
+    PyObject *bytes; /* owned: the output, resized as it grows */
+    char *out;       /* the next byte to write */
+    char *limit;     /* the end of the output bytes */
     Py_ssize_t count;
     unsigned long long payload;
     /* An unencodable payload was met: later messages are still decoded
@@ -83,6 +87,16 @@ typedef struct {
     const char *delimiter;
     int delimiterKnown;
 } Pass;
+
+/* Each decoder is compiled once per target with emit() inlined in its loop,
+ * so that framing a payload costs no switch on the target. */
+#if defined(__GNUC__) || defined(__clang__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define ALWAYS_INLINE __forceinline
+#else
+#define ALWAYS_INLINE inline
+#endif
 
 /* Protocol errors are status 1, Python exceptions -1. */
 #define PROTOCOL_ERROR 1
@@ -236,29 +250,60 @@ holdsDelimiter(Pass *pass, const char *start, const char *stop)
     return pass->delimiter + 1 < stop;
 }
 
+/* Room for at least need more bytes of output, the allocation at least
+ * doubled (so that a chunk grows it a few times at most). */
+static int
+growOutput(Pass *pass, Py_ssize_t need)
+{
+    char *base = PyBytes_AS_STRING(pass->bytes);
+    Py_ssize_t used = pass->out - base;
+    Py_ssize_t size = pass->limit - base;
+    if (need > PY_SSIZE_T_MAX - used) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t grown = size < PY_SSIZE_T_MAX / 2 ? 2 * size : PY_SSIZE_T_MAX;
+    if (grown < used + need) {
+        grown = used + need;
+    }
+    if (_PyBytes_Resize(&pass->bytes, grown) < 0) {
+        return -1;
+    }
+    base = PyBytes_AS_STRING(pass->bytes);
+    pass->out = base + used;
+    pass->limit = base + grown;
+    return 0;
+}
+
 /* Frame one payload into the output, or block on one the target cannot
  * carry (delimited.py and prefixed.py's encode, netstring.py's format). */
-static int
-emit(Pass *pass, const char *payload, Py_ssize_t length)
+static ALWAYS_INLINE int
+emit(Pass *pass, const char *payload, Py_ssize_t length, const int target)
 {
     if (pass->blocked) {
         return 0;
     }
     const TranslatorObject *self = pass->self;
+    if (pass->limit - pass->out < length ||
+        pass->limit - pass->out - length < self->mostOverhead) {
+        if (growOutput(pass, length + self->mostOverhead) < 0) {
+            return -1;
+        }
+    }
     char *out = pass->out;
     uint64_t size = (uint64_t)length;
-    switch (self->target) {
+    switch (target) {
     case LF:
     case CRLF:
         if (self->checkDelimiter &&
             holdsDelimiter(pass, payload, payload + length)) {
             return block(pass, PyUnicode_FromFormat(
-                "payload contains the %s delimiter %s", NAMES[self->target],
-                self->target == LF ? "b'\\n'" : "b'\\r\\n'"));
+                "payload contains the %s delimiter %s", NAMES[target],
+                target == LF ? "b'\\n'" : "b'\\r\\n'"));
         }
         memcpy(out, payload, (size_t)length);
         out += length;
-        if (self->target == CRLF) {
+        if (target == CRLF) {
             *out++ = '\r';
         }
         *out++ = '\n';
@@ -266,12 +311,12 @@ emit(Pass *pass, const char *payload, Py_ssize_t length)
     case INT8:
     case INT16:
     case INT32:
-        if (size > PREFIX_LIMIT[self->target]) {
+        if (size > PREFIX_LIMIT[target]) {
             return block(pass, PyUnicode_FromFormat(
                 "payload of %zd bytes does not fit a %s length", length,
-                NAMES[self->target]));
+                NAMES[target]));
         }
-        for (int shift = 8 * (PREFIX[self->target] - 1); shift >= 0;
+        for (int shift = 8 * (PREFIX[target] - 1); shift >= 0;
              shift -= 8) {
             *out++ = (char)((size >> shift) & 0xFF);
         }
@@ -293,9 +338,9 @@ emit(Pass *pass, const char *payload, Py_ssize_t length)
 }
 
 /* delimited.py's decode. */
-static int
-decodeDelimited(Pass *pass, const char *buffer, Py_ssize_t length,
-                Py_ssize_t *used)
+static ALWAYS_INLINE int
+decodeDelimitedTo(Pass *pass, const char *buffer, Py_ssize_t length,
+                  Py_ssize_t *used, const int target)
 {
     const TranslatorObject *self = pass->self;
     const char *position = buffer;
@@ -315,7 +360,7 @@ decodeDelimited(Pass *pass, const char *buffer, Py_ssize_t length,
                 NAMES[self->source], size,
                 (unsigned long long)self->maxSize));
         }
-        if (emit(pass, position, size) < 0) {
+        if (emit(pass, position, size, target) < 0) {
             return -1;
         }
         position = found + (crlf ? 2 : 1);
@@ -338,9 +383,9 @@ decodeDelimited(Pass *pass, const char *buffer, Py_ssize_t length,
 
 /* prefixed.py's decode: a header over the limit is refused before its body
  * arrives. */
-static int
-decodePrefixed(Pass *pass, const char *buffer, Py_ssize_t length,
-               Py_ssize_t *used)
+static ALWAYS_INLINE int
+decodePrefixedTo(Pass *pass, const char *buffer, Py_ssize_t length,
+                 Py_ssize_t *used, const int target)
 {
     const TranslatorObject *self = pass->self;
     int prefix = PREFIX[self->source];
@@ -356,7 +401,7 @@ decodePrefixed(Pass *pass, const char *buffer, Py_ssize_t length,
         if ((uint64_t)(length - position - prefix) < size) {
             break;
         }
-        if (emit(pass, buffer + position + prefix, (Py_ssize_t)size) < 0) {
+        if (emit(pass, buffer + position + prefix, (Py_ssize_t)size, target) < 0) {
             return -1;
         }
         position += prefix + (Py_ssize_t)size;
@@ -367,9 +412,9 @@ decodePrefixed(Pass *pass, const char *buffer, Py_ssize_t length,
 
 /* netstring.py's decode: the colon is looked for within the longest
  * length the limit allows, plus one byte. */
-static int
-decodeNetstring(Pass *pass, const char *buffer, Py_ssize_t length,
-                Py_ssize_t *used)
+static ALWAYS_INLINE int
+decodeNetstringTo(Pass *pass, const char *buffer, Py_ssize_t length,
+                  Py_ssize_t *used, const int target)
 {
     const TranslatorObject *self = pass->self;
     const char *position = buffer;
@@ -415,7 +460,7 @@ decodeNetstring(Pass *pass, const char *buffer, Py_ssize_t length,
             return fail(pass, MALFORMED, PyUnicode_FromString(
                 "netstring payload not followed by a comma"));
         }
-        if (emit(pass, colon + 1, (Py_ssize_t)size) < 0) {
+        if (emit(pass, colon + 1, (Py_ssize_t)size, target) < 0) {
             return -1;
         }
         position = stop + 1;
@@ -423,6 +468,30 @@ decodeNetstring(Pass *pass, const char *buffer, Py_ssize_t length,
     *used = position - buffer;
     return 0;
 }
+
+#define SPECIALIZE(name)                                                   \
+    static int name(Pass *pass, const char *buffer, Py_ssize_t length,     \
+                    Py_ssize_t *used)                                      \
+    {                                                                      \
+        switch (pass->self->target) {                                      \
+        case LF:                                                           \
+            return name##To(pass, buffer, length, used, LF);               \
+        case CRLF:                                                         \
+            return name##To(pass, buffer, length, used, CRLF);             \
+        case INT8:                                                         \
+            return name##To(pass, buffer, length, used, INT8);             \
+        case INT16:                                                        \
+            return name##To(pass, buffer, length, used, INT16);            \
+        case INT32:                                                        \
+            return name##To(pass, buffer, length, used, INT32);            \
+        default:                                                           \
+            return name##To(pass, buffer, length, used, NETSTRING);        \
+        }                                                                  \
+    }
+
+SPECIALIZE(decodeDelimited)
+SPECIALIZE(decodePrefixed)
+SPECIALIZE(decodeNetstring)
 
 static int
 decode(Pass *pass, const char *buffer, Py_ssize_t length, Py_ssize_t *used)
@@ -592,11 +661,13 @@ encodeOverhead(int target, uint64_t size)
     }
 }
 
-/* The most output total input bytes can make: every message adds at most
- * the target's framing less the source's, and there are at most
- * total / DECODE_MIN of them. -1 (MemoryError) past Py_ssize_t. */
+/* The output bytes allocated for total input bytes: all it can take when
+ * the target's framing is no longer than the source's; else room for one
+ * message in 16 bytes to grow (a 64 KiB chunk then needs less than glibc's
+ * threshold for mmap, whose page faults would cost more than the
+ * translation), more being made as needed. */
 static Py_ssize_t
-outputBound(const TranslatorObject *self, Py_ssize_t total)
+outputGuess(const TranslatorObject *self, Py_ssize_t total)
 {
     uint64_t largest = self->maxSize < (uint64_t)total ? self->maxSize
                                                         : (uint64_t)total;
@@ -605,12 +676,8 @@ outputBound(const TranslatorObject *self, Py_ssize_t total)
     if (grow <= 0) {
         return total;
     }
-    Py_ssize_t messages = total / DECODE_MIN[self->source] + 1;
-    if (messages > (PY_SSIZE_T_MAX - total) / grow) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    return total + messages * grow;
+    Py_ssize_t extra = (total / 16 + 1) * grow;
+    return extra < PY_SSIZE_T_MAX - total ? total + extra : total;
 }
 
 static PyObject *
@@ -641,10 +708,12 @@ makeResult(PyObject *data, Py_ssize_t count, unsigned long long payload,
 }
 
 /* The result of a pass: its output as far as it went (the salvage when
- * there was an error), its counts, and its error. Takes out. */
+ * there was an error), its counts, and its error. */
 static PyObject *
-finishPass(Pass *pass, PyObject *out)
+finishPass(Pass *pass)
 {
+    PyObject *out = pass->bytes;
+    pass->bytes = NULL;
     Py_ssize_t size = pass->out - PyBytes_AS_STRING(out);
     if (_PyBytes_Resize(&out, size) < 0) {
         Py_CLEAR(pass->detail);
@@ -682,14 +751,14 @@ Translator_feed(TranslatorObject *self, PyObject *data)
     const char *chunk = view.buf;
     Py_ssize_t n = view.len;
     Py_ssize_t restLen = self->restLen;
-    Py_ssize_t bound = outputBound(self, restLen + n);
-    PyObject *out =
-        bound < 0 ? NULL : PyBytes_FromStringAndSize(NULL, bound);
-    if (out == NULL) {
+    Py_ssize_t size = outputGuess(self, restLen + n);
+    Pass pass = {self, PyBytes_FromStringAndSize(NULL, size)};
+    if (pass.bytes == NULL) {
         PyBuffer_Release(&view);
         return NULL;
     }
-    Pass pass = {self, PyBytes_AS_STRING(out)};
+    pass.out = PyBytes_AS_STRING(pass.bytes);
+    pass.limit = pass.out + size;
     int status = 0;
     Py_ssize_t from = 0;
     Py_ssize_t used;
@@ -733,13 +802,13 @@ Translator_feed(TranslatorObject *self, PyObject *data)
          * are still at the start of the buffer. */
         self->restLen = restLen;
     }
+    trimRest(self);
     if (status < 0) {
-        Py_DECREF(out);
+        Py_CLEAR(pass.bytes);
         Py_CLEAR(pass.detail);
         return NULL;
     }
-    trimRest(self);
-    return finishPass(&pass, out);
+    return finishPass(&pass);
 }
 
 PyDoc_STRVAR(finish_doc,
@@ -755,7 +824,6 @@ Translator_finish(TranslatorObject *self, PyObject *Py_UNUSED(ignored))
     const char *message = self->rest;
     self->restLen = 0;
     Pass pass = {self, NULL};
-    PyObject *out = NULL;
     PyObject *result = NULL;
     switch (self->source) {
     case CRLF:
@@ -784,21 +852,23 @@ Translator_finish(TranslatorObject *self, PyObject *Py_UNUSED(ignored))
             length = 0;
         }
     }
-    out = PyBytes_FromStringAndSize(
-        NULL, length ? length + encodeOverhead(self->target, length) : 0);
-    if (out == NULL) {
+    Py_ssize_t size = length ? length + self->mostOverhead : 0;
+    pass.bytes = PyBytes_FromStringAndSize(NULL, size);
+    if (pass.bytes == NULL) {
         Py_CLEAR(pass.detail);
         goto done;
     }
-    pass.out = PyBytes_AS_STRING(out);
+    pass.out = PyBytes_AS_STRING(pass.bytes);
+    pass.limit = pass.out + size;
     if (length) {
         startBuffer(&pass, message, length);
-        if (emit(&pass, message, length) < 0) {
-            Py_DECREF(out);
+        if (emit(&pass, message, length, self->target) < 0) {
+            Py_CLEAR(pass.bytes);
+            Py_CLEAR(pass.detail);
             goto done;
         }
     }
-    result = finishPass(&pass, out);
+    result = finishPass(&pass);
 done:
     trimRest(self);
     return result;
@@ -860,6 +930,7 @@ Translator_init(TranslatorObject *self, PyObject *args, PyObject *kwargs)
     self->checkDelimiter =
         (self->target == LF && self->source != LF) ||
         (self->target == CRLF && self->source != LF && self->source != CRLF);
+    self->mostOverhead = encodeOverhead(self->target, maxSize);
     self->restLen = 0;
     return 0;
 }
