@@ -12,6 +12,7 @@ reported in nanoseconds per message. Prints a Markdown table.
 import argparse
 import time
 from collections.abc import Callable
+from functools import partial
 
 from gateway.codec import framing
 from gateway.codec.accelerated import PythonTranslator, Translator, speedups
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         for size in SIZES:
             pieces, count = chunks(source, size, options.chunk, options.total)
             python = perMessage(
-                lambda: PythonTranslator(source, target, limit),
+                partial(PythonTranslator, source, target, limit),
                 pieces,
                 count,
                 options.reps,
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                 ratio = ""
             else:
                 seconds = perMessage(
-                    lambda: speedups.Translator(source, target, limit),
+                    partial(speedups.Translator, source, target, limit),
                     pieces,
                     count,
                     options.reps,
