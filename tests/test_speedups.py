@@ -430,6 +430,7 @@ class CompiledTranslationTests(TranslationTestsMixin, SynchronousTestCase):
         """
         self.assertRaises(OverflowError, self.make, "lf", "lf", 10**18)
         self.assertRaises(OverflowError, self.make, "lf", "lf", -1)
+        self.assertRaises(OverflowError, self.make, "lf", "lf", 2**64 + 5)
 
     def test_largeChunkOfSmallMessages(self):
         """

@@ -789,11 +789,13 @@ Translator_feed(TranslatorObject *self, PyObject *data)
         status = decode(&pass, chunk + from, n - from, &used);
         if (status == 0 && !pass.blocked) {
             Py_ssize_t tail = n - from - used;
-            status = reserveRest(self, tail);
-            if (status == 0) {
-                memcpy(self->rest, chunk + from + used, (size_t)tail);
-                self->restLen = tail;
+            if (tail) {
+                status = reserveRest(self, tail);
+                if (status == 0) {
+                    memcpy(self->rest, chunk + from + used, (size_t)tail);
+                }
             }
+            self->restLen = tail;
         }
     }
     PyBuffer_Release(&view);
@@ -899,10 +901,14 @@ static int
 Translator_init(TranslatorObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"source", "target", "maxSize", NULL};
-    PyObject *source, *target;
-    unsigned long long maxSize;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOK:Translator", keywords,
-                                     &source, &target, &maxSize)) {
+    PyObject *source, *target, *limit;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!:Translator", keywords,
+                                     &source, &target, &PyLong_Type, &limit)) {
+        return -1;
+    }
+    /* OverflowError below zero and past 64 bits, as past MAX_LIMIT. */
+    unsigned long long maxSize = PyLong_AsUnsignedLongLong(limit);
+    if (maxSize == (unsigned long long)-1 && PyErr_Occurred()) {
         return -1;
     }
     if (ResultType == NULL) {

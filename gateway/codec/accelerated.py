@@ -52,6 +52,13 @@ class Translator(Protocol):
     One direction of a connection pair: one framing in, another out.
     """
 
+    @property
+    def rest(self) -> bytes:
+        """
+        The bytes of the incomplete message carried over (at most the size
+        limit and one frame's framing).
+        """
+
     def feed(self, data: bytes) -> Result:
         """
         Translate one chunk, with the incomplete message carried over from
