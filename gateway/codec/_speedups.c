@@ -152,7 +152,7 @@ parseDigits(const char *p, Py_ssize_t n)
     return value;
 }
 
-static uint64_t
+static ALWAYS_INLINE uint64_t
 readHeader(const unsigned char *p, int size)
 {
     uint64_t value = 0;
@@ -230,21 +230,28 @@ block(Pass *pass, PyObject *detail)
 /* Whether the payload [start, stop) holds target's delimiter
  * (delimited.py's encode). One search serves every payload up to the
  * delimiter it finds, so a chunk is searched about once in all. */
-static int
-holdsDelimiter(Pass *pass, const char *start, const char *stop)
+static void
+findDelimiter(Pass *pass, const char *start, const int target)
+{
+    const char *found;
+    if (target == LF) {
+        found = memchr(start, '\n', (size_t)(pass->end - start));
+    }
+    else {
+        found = findCRLF(start, pass->end);
+    }
+    pass->delimiter = found ? found : pass->end;
+    pass->delimiterKnown = 1;
+}
+
+static ALWAYS_INLINE int
+holdsDelimiter(Pass *pass, const char *start, const char *stop,
+               const int target)
 {
     if (!pass->delimiterKnown || pass->delimiter < start) {
-        const char *found;
-        if (pass->self->target == LF) {
-            found = memchr(start, '\n', (size_t)(pass->end - start));
-        }
-        else {
-            found = findCRLF(start, pass->end);
-        }
-        pass->delimiter = found ? found : pass->end;
-        pass->delimiterKnown = 1;
+        findDelimiter(pass, start, target);
     }
-    if (pass->self->target == LF) {
+    if (target == LF) {
         return pass->delimiter < stop;
     }
     return pass->delimiter + 1 < stop;
@@ -296,7 +303,7 @@ emit(Pass *pass, const char *payload, Py_ssize_t length, const int target)
     case LF:
     case CRLF:
         if (self->checkDelimiter &&
-            holdsDelimiter(pass, payload, payload + length)) {
+            holdsDelimiter(pass, payload, payload + length, target)) {
             return block(pass, PyUnicode_FromFormat(
                 "payload contains the %s delimiter %s", NAMES[target],
                 target == LF ? "b'\\n'" : "b'\\r\\n'"));
@@ -382,13 +389,12 @@ decodeDelimitedTo(Pass *pass, const char *buffer, Py_ssize_t length,
 }
 
 /* prefixed.py's decode: a header over the limit is refused before its body
- * arrives. */
+ * arrives. Compiled once per header size too. */
 static ALWAYS_INLINE int
-decodePrefixedTo(Pass *pass, const char *buffer, Py_ssize_t length,
-                 Py_ssize_t *used, const int target)
+decodeSized(Pass *pass, const char *buffer, Py_ssize_t length,
+            Py_ssize_t *used, const int target, const int prefix)
 {
     const TranslatorObject *self = pass->self;
-    int prefix = PREFIX[self->source];
     Py_ssize_t position = 0;
     while (length - position >= prefix) {
         uint64_t size =
@@ -408,6 +414,20 @@ decodePrefixedTo(Pass *pass, const char *buffer, Py_ssize_t length,
     }
     *used = position;
     return 0;
+}
+
+static ALWAYS_INLINE int
+decodePrefixedTo(Pass *pass, const char *buffer, Py_ssize_t length,
+                 Py_ssize_t *used, const int target)
+{
+    switch (pass->self->source) {
+    case INT8:
+        return decodeSized(pass, buffer, length, used, target, 1);
+    case INT16:
+        return decodeSized(pass, buffer, length, used, target, 2);
+    default:
+        return decodeSized(pass, buffer, length, used, target, 4);
+    }
 }
 
 /* netstring.py's decode: the colon is looked for within the longest
