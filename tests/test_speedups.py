@@ -522,6 +522,21 @@ class DifferentialTests(SynchronousTestCase):
     test_fromNetstring, test_fromNetstringByteByByte = differential("netstring")
     del differential
 
+    def test_realSizes(self):
+        """
+        The default limit, messages around it and around the int8 and int16
+        limits, in reads of 64 KiB, 4 KiB and 1000 bytes.
+        """
+        limit = 65536
+        payloads = [b"", b"a", b"\r" * 255, b"b" * 256, b"c" * 1000, b"d" * 65535]
+        payloads += [b"e" * limit, b"f" * (limit + 1)]
+        for source in NAMES:
+            data = b"".join(frame(source, payload) for payload in payloads)
+            for size in [65536, 4096, 1000]:
+                chunks = [data[i : i + size] for i in range(0, len(data), size)]
+                for target in NAMES:
+                    self.agree(source, target, limit, chunks)
+
     def test_badInputs(self):
         """
         Every kind of bad input, in every chunking of two.
