@@ -11,8 +11,10 @@ RUN_ARGS ?=
 # A development install: editable, in setuptools' "compat" mode so the
 # checkout itself is on sys.path and Twisted's plugin scan finds
 # twisted/plugins/gateway_plugin.py; then the plugin cache is rebuilt so
-# twistd never warns about a stale one.
-$(BIN)/.installed: setup.cfg pyproject.toml
+# twistd never warns about a stale one. The optional accelerator
+# (gateway/codec/_speedups.c) is built in place when a C compiler is there,
+# and rebuilt when its source changes.
+$(BIN)/.installed: setup.cfg setup.py pyproject.toml gateway/codec/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
@@ -73,4 +75,4 @@ bench-quick: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.compare --twistd $(BIN)/twistd --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info _trial_temp* twisted/plugins/dropin.cache
+	rm -rf $(VENV) build *.egg-info _trial_temp* twisted/plugins/dropin.cache gateway/codec/*.so
