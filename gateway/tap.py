@@ -21,6 +21,7 @@ from gateway import __version__
 from gateway import reactor as gatewayReactor
 from gateway.backends import Backend, BackendPool
 from gateway.codec import FRAMINGS, framing
+from gateway.daemon import StartupFailure, installParentWait
 from gateway.demo import DemoBackendService
 from gateway.endpoints import (
     EndpointError,
@@ -36,7 +37,13 @@ from gateway.names import backendName, listenerName
 from gateway.notify import Notifier, NotifyService
 from gateway.proxy import Connections, ProxyFactory
 from gateway.proxyprotocol import HEADERS, isBehindProxy, serverEndpoint
-from gateway.service import GatewayService, ListenerService, SignalService
+from gateway.service import (
+    GatewayService,
+    ListenerService,
+    LogReopenService,
+    SignalService,
+    StopSignals,
+)
 from gateway.stats import NoRecorder, Recorder
 from gateway.tls import ReloadableServerTLS, TLSError, wrapFactory
 
@@ -449,6 +456,13 @@ def makeService(
             recorder = GatewayMetrics(registry, __version__)
     connections = Connections(options["max-connections"])
     gateway = GatewayService(connections, reactor, options["drain-timeout"])
+    # twistd's own options, when twistd runs the gateway: where its status
+    # pipe and pid file are, for a start-up failure to be told and cleaned
+    # up in daemon mode too.
+    twistdConfig = getattr(options, "parent", None)
+    gateway.startFailed = StartupFailure(twistdConfig).fail
+    if twistdConfig is not None:
+        installParentWait()
     pool = BackendPool(
         _backends(options, reactor, recorder, gateway),
         reactor,
@@ -552,3 +566,5 @@ def _systemd(
         notifier.ready(status())
 
     SignalService(signal.SIGHUP, reload, reactor).setServiceParent(gateway)
+    StopSignals(gateway, reactor).setServiceParent(gateway)
+    LogReopenService(reactor).setServiceParent(gateway)

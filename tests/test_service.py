@@ -25,7 +25,13 @@ from gateway.demo import DemoBackendService, Echo
 from gateway.metrics import QuietSite
 from gateway.notify import NotifyService
 from gateway.proxy import ProxyFactory
-from gateway.service import GatewayService, ListenerService, SignalService
+from gateway.service import (
+    GatewayService,
+    ListenerService,
+    LogReopenService,
+    SignalService,
+    StopSignals,
+)
 from gateway.tap import Options, makeService
 from gateway.tls import HalfCloseableTLSFactory
 from tests.test_notify import Receiver
@@ -119,6 +125,8 @@ class MakeServiceTests(SynchronousTestCase):
                 (ListenerService, "metrics", False),
                 (NotifyService, None, None),
                 (SignalService, None, None),
+                (StopSignals, None, None),
+                (LogReopenService, None, None),
             ],
         )
 
@@ -154,7 +162,13 @@ class MakeServiceTests(SynchronousTestCase):
         service = makeService(options, reactor=MemoryReactor())
         self.assertEqual(
             [type(child) for child in service],
-            [ListenerService, NotifyService, SignalService],
+            [
+                ListenerService,
+                NotifyService,
+                SignalService,
+                StopSignals,
+                LogReopenService,
+            ],
         )
         [listener] = service.listeners()
         self.assertEqual(listener.listenerName, "tcp:7000")
@@ -219,6 +233,8 @@ class MakeServiceTests(SynchronousTestCase):
             [
                 "STOPPING=1",
                 "tcp:7001",
+                "LogReopenService",
+                "StopSignals",
                 "SignalService",
                 "metrics",
                 "DemoBackendService",
