@@ -71,22 +71,23 @@ class StartupFailure:
         if config is None:
             raise SystemExit(line)
         pipe = config.get("statusPipe")
+        # All before the parent hears of the failure: it exits once it has.
+        if pipe is not None or _logsToFile(config):
+            # The log file keeps the reason beside the earlier lines.
+            log.critical("{line}", line=line)
+        _removePidfile(config.get("pidfile"))
         if pipe is not None:
             # Daemon mode: the waiting parent prints it (installParentWait).
             config["statusPipe"] = None
             message = FAILED + line.encode("utf-8", "backslashreplace") + b"\n"
             untilConcludes(os.write, pipe, message[:PIPE_BUF])
             untilConcludes(os.close, pipe)
-        if pipe is not None or _logsToFile(config):
-            # The log file keeps the reason beside the earlier lines.
-            log.critical("{line}", line=line)
         if pipe is None:
             # Not through sys.stderr: twistd has made that a log observer.
             stderr = sys.__stderr__
             if stderr is not None:
                 stderr.write(line + "\n")
                 stderr.flush()
-        _removePidfile(config.get("pidfile"))
         raise SystemExit(1)
 
 
