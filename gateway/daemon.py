@@ -15,7 +15,7 @@ an L{Exception}. Two faults follow:
  - What the parent prints is Python's: C{An error has occurred:
    b'ExceptionClass: ...'}, cut at 100 bytes.
 
-So the gateway reports its own start-up failures (L{StartupFailure.fail}):
+So the gateway reports its own start-up (L{StartupReport}), failures too:
 the line goes down the status pipe (or, in C{-n} mode, to stderr), the pid
 file is removed, and the process exits with status 1; and the parent's
 wait (L{installParentWait}) closes its copy of the write end, reads the
@@ -47,10 +47,18 @@ FAILED = b"1 "
 PIPE_BUF = 4096
 
 
-class StartupFailure:
+class StartupReport:
     """
-    Ends a gateway that cannot start: one line for the operator, status 1,
-    no pid file left behind.
+    Tells twistd's waiting first process how start-up went, and ends a
+    gateway that cannot start: one line for the operator, status 1, no pid
+    file left behind.
+
+    twistd writes "started" down the status pipe as soon as the services
+    have started, before its reactor runs and so before the reactor handles
+    SIGTERM: a SIGTERM sent the moment C{twistd} returned would kill the
+    daemon outright, pid file left. So the gateway takes the pipe
+    (L{claim}) and writes "started" itself once it is ready (L{ready}):
+    every listener bound, the reactor running.
 
     @param config: twistd's parsed options (the parent of the gateway's
         own), or L{None} when the gateway runs without twistd (tests).
@@ -58,6 +66,34 @@ class StartupFailure:
 
     def __init__(self, config: Any = None) -> None:
         self.config = config
+        self._pipe: int | None = None
+
+    def claim(self) -> None:
+        """
+        Take the status pipe from twistd (in the daemon, after the fork).
+        """
+        if self.config is not None and self._pipe is None:
+            self._pipe = self.config.get("statusPipe")
+            self.config["statusPipe"] = None
+
+    def ready(self) -> None:
+        """
+        Tell the waiting process that the daemon started.
+        """
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            untilConcludes(os.write, pipe, STARTED)
+            untilConcludes(os.close, pipe)
+
+    def failLate(self, line: str) -> None:
+        """
+        A listener failed after the reactor started: tell it as L{fail}
+        does, without raising (the caller stops the reactor).
+        """
+        try:
+            self.fail(line)
+        except SystemExit:
+            pass
 
     def fail(self, line: str) -> NoReturn:
         """
@@ -70,7 +106,8 @@ class StartupFailure:
         config = self.config
         if config is None:
             raise SystemExit(line)
-        pipe = config.get("statusPipe")
+        self.claim()
+        pipe, self._pipe = self._pipe, None
         # All before the parent hears of the failure: it exits once it has.
         if pipe is not None or _logsToFile(config):
             # The log file keeps the reason beside the earlier lines.
@@ -78,7 +115,6 @@ class StartupFailure:
         _removePidfile(config.get("pidfile"))
         if pipe is not None:
             # Daemon mode: the waiting parent prints it (installParentWait).
-            config["statusPipe"] = None
             message = FAILED + line.encode("utf-8", "backslashreplace") + b"\n"
             untilConcludes(os.write, pipe, message[:PIPE_BUF])
             untilConcludes(os.close, pipe)

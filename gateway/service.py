@@ -160,8 +160,9 @@ class ListenerService(Service):
         self.bound.callback(None)
 
     def _failedLate(self, failure: Failure) -> None:
-        self.log.critical("{line}", line=self._failureLine(failure))
-        self.bound.errback(failure)
+        line = self._failureLine(failure)
+        self.log.critical("{line}", line=line)
+        self.bound.errback(ListenFailed(line))
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
@@ -203,10 +204,16 @@ class GatewayService(MultiService):
         self.readyHooks: list[Callable[[], None]] = []
         # Ends the process when start-up fails (gateway.daemon in twistd).
         self.startFailed: Callable[[str], NoReturn] = _exit
+        # Called first when starting, and with the line when a listener
+        # fails to bind after the reactor started (the gateway then stops).
+        self.startingHooks: list[Callable[[], None]] = []
+        self.lateFailureHooks: list[Callable[[str], None]] = []
         self._drainEnded = False
         self._drainWaiter: Deferred[None] | None = None
 
     def privilegedStartService(self) -> None:
+        for hook in self.startingHooks:
+            hook()
         self._starting(super().privilegedStartService)
 
     def _starting(self, start: Callable[[], None]) -> None:
@@ -229,7 +236,20 @@ class GatewayService(MultiService):
 
     def startService(self) -> None:
         self._starting(super().startService)
-        self.whenBound().addCallbacks(self._whenRunning, lambda failure: None)
+        self.whenBound().addCallbacks(self._whenRunning, self._boundLate)
+
+    def _boundLate(self, failure: Failure) -> None:
+        """
+        A listener that binds only once the reactor runs failed: start-up
+        failed, so the gateway stops.
+        """
+        error = failure.value
+        error = getattr(getattr(error, "subFailure", None), "value", error)
+        line = getattr(error, "line", "gateway: a listener failed to bind")
+        for hook in self.lateFailureHooks:
+            hook(line)
+        if IReactorCore.providedBy(self.clock):
+            self.clock.callWhenRunning(self.clock.stop)
 
     def _whenRunning(self, ignored: object) -> None:
         # twistd starts its services before its reactor runs, and the reactor
@@ -264,7 +284,9 @@ class GatewayService(MultiService):
         """
         A Deferred that fires once every listener is bound.
         """
-        return gatherResults([listener.bound for listener in self.listeners()])
+        return gatherResults(
+            [listener.bound for listener in self.listeners()], consumeErrors=True
+        )
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)

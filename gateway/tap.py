@@ -21,7 +21,7 @@ from gateway import __version__
 from gateway import reactor as gatewayReactor
 from gateway.backends import Backend, BackendPool
 from gateway.codec import FRAMINGS, framing
-from gateway.daemon import StartupFailure, installParentWait
+from gateway.daemon import StartupReport, installParentWait
 from gateway.demo import DemoBackendService
 from gateway.endpoints import (
     EndpointError,
@@ -460,7 +460,10 @@ def makeService(
     # pipe and pid file are, for a start-up failure to be told and cleaned
     # up in daemon mode too.
     twistdConfig = getattr(options, "parent", None)
-    gateway.startFailed = StartupFailure(twistdConfig).fail
+    report = StartupReport(twistdConfig)
+    gateway.startingHooks.append(report.claim)
+    gateway.startFailed = report.fail
+    gateway.lateFailureHooks.append(report.failLate)
     if twistdConfig is not None:
         installParentWait()
     pool = BackendPool(
@@ -509,7 +512,7 @@ def makeService(
             drains=False,
         ).setServiceParent(gateway)
         gateway.drainingHooks.append(lambda: recorder.setDraining(True))
-    _systemd(gateway, connections, tls, reactor)
+    _systemd(gateway, connections, tls, reactor, report)
     return gateway
 
 
@@ -533,6 +536,7 @@ def _systemd(
     connections: Connections,
     tls: ReloadableServerTLS | None,
     reactor: Any,
+    report: StartupReport,
 ) -> None:
     """
     READY=1 once every listener is bound, STATUS=, the watchdog, STOPPING=1
@@ -547,6 +551,7 @@ def _systemd(
     notify = NotifyService(notifier, status, reactor)
     notify.setServiceParent(gateway)
     gateway.readyHooks.append(notify.markReady)
+    gateway.readyHooks.append(report.ready)
     gateway.drainingHooks.append(notify.stopService)
 
     def reload() -> None:

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.daemon import (
     FAILED,
     STARTED,
-    StartupFailure,
+    StartupReport,
     installParentWait,
     waitForStart,
 )
@@ -93,9 +93,9 @@ class WaitForStartTests(SynchronousTestCase):
         self.assertRaises(OSError, os.fstat, self.write)
 
 
-class StartupFailureTests(SynchronousTestCase):
+class StartupReportTests(SynchronousTestCase):
     """
-    L{StartupFailure.fail} in the daemon (or in C{-n} mode).
+    L{StartupReport.fail} in the daemon (or in C{-n} mode).
     """
 
     def setUp(self) -> None:
@@ -106,7 +106,7 @@ class StartupFailureTests(SynchronousTestCase):
             file.write(str(os.getpid()))
 
     def test_withoutTwistd(self) -> None:
-        error = self.assertRaises(SystemExit, StartupFailure().fail, LINE)
+        error = self.assertRaises(SystemExit, StartupReport().fail, LINE)
         self.assertEqual(error.code, LINE)
 
     def test_daemon(self) -> None:
@@ -117,7 +117,7 @@ class StartupFailureTests(SynchronousTestCase):
         read, write = os.pipe()
         self.addCleanup(os.close, read)
         config = {"statusPipe": write, "pidfile": self.pidfile, "logfile": None}
-        error = self.assertRaises(SystemExit, StartupFailure(config).fail, LINE)
+        error = self.assertRaises(SystemExit, StartupReport(config).fail, LINE)
         self.assertEqual(error.code, 1)
         self.assertEqual(os.read(read, 4096), FAILED + LINE.encode() + b"\n")
         self.assertEqual(os.read(read, 4096), b"", "closed")
@@ -125,12 +125,42 @@ class StartupFailureTests(SynchronousTestCase):
         self.assertFalse(os.path.exists(self.pidfile))
         self.assertEqual(self.stderr.getvalue(), "")
 
+    def test_readyWhenReady(self) -> None:
+        """
+        The gateway takes the status pipe from twistd, which would report
+        "started" before its reactor runs (and handles SIGTERM), and writes
+        it itself once ready.
+        """
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        config = {"statusPipe": write, "pidfile": self.pidfile}
+        report = StartupReport(config)
+        report.claim()
+        self.assertIsNone(config["statusPipe"], "twistd writes nothing")
+        report.ready()
+        self.assertEqual(os.read(read, 4096), STARTED)
+        self.assertEqual(os.read(read, 4096), b"", "closed")
+        report.ready()
+
+    def test_failLate(self) -> None:
+        """
+        A listener failing once the reactor runs: the line goes down the
+        pipe, and nothing is raised into the reactor.
+        """
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        report = StartupReport({"statusPipe": write, "pidfile": self.pidfile})
+        report.claim()
+        report.failLate(LINE)
+        self.assertEqual(os.read(read, 4096), FAILED + LINE.encode() + b"\n")
+        self.assertFalse(os.path.exists(self.pidfile))
+
     def test_foreground(self) -> None:
         """
         C{-n}: the line on stderr.
         """
         config = {"statusPipe": None, "pidfile": self.pidfile, "nodaemon": True}
-        error = self.assertRaises(SystemExit, StartupFailure(config).fail, LINE)
+        error = self.assertRaises(SystemExit, StartupReport(config).fail, LINE)
         self.assertEqual(error.code, 1)
         self.assertEqual(self.stderr.getvalue(), LINE + "\n")
         self.assertFalse(os.path.exists(self.pidfile))
@@ -142,7 +172,7 @@ class StartupFailureTests(SynchronousTestCase):
         with open(self.pidfile, "w") as file:
             file.write("1")
         config = {"pidfile": self.pidfile, "nodaemon": True}
-        self.assertRaises(SystemExit, StartupFailure(config).fail, LINE)
+        self.assertRaises(SystemExit, StartupReport(config).fail, LINE)
         self.assertTrue(os.path.exists(self.pidfile))
 
 

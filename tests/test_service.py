@@ -754,6 +754,36 @@ class StartFailedTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
 
+class LateBindTests(SynchronousTestCase):
+    def test_stops(self) -> None:
+        """
+        A listener whose endpoint fails once the reactor runs ends start-up:
+        the late-failure hooks get its line and the reactor is stopped.
+        """
+        reactor = MemoryReactorClock()
+        gateway = GatewayService(Harness().connections, reactor, 5)
+        late: Deferred = Deferred()
+        ListenerService(
+            "tcp:7001", "--listen", "tcp:7001", _LateEndpoint(late), Factory()
+        ).setServiceParent(gateway)
+        lines: list[str] = []
+        gateway.lateFailureHooks.append(lines.append)
+        gateway.startService()
+        reactor.run()
+        with capturedLogs():
+            late.errback(
+                CannotListenError("127.0.0.1", 7001, OSError(errno.EADDRINUSE, "x"))
+            )
+        self.assertEqual(
+            lines,
+            [
+                "gateway: --listen tcp:7001: cannot listen on 127.0.0.1:7001:"
+                " address already in use (another process listens there)"
+            ],
+        )
+        self.assertFalse(reactor.running)
+
+
 class _FailingEndpoint:
     def listen(self, factory: object) -> Deferred:
         from twisted.internet.defer import fail

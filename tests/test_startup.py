@@ -222,3 +222,32 @@ class DaemonTests(SynchronousTestCase):
         readable, _, _ = select.select([pidfd], [], [], DEADLINE)
         self.assertEqual(readable, [pidfd], "the daemon ended")
         self.assertFalse(os.path.exists(self.pidfile))
+
+    def test_sigusr1ReopensLogFile(self) -> None:
+        """
+        After logrotate has moved the log file away, SIGUSR1 makes the
+        daemon write to a new file at the same path. (SIGUSR1 is handled
+        before a SIGTERM pending with it: lower signals are run first.)
+        """
+        if not hasattr(os, "pidfd_open"):
+            raise SkipTest("needs os.pidfd_open (Linux 5.3, Python 3.9)")
+        result = self.daemon(["--listen", "tcp:0:interface=127.0.0.1"])
+        self.assertEqual(result.returncode, 0, result.stderr)
+        with open(self.pidfile) as file:
+            pid = int(file.read())
+        pidfd = os.pidfd_open(pid)
+        self.addCleanup(os.close, pidfd)
+        rotated = self.logfile + ".1"
+        os.rename(self.logfile, rotated)
+        os.kill(pid, signal.SIGUSR1)
+        os.kill(pid, signal.SIGTERM)
+        readable, _, _ = select.select([pidfd], [], [], DEADLINE)
+        self.assertEqual(readable, [pidfd], "the daemon ended")
+        with open(rotated) as file:
+            before = file.read()
+        with open(self.logfile) as file:
+            after = file.read()
+        self.assertIn("gateway ready", before)
+        self.assertNotIn("reopened", before)
+        self.assertIn(f"SIGUSR1: log file {self.logfile} reopened", after)
+        self.assertIn("Server Shut Down.", after)
