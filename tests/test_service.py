@@ -142,6 +142,11 @@ class MakeServiceTests(SynchronousTestCase):
             for port, factory, backlog, interface in reactor.tcpServers
         ]
         self.assertIs(reactor.tcpServers[0][1].protocol, Echo)
+        # Every pair's backend connection arrives at the demo: its accept
+        # queue is as long as the listeners'.
+        self.assertEqual(
+            [server[2] for server in reactor.tcpServers], [LISTEN_BACKLOG] * 5
+        )
         self.assertEqual(
             bound,
             [
