@@ -212,7 +212,14 @@ class DaemonTests(SynchronousTestCase):
         """
         if not hasattr(os, "pidfd_open"):
             raise SkipTest("needs os.pidfd_open (Linux 5.3, Python 3.9)")
-        result = self.daemon(["--listen", "tcp:0:interface=127.0.0.1"])
+        result = self.daemon(
+            [
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--metrics",
+                "tcp:0:interface=127.0.0.1",
+            ]
+        )
         self.assertEqual((result.returncode, result.stdout, result.stderr), (0, "", ""))
         with open(self.pidfile) as file:
             pid = int(file.read())
@@ -231,7 +238,14 @@ class DaemonTests(SynchronousTestCase):
         """
         if not hasattr(os, "pidfd_open"):
             raise SkipTest("needs os.pidfd_open (Linux 5.3, Python 3.9)")
-        result = self.daemon(["--listen", "tcp:0:interface=127.0.0.1"])
+        result = self.daemon(
+            [
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--metrics",
+                "tcp:0:interface=127.0.0.1",
+            ]
+        )
         self.assertEqual(result.returncode, 0, result.stderr)
         with open(self.pidfile) as file:
             pid = int(file.read())
