@@ -293,6 +293,8 @@ def checkBackend(description: str) -> None:
                 _checkReadable(key, values[key])
         if "privateKey" in values and "certificate" not in values:
             raise EndpointError("privateKey= needs certificate= beside it")
+        if "certificate" in values:
+            _checkClientCertificate(values["certificate"], values.get("privateKey"))
 
 
 def _arguments(
@@ -424,6 +426,49 @@ def _checkReadable(key: str, path: str) -> None:
         raise EndpointError(f"{key}={path}: no such file")
     if not os.access(path, os.R_OK):
         raise EndpointError(f"{key}={path}: not readable by this user")
+
+
+def _checkClientCertificate(certificate: str, privateKey: str | None) -> None:
+    """
+    The certificate a C{tls:} backend is shown, and its key (in the
+    certificate's file unless C{privateKey=} names another), must load and
+    match.
+    """
+    from OpenSSL.crypto import (
+        FILETYPE_PEM,
+        Error,
+        load_certificate,
+        load_privatekey,
+    )
+    from OpenSSL.SSL import TLS_METHOD, Context
+    from OpenSSL.SSL import Error as SSLError
+
+    with open(certificate, "rb") as file:
+        certificateData = file.read()
+    keyFile = privateKey or certificate
+    with open(keyFile, "rb") as file:
+        keyData = file.read()
+    try:
+        cert = load_certificate(FILETYPE_PEM, certificateData)
+    except Error:
+        raise EndpointError(f"certificate={certificate}: no PEM certificate in it")
+    try:
+        key = load_privatekey(FILETYPE_PEM, keyData)
+    except Error:
+        where = "privateKey=" if privateKey else "certificate="
+        raise EndpointError(
+            f"{where}{keyFile}: no unencrypted PEM private key in it"
+            + ("" if privateKey else " (or give privateKey=)")
+        )
+    context = Context(TLS_METHOD)
+    try:
+        context.use_certificate(cert)
+        context.use_privatekey(key)
+        context.check_privatekey()
+    except (Error, SSLError):
+        raise EndpointError(
+            f"privateKey={keyFile} does not match certificate={certificate}"
+        )
 
 
 def _checkTrustRoots(directory: str) -> None:

@@ -260,6 +260,38 @@ class CheckTests(SynchronousTestCase):
         ca.cert_pem.write_to_path(os.path.join(directory, "ca.pem"))
         checkBackend(description)
 
+    def test_clientCertificate(self) -> None:
+        """
+        A C{tls:} backend's client certificate must come with its key, and
+        they must match.
+        """
+        ca = trustme.CA()
+        leaf = ca.issue_cert("client.example")
+        other = ca.issue_cert("other.example")
+        directory = self.mktemp()
+        os.mkdir(directory)
+        both = os.path.join(directory, "both.pem")
+        leaf.private_key_and_cert_chain_pem.write_to_path(both)
+        certOnly = os.path.join(directory, "cert.pem")
+        leaf.cert_chain_pems[0].write_to_path(certOnly)
+        key = os.path.join(directory, "key.pem")
+        leaf.private_key_pem.write_to_path(key)
+        otherKey = os.path.join(directory, "other.key")
+        other.private_key_pem.write_to_path(otherKey)
+        checkBackend(f"tls:h:1:certificate={both}")
+        checkBackend(f"tls:h:1:certificate={certOnly}:privateKey={key}")
+        self.assertRefused(
+            checkBackend, f"tls:h:1:certificate={certOnly}", "no unencrypted PEM"
+        )
+        self.assertRefused(
+            checkBackend,
+            f"tls:h:1:certificate={certOnly}:privateKey={otherKey}",
+            "does not match",
+        )
+        self.assertRefused(
+            checkBackend, f"tls:h:1:certificate={key}", "no PEM certificate"
+        )
+
     def test_trustRootsFile(self) -> None:
         path = self.mktemp()
         with open(path, "w") as file:
