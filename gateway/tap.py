@@ -112,7 +112,8 @@ class Options(usage.Options):
             "drain-timeout",
             None,
             "30",
-            "On SIGTERM, seconds open connections may take to finish.",
+            "On SIGTERM, seconds open connections may take to finish"
+            " (a second SIGTERM ends the drain at once).",
         ],
         [
             "tls-client-ca",
@@ -210,7 +211,8 @@ class Options(usage.Options):
         """
         Listen on this Twisted server endpoint (repeatable), e.g.
         tcp:7000:interface=127.0.0.1, tcp6:7000, unix:/run/gateway.sock,
-        systemd:domain=INET:name=gateway, haproxy:tcp:7000.
+        systemd:domain=INET:name=gateway, haproxy:tcp:7000. Listens with a
+        backlog of 4096 unless the string sets backlog=.
         [default: tcp:7000:interface=127.0.0.1]
         """
         self["listen"].append(description)
