@@ -53,7 +53,13 @@ TLS_VERSIONS = ("1.2", "1.3")
 # The longest payload each length-prefixed framing can carry, in bytes.
 FRAMING_LIMITS = {"int8": 2**8 - 1, "int16": 2**16 - 1, "int32": 2**32 - 1}
 # Options that only mean something to a TLS listener.
-TLS_OPTIONS = ("tls-cert", "tls-key", "tls-client-ca", "tls-min-version")
+TLS_OPTIONS = (
+    "tls-cert",
+    "tls-key",
+    "tls-client-ca",
+    "tls-min-version",
+    "tls-alpn",
+)
 
 log = Logger(namespace="gateway.tap")
 
