@@ -22,6 +22,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.endpoints import LISTEN_BACKLOG
+
 
 @implementer(IHalfCloseableProtocol)
 class Echo(Protocol):
@@ -67,7 +69,9 @@ class DemoBackendService(Service):
             return
         factory = Factory.forProtocol(Echo)
         factory.noisy = False
-        self.port = self._reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.port = self._reactor.listenTCP(
+            0, factory, backlog=LISTEN_BACKLOG, interface="127.0.0.1"
+        )
         self.log.warn(
             "no --backend given: serving the built-in demo echo backend"
             " at 127.0.0.1:{port}",

@@ -7,31 +7,16 @@ it uses: never a directory, key material or a client's address.
 
 import os
 
+from gateway.endpoints import split
+
 
 def _split(description: str) -> tuple[str, list[str], dict[str, str]]:
     """
     Split an endpoint description into its kind, positional and keyword
-    arguments, honouring backslash escapes the way Twisted does.
+    arguments, as Twisted does (L{gateway.endpoints.split}).
     """
-    parts: list[str] = []
-    current: list[str] = []
-    escaped = False
-    for char in description:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    kind, *rest = parts
-    args = [part for part in rest if "=" not in part]
-    kwargs = dict(part.split("=", 1) for part in rest if "=" in part)
-    return kind, args, kwargs
+    endpoint = split(description)
+    return endpoint.kind, list(endpoint.args), endpoint.kwargs
 
 
 def _noPath(value: str) -> str:

@@ -7,30 +7,59 @@ objects.
 
 from __future__ import annotations
 
+import getopt
 import signal
+import sys
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
-from twisted.python import usage
+from twisted.python import reflect, usage
 
 from gateway import __version__
 from gateway import reactor as gatewayReactor
 from gateway.backends import Backend, BackendPool
 from gateway.codec import FRAMINGS, framing
+from gateway.daemon import StartupReport, installParentWait
 from gateway.demo import DemoBackendService
+from gateway.endpoints import (
+    EndpointError,
+    checkBackend,
+    checkListen,
+    checkMetrics,
+    clientForm,
+    serverForm,
+    split,
+    withBacklog,
+)
 from gateway.names import backendName, listenerName
 from gateway.notify import Notifier, NotifyService
 from gateway.proxy import Connections, ProxyFactory
 from gateway.proxyprotocol import HEADERS, isBehindProxy, serverEndpoint
-from gateway.service import GatewayService, ListenerService, SignalService
+from gateway.service import (
+    GatewayService,
+    ListenerService,
+    LogReopenService,
+    SignalService,
+    StopSignals,
+)
 from gateway.stats import NoRecorder, Recorder
 from gateway.tls import ReloadableServerTLS, TLSError, wrapFactory
 
 DEFAULT_LISTEN = "tcp:7000:interface=127.0.0.1"
 DEFAULT_METRICS = "tcp:9180:interface=127.0.0.1"
 TLS_VERSIONS = ("1.2", "1.3")
+# The longest payload each length-prefixed framing can carry, in bytes.
+FRAMING_LIMITS = {"int8": 2**8 - 1, "int16": 2**16 - 1, "int32": 2**32 - 1}
+# Options that only mean something to a TLS listener.
+TLS_OPTIONS = (
+    "tls-cert",
+    "tls-key",
+    "tls-client-ca",
+    "tls-min-version",
+    "tls-alpn",
+)
 
 log = Logger(namespace="gateway.tap")
 
@@ -89,7 +118,8 @@ class Options(usage.Options):
             "drain-timeout",
             None,
             "30",
-            "On SIGTERM, seconds open connections may take to finish.",
+            "On SIGTERM, seconds open connections may take to finish"
+            " (a second SIGTERM ends the drain at once).",
         ],
         [
             "tls-client-ca",
@@ -122,12 +152,74 @@ class Options(usage.Options):
         self["tls-key"] = []
         self["tls-alpn"] = []
         self["backend"] = []
+        # Long names of the options given on the command line.
+        self.given: set[str] = set()
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse C{options}; a mistake raises L{usage.UsageError} with one line.
+
+        Run by twistd (as its C{gateway} subcommand), a mistake instead ends
+        the process at once with that line on stderr and status 1: twistd
+        itself would print the whole usage text first (in
+        C{twisted.application.app.run}), burying the line that matters.
+        C{--help} is unaffected: it prints the usage and exits 0.
+        """
+        try:
+            self._notTwice(sys.argv[1:] if options is None else options)
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            if self.parent is None:
+                raise
+            # The prefix twistd gives its own option errors.
+            raise SystemExit(f"{' '.join(sys.argv[0:2])}: {error}")
+
+    def _notTwice(self, arguments: list[str]) -> None:
+        """
+        Refuse a non-repeatable option given twice (with getopt, as
+        L{usage.Options} reads them, so that C{--opt=value} and unambiguous
+        abbreviations count too), and say getopt's errors in plain words.
+        """
+        try:
+            found, rest = getopt.getopt(arguments, self.shortOpt, self.longOpt)
+        except getopt.GetoptError as error:
+            raise usage.UsageError(_getoptError(error))
+        once: list[list[Any]] = []
+        reflect.accumulateClassList(type(self), "optParameters", once)
+        reflect.accumulateClassList(type(self), "optFlags", once)
+        single = {entry[0] for entry in once}
+        first: dict[str, str] = {}
+        for name, value in found:
+            name = name.lstrip("-")
+            if name in first and name in single:
+                raise usage.UsageError(
+                    f"--{name} given twice ({first[name]!r} and {value!r}):"
+                    " it takes one value; give it once"
+                )
+            first[name] = value
+            self.given.add(name)
+
+    def parseArgs(self, *arguments: str) -> None:
+        if arguments:
+            raise usage.UsageError(
+                f"unexpected argument {arguments[0]!r}: every gateway setting"
+                " is an option (--listen ENDPOINT, --backend ENDPOINT, ...);"
+                " see twistd gateway --help"
+            )
+
+    def opt_version(self) -> None:
+        """
+        Print the versions of the gateway, Twisted, Python and OpenSSL, and exit.
+        """
+        print(versionLine())
+        sys.exit(0)
 
     def opt_listen(self, description: str) -> None:
         """
         Listen on this Twisted server endpoint (repeatable), e.g.
         tcp:7000:interface=127.0.0.1, tcp6:7000, unix:/run/gateway.sock,
-        systemd:domain=INET:name=gateway, haproxy:tcp:7000.
+        systemd:domain=INET:name=gateway, haproxy:tcp:7000. Listens with a
+        backlog of 4096 unless the string sets backlog=.
         [default: tcp:7000:interface=127.0.0.1]
         """
         self["listen"].append(description)
@@ -181,6 +273,7 @@ class Options(usage.Options):
         self["connect-timeout"] = _number(self, "connect-timeout", float, above=0)
         self["idle-timeout"] = _number(self, "idle-timeout", float, minimum=0)
         self["drain-timeout"] = _number(self, "drain-timeout", float, minimum=0)
+        self._framingsCarry()
         if self["tls-min-version"] not in TLS_VERSIONS:
             raise usage.UsageError(
                 f"--tls-min-version: {self['tls-min-version']!r} is not 1.2 or 1.3"
@@ -188,22 +281,39 @@ class Options(usage.Options):
         proxyVersion = self["backend-proxy-protocol"]
         if proxyVersion is not None and proxyVersion not in HEADERS:
             raise usage.UsageError(
-                f"--backend-proxy-protocol: {proxyVersion!r} is not v1 or v2"
+                f"--backend-proxy-protocol: {proxyVersion!r} is not "
+                + " or ".join(HEADERS)
             )
         if not self["listen"] and not self["listen-tls"]:
             self["listen"] = [DEFAULT_LISTEN]
+        for option in ("listen", "listen-tls"):
+            for description in self[option]:
+                tls = option == "listen-tls"
+                _checked(f"--{option}", description, checkListen, tls)
+        for description in self["backend"]:
+            _checked("--backend", description, checkBackend)
+        if self["metrics"] == "none":
+            self["metrics"] = None
+        else:
+            _checked("--metrics", self["metrics"], checkMetrics)
         reactor = _reactor()
         for option in ("listen", "listen-tls"):
             for description in self[option]:
                 _parsed(f"--{option}", description, serverEndpoint, reactor)
         for description in self["backend"]:
             _parsed("--backend", description, clientFromString, reactor)
-        if self["metrics"] == "none":
-            self["metrics"] = None
-        else:
+        if self["metrics"] is not None:
             _parsed("--metrics", self["metrics"], serverFromString, reactor)
         self["tls"] = None
-        if self["listen-tls"]:
+        if not self["listen-tls"]:
+            for option in TLS_OPTIONS:
+                if option in self.given:
+                    raise usage.UsageError(
+                        f"--{option}: there is no --listen-tls listener for it"
+                        " to apply to: add one (--listen-tls tcp:7443) or leave"
+                        f" --{option} out"
+                    )
+        else:
             if not self["tls-cert"]:
                 raise usage.UsageError("--listen-tls: needs at least one --tls-cert")
             try:
@@ -216,6 +326,22 @@ class Options(usage.Options):
                 )
             except TLSError as error:
                 raise usage.UsageError(str(error))
+
+    def _framingsCarry(self) -> None:
+        """
+        A length-prefixed framing whose prefix cannot express
+        C{--max-message-size} could never carry the messages it promises.
+        """
+        size = self["max-message-size"]
+        for option in ("client-framing", "backend-framing"):
+            limit = FRAMING_LIMITS.get(self[option])
+            if limit is not None and size > limit:
+                given = "" if "max-message-size" in self.given else " (its default)"
+                raise usage.UsageError(
+                    f"--{option} {self[option]} carries at most {limit} bytes"
+                    f" per message, but --max-message-size is {size}{given}:"
+                    f" give --max-message-size {limit} or less, or a wider framing"
+                )
 
 
 def _number(
@@ -246,7 +372,19 @@ def _number(
     return value
 
 
+def _checked(option: str, description: str, check: Any, *args: Any) -> None:
+    try:
+        check(description, *args)
+    except EndpointError as error:
+        raise usage.UsageError(f"{option} {description!r}: {error}")
+
+
 def _parsed(option: str, description: str, parse: Any, reactor: Any) -> Any:
+    """
+    Build the endpoint with Twisted's parser. The string was checked before,
+    so what Twisted may still refuse is told in the kind's own form: its
+    exception text names Python's internals, not the operator's mistake.
+    """
     try:
         return parse(reactor, description)
     except KeyError as error:
@@ -255,9 +393,60 @@ def _parsed(option: str, description: str, parse: Any, reactor: Any) -> Any:
             f"{option} {description!r}: no socket named {error.args[0]!r}"
             " was passed by systemd (LISTEN_FDNAMES)"
         )
-    except Exception as error:
-        reason = str(error) or type(error).__name__
-        raise usage.UsageError(f"{option} {description!r}: {reason}")
+    except IndexError:
+        raise usage.UsageError(
+            f"{option} {description!r}: systemd passed no socket with that"
+            " index (LISTEN_FDS); name it with name= instead"
+        )
+    except Exception:
+        kind = split(description).kind
+        if option == "--backend":
+            form = clientForm(kind)
+        else:
+            if kind == "haproxy":
+                kind = split(description.split(":", 1)[1]).kind
+            form = serverForm(kind)
+        raise usage.UsageError(
+            f"{option} {description!r}: Twisted cannot use this endpoint string:"
+            f" write it as {form}"
+        )
+
+
+def _getoptError(error: getopt.GetoptError) -> str:
+    """
+    getopt's error, as a sentence naming the option.
+    """
+    option = f"--{error.opt}" if len(error.opt) > 1 else f"-{error.opt}"
+    message = error.msg
+    if "not recognized" in message:
+        return f"{option}: no such gateway option (twistd gateway --help lists them)"
+    if "requires argument" in message:
+        return f"{option}: needs a value"
+    if "must not have an argument" in message:
+        return f"{option}: takes no value"
+    if "not a unique prefix" in message:
+        return f"{option}: could be several options: write its whole name"
+    return f"{option}: {message}"
+
+
+def versionLine() -> str:
+    """
+    C{gateway X.Y.Z (Twisted A.B.C, Python D.E.F, OpenSSL G.H.I)}: what
+    C{twistd gateway --version} prints.
+    """
+    import platform
+
+    from OpenSSL import SSL
+
+    from twisted import version as twistedVersion
+
+    openssl = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode("ascii", "replace")
+    # "OpenSSL 3.0.11 19 Sep 2023": the name and number, without the date.
+    openssl = " ".join(openssl.split()[:2])
+    return (
+        f"gateway {__version__} (Twisted {twistedVersion.short()},"
+        f" Python {platform.python_version()}, {openssl})"
+    )
 
 
 def makeService(
@@ -285,6 +474,16 @@ def makeService(
             recorder = GatewayMetrics(registry, __version__)
     connections = Connections(options["max-connections"])
     gateway = GatewayService(connections, reactor, options["drain-timeout"])
+    # twistd's own options, when twistd runs the gateway: where its status
+    # pipe and pid file are, for a start-up failure to be told and cleaned
+    # up in daemon mode too.
+    twistdConfig = getattr(options, "parent", None)
+    report = StartupReport(twistdConfig)
+    gateway.startingHooks.append(report.claim)
+    gateway.startFailed = report.fail
+    gateway.lateFailureHooks.append(report.failLate)
+    if twistdConfig is not None:
+        installParentWait()
     pool = BackendPool(
         _backends(options, reactor, recorder, gateway),
         reactor,
@@ -316,7 +515,7 @@ def makeService(
                 name,
                 f"--{option}",
                 description,
-                serverEndpoint(reactor, description),
+                serverEndpoint(reactor, withBacklog(description)),
                 wrapFactory(tls, factory, reactor) if tlsOn else factory,
             ).setServiceParent(gateway)
     if registry is not None:
@@ -326,12 +525,12 @@ def makeService(
             "metrics",
             "--metrics",
             options["metrics"],
-            serverFromString(reactor, options["metrics"]),
+            serverFromString(reactor, withBacklog(options["metrics"])),
             metricsSite(registry, gateway.ready, reactor),
             drains=False,
         ).setServiceParent(gateway)
         gateway.drainingHooks.append(lambda: recorder.setDraining(True))
-    _systemd(gateway, connections, tls, reactor)
+    _systemd(gateway, connections, tls, reactor, report)
     return gateway
 
 
@@ -355,6 +554,7 @@ def _systemd(
     connections: Connections,
     tls: ReloadableServerTLS | None,
     reactor: Any,
+    report: StartupReport,
 ) -> None:
     """
     READY=1 once every listener is bound, STATUS=, the watchdog, STOPPING=1
@@ -369,6 +569,7 @@ def _systemd(
     notify = NotifyService(notifier, status, reactor)
     notify.setServiceParent(gateway)
     gateway.readyHooks.append(notify.markReady)
+    gateway.readyHooks.append(report.ready)
     gateway.drainingHooks.append(notify.stopService)
 
     def reload() -> None:
@@ -388,3 +589,5 @@ def _systemd(
         notifier.ready(status())
 
     SignalService(signal.SIGHUP, reload, reactor).setServiceParent(gateway)
+    StopSignals(gateway, reactor).setServiceParent(gateway)
+    LogReopenService(reactor).setServiceParent(gateway)

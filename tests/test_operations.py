@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
+from gateway.endpoints import LISTEN_BACKLOG
 from tests.e2e import (
     DEADLINE,
     TWISTD,
@@ -134,7 +136,7 @@ class WatchedGateway(GatewayProcess):
     def whenEnded(self) -> Deferred[int]:
         return self.ended.addTimeout(DEADLINE, reactor)
 
-    def signal(self, name: str) -> None:
+    def signal(self, name: str | int) -> None:
         self.transport.signalProcess(name)
 
 
@@ -724,7 +726,7 @@ class DrainTests(TestCase):
     """
 
     async def startWithHeldMessage(
-        self, drainTimeout: str
+        self: TestCase, drainTimeout: str
     ) -> tuple[WatchedGateway, HoldingFactory, Conversation, Deferred[None]]:
         """
         A gateway with a client whose message the backend holds: the reply
@@ -805,6 +807,145 @@ class DrainTests(TestCase):
         self.assertIn("drain timeout: closing 1 connections", log)
         self.assertEqual(closedLines(log), [("1", "4", "0", "0", "shutdown")])
         self.assertNotIn("Traceback", log)
+
+
+class SecondSignalTests(TestCase):
+    """
+    SPEC §6: a second SIGTERM or SIGINT while draining ends the drain at
+    once: the pairs left are closed with reason C{shutdown}, one line says
+    so, and no traceback (C{ReactorNotRunning}) is logged.
+    """
+
+    async def endDrainWith(self, first: str, second: str, exitCode: int) -> None:
+        process, backend, client, reply = await DrainTests.startWithHeldMessage(
+            self, LONG_DRAIN
+        )
+        reply.addErrback(lambda failure: None)
+        process.signal(first)
+        await process.waitFor("draining 1 connections for up to 60.0s")
+        process.signal(second)
+        # Far sooner than the 60 s drain, or the deadline fails the test.
+        reason = await client.lost.addTimeout(DEADLINE, reactor)
+        self.assertIsInstance(reason, ConnectionLost)
+        self.assertEqual(await process.whenEnded(), exitCode)
+        log = process.log()
+        self.assertEqual(
+            re.findall(r"\] (.*while draining.*)", log),
+            [f"SIG{second} while draining: ending the drain, closing 1 connections"],
+        )
+        self.assertEqual(closedLines(log), [("1", "4", "0", "0", "shutdown")])
+        self.assertNotIn("drain timeout", log)
+        self.assertNotIn("Traceback", log)
+        self.assertNotIn("ReactorNotRunning", log)
+        self.assertNotIn("critical", log)
+
+    async def test_sigtermTwice(self) -> None:
+        await self.endDrainWith("TERM", "TERM", EXIT_SIGTERM)
+
+    async def test_sigintTwice(self) -> None:
+        await self.endDrainWith("INT", "INT", EXIT_SIGINT)
+
+    async def test_sigintAfterSigterm(self) -> None:
+        """
+        Either signal ends the drain the other began; the process ends with
+        the first.
+        """
+        await self.endDrainWith("TERM", "INT", EXIT_SIGTERM)
+
+
+class SIGUSR1Tests(TestCase):
+    """
+    SIGUSR1 never ends the gateway (its default action would): without a
+    log file it is logged and ignored. (With a log file it reopens it:
+    tests.test_startup.DaemonTests.test_sigusr1ReopensLogFile.)
+    """
+
+    async def test_ignored(self) -> None:
+        backend, backendPort = listenBackend(self)
+        process = startGateway(self, gateway([*LISTEN, *backendOption(backendPort)]))
+        await process.whenReady()
+        process.signal(signal.SIGUSR1)
+        await process.waitFor("SIGUSR1: twistd writes no log file to reopen; ignored")
+        process.signal(signal.SIGUSR1)
+        await process.waitFor(
+            "SIGUSR1: twistd writes no log file to reopen; ignored", count=2
+        )
+        client = await converse(self, tcp(process.port()))
+        await client.send(b"still here\n", b"STILL HERE\n")
+        await client.close()
+        self.assertEqual(await process.stop(), EXIT_SIGTERM)
+
+
+class BacklogTests(TestCase):
+    """
+    SPEC §2: every listener the gateway binds listens with a backlog of at
+    least 1024 unless its string sets C{backlog=}, as the kernel reports it
+    (C{ss}: a listening socket's Send-Q is its backlog).
+    """
+
+    async def test_everyKind(self) -> None:
+        ss = shutil.which("ss")
+        if ss is None:
+            raise SkipTest("ss is not installed (package iproute2)")
+        tls = TLSFiles(self)
+        unixPath = os.path.join(temporaryDirectory(self), "gateway.sock")
+        process = startGateway(
+            self,
+            gateway(
+                [
+                    *LISTEN,
+                    "--listen",
+                    "tcp6:0:interface=\\:\\:1",
+                    "--listen",
+                    f"unix:{unixPath}",
+                    "--listen",
+                    "haproxy:tcp:0:interface=127.0.0.1",
+                    "--listen",
+                    "tcp:0:interface=127.0.0.1:backlog=100",
+                    "--listen-tls",
+                    "tcp:0:interface=127.0.0.1",
+                    "--tls-cert",
+                    tls.certFile,
+                ]
+            ),
+        )
+        await process.whenReady()
+        bound = re.findall(r"listening on (\S+) at (\S+)", process.log())
+        names = [name for name, address in bound]
+        self.assertEqual(
+            names,
+            ["tcp:0", "tcp6:0", "unix:gateway.sock", "proxy+tcp:0", "tcp:0", "tls:0"]
+            + ["metrics"],
+        )
+        tcpBacklogs = dict(
+            (local, int(sendQ))
+            for state, recvQ, sendQ, local, *rest in (
+                line.split() for line in _run([ss, "-ltnH"]).splitlines()
+            )
+        )
+        unixBacklogs = dict(
+            (local, int(sendQ))
+            for netid, state, recvQ, sendQ, local, *rest in (
+                line.split() for line in _run([ss, "-lxnH"]).splitlines()
+            )
+        )
+        with open("/proc/sys/net/core/somaxconn") as file:
+            # The kernel caps every backlog at net.core.somaxconn.
+            expected = min(LISTEN_BACKLOG, int(file.read()))
+        seen = [
+            unixBacklogs[address] if address.startswith("/") else tcpBacklogs[address]
+            for name, address in bound
+        ]
+        self.assertEqual(
+            seen, [expected, expected, expected, expected, 100, expected, expected]
+        )
+        self.assertGreaterEqual(expected, 1024)
+
+
+def _run(command: list[str]) -> str:
+    import subprocess
+
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
 async def httpStatus(testCase: TestCase, port: int, path: bytes) -> bytes:

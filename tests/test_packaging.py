@@ -72,3 +72,18 @@ class PluginTests(TestCase):
         self.assertNotIn("twisted/__init__.py", names)
         self.assertIn("gateway/tap.py", names)
         self.assertIn("gateway/codec/prefixed.py", names)
+        licenses = [name for name in names if name.endswith("/LICENSE")]
+        self.assertEqual(len(licenses), 1, names)
+
+
+class LicenseTests(TestCase):
+    def test_mit(self):
+        """
+        The LICENSE file is the MIT licence setup.cfg declares.
+        """
+        with open(os.path.join(ROOT, "LICENSE")) as file:
+            text = file.read()
+        self.assertTrue(text.startswith("MIT License\n"))
+        self.assertIn("Copyright (c) the gateway authors", text)
+        with open(os.path.join(ROOT, "setup.cfg")) as file:
+            self.assertIn("license = MIT\n", file.read())

@@ -6,8 +6,10 @@ and how it drains, all on a memory reactor and a fake clock.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import signal
 import tempfile
 
 import trustme
@@ -15,17 +17,27 @@ from twisted.application.service import IService, Service
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import stats
 from gateway.demo import DemoBackendService, Echo
+from gateway.endpoints import LISTEN_BACKLOG
 from gateway.metrics import QuietSite
 from gateway.notify import NotifyService
 from gateway.proxy import ProxyFactory
-from gateway.service import GatewayService, ListenerService, SignalService
+from gateway.service import (
+    GatewayService,
+    ListenerService,
+    LogReopenService,
+    SignalService,
+    StopSignals,
+    bindFailure,
+)
 from gateway.tap import Options, makeService
 from gateway.tls import HalfCloseableTLSFactory
 from tests.test_notify import Receiver
@@ -119,6 +131,8 @@ class MakeServiceTests(SynchronousTestCase):
                 (ListenerService, "metrics", False),
                 (NotifyService, None, None),
                 (SignalService, None, None),
+                (StopSignals, None, None),
+                (LogReopenService, None, None),
             ],
         )
 
@@ -128,6 +142,11 @@ class MakeServiceTests(SynchronousTestCase):
             for port, factory, backlog, interface in reactor.tcpServers
         ]
         self.assertIs(reactor.tcpServers[0][1].protocol, Echo)
+        # Every pair's backend connection arrives at the demo: its accept
+        # queue is as long as the listeners'.
+        self.assertEqual(
+            [server[2] for server in reactor.tcpServers], [LISTEN_BACKLOG] * 5
+        )
         self.assertEqual(
             bound,
             [
@@ -139,6 +158,65 @@ class MakeServiceTests(SynchronousTestCase):
             ],
         )
         self.assertEqual(self.receiver.received(), [], "not ready before starting")
+
+    def test_backlog(self) -> None:
+        """
+        Every listener the gateway binds, of every kind that has a backlog
+        (behind C{haproxy:} and with TLS too, the metrics listener as well),
+        listens with L{LISTEN_BACKLOG}, unless its string sets C{backlog=}.
+        """
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        socketPath = os.path.join(directory, "gw.sock")
+        options = parse(
+            "--listen",
+            "tcp:7001:interface=127.0.0.1",
+            "--listen",
+            r"tcp6:7002:interface=\:\:1",
+            "--listen",
+            f"unix:{socketPath}",
+            "--listen",
+            "haproxy:tcp:7003:interface=127.0.0.1",
+            "--listen",
+            "tcp:7004:interface=127.0.0.1:backlog=10",
+            "--listen-tls",
+            "tcp:7443:interface=127.0.0.1",
+            "--tls-cert",
+            self.certFile,
+            "--metrics",
+            "tcp:9181:interface=127.0.0.1",
+            "--backend",
+            "tcp:host=127.0.0.1:port=9000",
+        )
+        reactor = MemoryReactor()
+        service = makeService(options, reactor=reactor)
+        service.privilegedStartService()
+        self.assertEqual(
+            [
+                (port, backlog)
+                for port, factory, backlog, interface in reactor.tcpServers
+            ],
+            [
+                (7001, LISTEN_BACKLOG),
+                (7002, LISTEN_BACKLOG),
+                (7003, LISTEN_BACKLOG),
+                (7004, 10),
+                (7443, LISTEN_BACKLOG),
+                (9181, LISTEN_BACKLOG),
+            ],
+        )
+        self.assertEqual(
+            [
+                (path, backlog)
+                for path, factory, backlog, mode, pid in reactor.unixServers
+            ],
+            [(socketPath, LISTEN_BACKLOG)],
+        )
+        # The names stay those of the strings as given.
+        self.assertEqual(
+            [listener.description for listener in service.listeners()][-2:],
+            ["tcp:7443:interface=127.0.0.1", "tcp:9181:interface=127.0.0.1"],
+        )
 
     def test_backendAndNoMetrics(self) -> None:
         """
@@ -154,7 +232,13 @@ class MakeServiceTests(SynchronousTestCase):
         service = makeService(options, reactor=MemoryReactor())
         self.assertEqual(
             [type(child) for child in service],
-            [ListenerService, NotifyService, SignalService],
+            [
+                ListenerService,
+                NotifyService,
+                SignalService,
+                StopSignals,
+                LogReopenService,
+            ],
         )
         [listener] = service.listeners()
         self.assertEqual(listener.listenerName, "tcp:7000")
@@ -219,6 +303,8 @@ class MakeServiceTests(SynchronousTestCase):
             [
                 "STOPPING=1",
                 "tcp:7001",
+                "LogReopenService",
+                "StopSignals",
                 "SignalService",
                 "metrics",
                 "DemoBackendService",
@@ -331,6 +417,51 @@ class DrainTests(SynchronousTestCase):
         self.assertEqual([event for event in events if "count" in event], [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_endDrain(self) -> None:
+        """
+        L{GatewayService.endDrain} (a second SIGTERM) ends the drain at once:
+        the pairs left are closed with reason C{shutdown}, logged in one
+        line, and the stop completes without waiting for the timeout.
+        """
+        self.harness.pair()
+        self.harness.pair()
+        with capturedLogs() as events:
+            stopping = self.gateway.stopService()
+            self.clock.advance(1)
+            self.assertNoResult(stopping)
+            self.gateway.endDrain("SIGTERM")
+            self.gateway.endDrain("SIGINT")
+        self.successResultOf(stopping)
+        self.assertEqual(self.closeReasons(), [stats.SHUTDOWN, stats.SHUTDOWN])
+        self.assertFalse(self.other.running)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(
+            [
+                (event["log_format"], event.get("why"), event["count"])
+                for event in events
+                if "count" in event
+            ],
+            [
+                ("draining {count} connections for up to {timeout}s", None, 2),
+                (
+                    "{why} while draining: ending the drain, closing {count}"
+                    " connections",
+                    "SIGTERM",
+                    2,
+                ),
+            ],
+        )
+
+    def test_endDrainBeforeItStarts(self) -> None:
+        """
+        A second signal that arrives before the drain began (the reactor
+        had not yet run its shutdown triggers) still ends it at once.
+        """
+        self.harness.pair()
+        self.gateway.endDrain("SIGINT")
+        self.successResultOf(self.gateway.stopService())
+        self.assertEqual(self.closeReasons(), [stats.SHUTDOWN])
+
     def test_boundAfterStop(self) -> None:
         """
         A listener whose endpoint binds only after the stop began closes its
@@ -381,3 +512,292 @@ class _LateEndpoint:
 
     def listen(self, factory: object) -> Deferred:
         return self._result
+
+
+class _Signals:
+    """
+    Stands in for the L{signal} module: handlers kept, not installed.
+    """
+
+    def __init__(self, handlers: dict) -> None:
+        self.handlers = dict(handlers)
+
+    def getsignal(self, number: int) -> object:
+        return self.handlers.get(number, signal.SIG_DFL)
+
+    def signal(self, number: int, handler: object) -> object:
+        previous = self.getsignal(number)
+        self.handlers[number] = handler
+        return previous
+
+
+class _ThreadlessReactor(MemoryReactorClock):
+    def callFromThread(self, function, *args) -> None:
+        function(*args)
+
+
+class StopSignalsTests(SynchronousTestCase):
+    """
+    L{StopSignals}: the first SIGTERM or SIGINT reaches the reactor's
+    handler, any later one ends the drain.
+    """
+
+    def setUp(self) -> None:
+        self.reactorSaw: list[int] = []
+        self.signals = _Signals(
+            {
+                signal.SIGTERM: lambda number, frame: self.reactorSaw.append(number),
+                signal.SIGINT: lambda number, frame: self.reactorSaw.append(number),
+            }
+        )
+        self.original = dict(self.signals.handlers)
+        self.reactor = _ThreadlessReactor()
+        self.ended: list[str] = []
+        self.gateway = GatewayService(Harness().connections, self.reactor, 5)
+        self.gateway.endDrain = self.ended.append
+        self.service = StopSignals(self.gateway, self.reactor, self.signals)
+
+    def test_installedWhenRunning(self) -> None:
+        """
+        The reactor installs its handlers when it starts; they are wrapped
+        only then.
+        """
+        self.service.startService()
+        self.assertEqual(self.signals.handlers, self.original)
+        self.reactor.run()
+        self.assertNotEqual(
+            self.signals.handlers[signal.SIGTERM], self.original[signal.SIGTERM]
+        )
+
+    def test_secondSignal(self) -> None:
+        self.service.startService()
+        self.reactor.run()
+        handler = self.signals.handlers[signal.SIGTERM]
+        handler(signal.SIGTERM, None)
+        self.assertEqual((self.reactorSaw, self.ended), ([signal.SIGTERM], []))
+        self.signals.handlers[signal.SIGINT](signal.SIGINT, None)
+        handler(signal.SIGTERM, None)
+        self.assertEqual(self.reactorSaw, [signal.SIGTERM])
+        self.assertEqual(self.ended, ["SIGINT", "SIGTERM"])
+        # The process is ending: the reactor's handlers stay wrapped.
+        self.service.stopService()
+        self.assertIs(self.signals.handlers[signal.SIGTERM], handler)
+
+    def test_alreadyDraining(self) -> None:
+        """
+        A stop that began otherwise: the first signal already ends the drain.
+        """
+        self.service.startService()
+        self.reactor.run()
+        self.gateway.draining = True
+        self.signals.handlers[signal.SIGTERM](signal.SIGTERM, None)
+        self.assertEqual((self.reactorSaw, self.ended), ([], ["SIGTERM"]))
+
+    def test_restored(self) -> None:
+        """
+        Stopped without a signal, the reactor's handlers are put back.
+        """
+        self.service.startService()
+        self.reactor.run()
+        self.service.stopService()
+        self.assertEqual(self.signals.handlers, self.original)
+
+
+class _LogFile:
+    path = "/var/log/gateway/twistd.log"
+
+    def __init__(self) -> None:
+        self.reopened = 0
+
+    def reopen(self) -> None:
+        self.reopened += 1
+
+
+class LogReopenTests(SynchronousTestCase):
+    """
+    L{LogReopenService}: SIGUSR1 reopens twistd's log file, or is logged
+    and ignored; it never ends the process.
+    """
+
+    def test_reopen(self) -> None:
+        logFile = _LogFile()
+
+        def rotateLog(signal, frame):
+            # Shaped like twistd's own handler: a closure over logFile.
+            logFile.rotate()
+
+        signals = _Signals({signal.SIGUSR1: rotateLog})
+        service = LogReopenService(_ThreadlessReactor(), signals)
+        service.startService()
+        with capturedLogs() as events:
+            signals.handlers[signal.SIGUSR1](signal.SIGUSR1, None)
+        self.assertEqual(logFile.reopened, 1)
+        self.assertEqual(
+            [event["log_format"] for event in events],
+            ["SIGUSR1: log file {path} reopened"],
+        )
+        service.stopService()
+        self.assertIs(signals.handlers[signal.SIGUSR1], rotateLog)
+
+    def test_noLogFile(self) -> None:
+        signals = _Signals({})
+        service = LogReopenService(_ThreadlessReactor(), signals)
+        service.startService()
+        self.assertTrue(callable(signals.handlers[signal.SIGUSR1]))
+        with capturedLogs() as events:
+            signals.handlers[signal.SIGUSR1](signal.SIGUSR1, None)
+        self.assertEqual(
+            [event["log_format"] for event in events],
+            ["SIGUSR1: twistd writes no log file to reopen; ignored"],
+        )
+        service.stopService()
+        self.assertEqual(signals.handlers[signal.SIGUSR1], signal.SIG_DFL)
+
+
+class BindFailureTests(SynchronousTestCase):
+    """
+    L{bindFailure} says why a listen failed without Python's words.
+    """
+
+    def test_inUse(self) -> None:
+        error = CannotListenError("127.0.0.1", 7000, OSError(errno.EADDRINUSE, "x"))
+        self.assertEqual(
+            bindFailure(Failure(error)),
+            "cannot listen on 127.0.0.1:7000: address already in use"
+            " (another process listens there)",
+        )
+
+    def test_privileged(self) -> None:
+        error = CannotListenError("", 80, OSError(errno.EACCES, "x"))
+        self.assertEqual(
+            bindFailure(Failure(error)),
+            "cannot listen on *:80: permission denied (ports below 1024 need"
+            " privileges: use the systemd socket units)",
+        )
+
+    def test_ipv6(self) -> None:
+        error = CannotListenError("::1", 7000, OSError(errno.EADDRNOTAVAIL, "x"))
+        self.assertEqual(
+            bindFailure(Failure(error)),
+            "cannot listen on [::1]:7000: cannot assign requested address"
+            " (no network interface of this host has that address)",
+        )
+
+    def test_unixLock(self) -> None:
+        """
+        The lock file's symlink names the PID first, the path second.
+        """
+        error = FileNotFoundError(
+            errno.ENOENT, "No such file", "21417", None, "/gone/gw.sock.lock"
+        )
+        self.assertEqual(
+            bindFailure(Failure(error)),
+            "cannot listen: /gone/gw.sock.lock: no such file or directory",
+        )
+
+    def test_unixSocket(self) -> None:
+        error = CannotListenError(None, "/run/gw.sock", OSError(errno.EACCES, "x"))
+        self.assertEqual(
+            bindFailure(Failure(error)),
+            "cannot listen on /run/gw.sock: permission denied",
+        )
+
+    def test_notAnOSError(self) -> None:
+        error = CannotListenError(
+            "", -1, OverflowError("bind(): port must be 0-65535.")
+        )
+        self.assertEqual(
+            bindFailure(Failure(error)),
+            "cannot listen on *:-1: port must be 0-65535",
+        )
+
+
+class StartFailedTests(SynchronousTestCase):
+    """
+    A listener that cannot bind ends start-up through
+    L{GatewayService.startFailed}, with its one line.
+    """
+
+    def test_listenFailed(self) -> None:
+        reactor = MemoryReactor()
+        gateway = GatewayService(Harness().connections, reactor, 5)
+        ListenerService(
+            "tcp:7000",
+            "--listen",
+            "tcp:7000",
+            _FailingEndpoint(),
+            Factory(),
+        ).setServiceParent(gateway)
+        lines: list[str] = []
+
+        def startFailed(line: str):
+            lines.append(line)
+            raise SystemExit(1)
+
+        gateway.startFailed = startFailed
+        self.assertRaises(SystemExit, gateway.privilegedStartService)
+        self.assertEqual(
+            lines,
+            [
+                "gateway: --listen tcp:7000: cannot listen on 127.0.0.1:7000:"
+                " address already in use (another process listens there)"
+            ],
+        )
+
+    def test_unexpected(self) -> None:
+        """
+        Any other exception: its traceback is logged, the line says so.
+        """
+        gateway = GatewayService(Harness().connections, MemoryReactor(), 5)
+        _Exploding().setServiceParent(gateway)
+        lines: list[str] = []
+        gateway.startFailed = lines.append
+        gateway.startService()
+        self.assertEqual(
+            lines, ["gateway: start-up failed unexpectedly; the log says where"]
+        )
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
+class LateBindTests(SynchronousTestCase):
+    def test_stops(self) -> None:
+        """
+        A listener whose endpoint fails once the reactor runs ends start-up:
+        the late-failure hooks get its line and the reactor is stopped.
+        """
+        reactor = MemoryReactorClock()
+        gateway = GatewayService(Harness().connections, reactor, 5)
+        late: Deferred = Deferred()
+        ListenerService(
+            "tcp:7001", "--listen", "tcp:7001", _LateEndpoint(late), Factory()
+        ).setServiceParent(gateway)
+        lines: list[str] = []
+        gateway.lateFailureHooks.append(lines.append)
+        gateway.startService()
+        reactor.run()
+        with capturedLogs():
+            late.errback(
+                CannotListenError("127.0.0.1", 7001, OSError(errno.EADDRINUSE, "x"))
+            )
+        self.assertEqual(
+            lines,
+            [
+                "gateway: --listen tcp:7001: cannot listen on 127.0.0.1:7001:"
+                " address already in use (another process listens there)"
+            ],
+        )
+        self.assertFalse(reactor.running)
+
+
+class _FailingEndpoint:
+    def listen(self, factory: object) -> Deferred:
+        from twisted.internet.defer import fail
+
+        return fail(
+            CannotListenError("127.0.0.1", 7000, OSError(errno.EADDRINUSE, "x"))
+        )
+
+
+class _Exploding(Service):
+    def startService(self) -> None:
+        raise ZeroDivisionError("a bug")

@@ -146,6 +146,16 @@ class UnitContentTests(SynchronousTestCase):
         for socket in [plain, tls]:
             self.assertNotIn("yes", socket.get("Accept", []))
 
+    def test_socketBacklog(self) -> None:
+        """
+        The socket units queue as many connections as the gateway's own
+        listeners do (SPEC §2).
+        """
+        from gateway.endpoints import LISTEN_BACKLOG
+
+        for path in [SOCKET, TLS_SOCKET]:
+            self.assertEqual(readUnit(path)["Socket"]["Backlog"], [str(LISTEN_BACKLOG)])
+
     def test_memoryDenyWriteExecute(self) -> None:
         """
         C{MemoryDenyWriteExecute=yes} is only set if Twisted's TLS works under

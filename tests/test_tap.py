@@ -165,3 +165,214 @@ class BadValueTests(SynchronousTestCase):
         self.check("--listen-tls", "--listen-tls", "tcp:0")
         self.check("--tls-cert", "--listen-tls", "tcp:0", "--tls-cert", "/nonexistent")
         self.check("--tls-min-version", "--tls-min-version", "1.1")
+
+
+# Words that give a Python exception away; none belongs in an operator's
+# error line.
+PYTHON_WORDS = (
+    "Traceback",
+    "__init__",
+    "positional argument",
+    "multiple values",
+    "invalid literal",
+    "Error",
+    "Errno",
+    "NoneType",
+    "->",
+    "b'",
+    "_parse",
+    "keyword argument",
+)
+
+
+def certificateFile(testCase: SynchronousTestCase) -> str:
+    import trustme
+
+    path = testCase.mktemp()
+    trustme.CA().issue_cert("gw.example").private_key_and_cert_chain_pem.write_to_path(
+        path
+    )
+    return path
+
+
+# (arguments, the option the line must name, a phrase it must hold)
+BAD_ARGUMENTS = [
+    (["--backend", "tcp:host=x"], "--backend", "no port"),
+    (["--backend", "tcp:9000:127.0.0.1"], "--backend", "is not a number"),
+    (["--backend", "tcp:host=::1:port=9000"], "--backend", r"host=\:\:1"),
+    (["--backend", "tls:h:1:trustRoots=/nonexistent"], "--backend", "does not exist"),
+    (["--backend", "ssl:host=h:port=1"], "--backend", "tls:HOST:PORT"),
+    (["--backend", "unix:"], "--backend", "no path"),
+    (["--listen", "tcp6:7000:interface=::1"], "--listen", r"interface=\:\:1"),
+    (["--listen", "tcp:127.0.0.1:7000"], "--listen", "tcp:7000:interface=127.0.0.1"),
+    (["--listen", "unix:/nonexistent/dir/gw.sock"], "--listen", "does not exist"),
+    (["--listen", "ssl:7443"], "--listen", "use --listen-tls"),
+    (["--listen", "tcp:99999"], "--listen", "from 0 to 65535"),
+    (["--listen", "haproxy:tcp:x"], "--listen", "not a number"),
+    (["--metrics", "tcp:"], "--metrics", "no port"),
+    (["--metrics", "tcp:9180:interface=::1"], "--metrics", r"interface=\:\:1"),
+    (["--client-framing", "json"], "--client-framing", "unknown framing"),
+    (["--max-message-size", "lots"], "--max-message-size", "not an integer"),
+    (["--idle-timeout", "-1"], "--idle-timeout", "0 or more"),
+    (["--bogus"], "--bogus", "no such gateway option"),
+    (["--listen"], "--listen", "needs a value"),
+    (["--tls"], "--tls", "several options"),
+    (["stray"], "'stray'", "every gateway setting is an option"),
+    (
+        ["--client-framing", "lf", "--client-framing", "crlf"],
+        "--client-framing",
+        "twice",
+    ),
+    (["--metrics=none", "--metrics", "tcp:1"], "--metrics", "twice"),
+    (["--backend-framing", "int8"], "--backend-framing int8", "at most 255 bytes"),
+    (["--client-framing", "int16"], "--client-framing int16", "at most 65535 bytes"),
+    (
+        ["--backend-framing", "int8", "--max-message-size", "256"],
+        "--max-message-size",
+        "255 or less",
+    ),
+    (["--tls-key", "k.pem"], "--tls-key", "no --listen-tls"),
+    (["--tls-client-ca", "ca.pem"], "--tls-client-ca", "no --listen-tls"),
+    (["--tls-min-version", "1.3"], "--tls-min-version", "no --listen-tls"),
+]
+
+
+class OperatorWordsTests(SynchronousTestCase):
+    """
+    Every mistake is one line naming the option, in an operator's words.
+    """
+
+    def test_table(self) -> None:
+        for arguments, option, phrase in BAD_ARGUMENTS:
+            error = self.assertRaises(UsageError, parse, *arguments)
+            message = str(error)
+            self.assertNotIn("\n", message)
+            self.assertIn(option, message, arguments)
+            self.assertIn(phrase, message, arguments)
+            for word in PYTHON_WORDS:
+                self.assertNotIn(word, message, (arguments, message))
+
+    def test_tlsFilesWithoutListener(self) -> None:
+        """
+        A certificate given without a TLS listener would serve nothing: the
+        gateway would silently listen in plaintext.
+        """
+        path = certificateFile(self)
+        error = self.assertRaises(UsageError, parse, "--tls-cert", path)
+        self.assertIn("--tls-cert: there is no --listen-tls listener", str(error))
+        parse("--tls-cert", path, "--listen-tls", "tcp:0")
+
+    def test_framingLimits(self) -> None:
+        """
+        The largest size a framing can carry is accepted; one more is not.
+        """
+        for framing, limit in [("int8", 255), ("int16", 65535)]:
+            for side in ("--client-framing", "--backend-framing"):
+                options = parse(side, framing, "--max-message-size", str(limit))
+                self.assertEqual(options["max-message-size"], limit)
+                self.assertRaises(
+                    UsageError,
+                    parse,
+                    side,
+                    framing,
+                    "--max-message-size",
+                    str(limit + 1),
+                )
+        parse("--backend-framing", "int32", "--max-message-size", str(2**32 - 1))
+        self.assertRaises(
+            UsageError,
+            parse,
+            "--backend-framing",
+            "int32",
+            "--max-message-size",
+            str(2**32),
+        )
+
+    def test_repeatable(self) -> None:
+        """
+        The repeatable options still repeat.
+        """
+        options = parse("--listen", "tcp:1", "--listen", "tcp:2", "--metrics", "none")
+        self.assertEqual(options["listen"], ["tcp:1", "tcp:2"])
+
+
+class UnderTwistdTests(SynchronousTestCase):
+    """
+    Run by twistd, a mistake ends the process with the one line on stderr:
+    twistd would print its whole usage text before it
+    (C{twisted.application.app.run}).
+    """
+
+    def test_oneLine(self) -> None:
+        import sys
+
+        from twisted.scripts.twistd import ServerOptions
+
+        config = ServerOptions()
+        error = self.assertRaises(
+            SystemExit,
+            config.parseOptions,
+            ["-n", "gateway", "--backend", "tcp:host=x"],
+        )
+        prefix = " ".join(sys.argv[0:2])
+        self.assertEqual(
+            error.code,
+            f"{prefix}: --backend 'tcp:host=x': no port: write tcp:host=HOST:port=PORT",
+        )
+
+    def test_table(self) -> None:
+        """
+        Every mistake of L{BAD_ARGUMENTS}, through twistd's own option
+        parser, ends with its one line.
+        """
+        from twisted.scripts.twistd import ServerOptions
+
+        for arguments, option, phrase in BAD_ARGUMENTS:
+            error = self.assertRaises(
+                SystemExit, ServerOptions().parseOptions, ["gateway", *arguments]
+            )
+            self.assertIsInstance(error.code, str)
+            self.assertNotIn("\n", error.code)
+            self.assertIn(option, error.code)
+            self.assertIn(phrase, error.code)
+
+    def test_help(self) -> None:
+        """
+        C{--help} prints the usage and exits 0.
+        """
+        import io
+        from contextlib import redirect_stdout
+
+        from twisted.scripts.twistd import ServerOptions
+
+        out = io.StringIO()
+        with redirect_stdout(out):
+            error = self.assertRaises(
+                SystemExit, ServerOptions().parseOptions, ["gateway", "--help"]
+            )
+        self.assertEqual(error.code, 0)
+        self.assertIn("--max-message-size", out.getvalue())
+
+
+class VersionTests(SynchronousTestCase):
+    def test_line(self) -> None:
+        """
+        One line: the gateway's version, then Twisted's, Python's and
+        OpenSSL's.
+        """
+        import platform
+        import re
+
+        from gateway import __version__
+        from gateway.tap import versionLine
+        from twisted import version
+
+        line = versionLine()
+        self.assertRegex(
+            line,
+            r"^gateway \S+ \(Twisted \S+, Python \S+, OpenSSL \d+\.\d+\.\d+\S*\)$",
+        )
+        self.assertIn(f"gateway {__version__} ", line)
+        self.assertIn(f"Twisted {version.short()},", line)
+        self.assertIn(f"Python {platform.python_version()},", line)
+        self.assertIsNone(re.search(r"\n", line))
