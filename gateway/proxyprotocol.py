@@ -203,7 +203,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
             return
         self._source, self._destination, length = parsed
         rest, self._buffer = self._buffer[length:], None
-        receiver = IProxyHeaderReceiver(self.wrappedProtocol, None)
+        receiver = self._receiver()
         if receiver is not None:
             receiver.proxyHeaderReceived()
         if rest:
@@ -213,11 +213,22 @@ class ProxyHeaderProtocol(ProtocolWrapper):
         # Whatever else arrives is not the header either: it is dropped.
         self._failed = True
         self._buffer = b""
-        receiver = IProxyHeaderReceiver(self.wrappedProtocol, None)
+        receiver = self._receiver()
         if receiver is not None:
             receiver.proxyHeaderInvalid(detail)
         else:
             self.transport.loseConnection()
+
+    def _receiver(self) -> IProxyHeaderReceiver | None:
+        # The receiver may sit under other wrappers (TLS, when the header
+        # comes in clear before the handshake): look through them.
+        protocol: object = self.wrappedProtocol
+        while protocol is not None:
+            receiver = IProxyHeaderReceiver(protocol, None)
+            if receiver is not None:
+                return receiver
+            protocol = getattr(protocol, "wrappedProtocol", None)
+        return None
 
     def readConnectionLost(self) -> None:
         if self._buffer is not None:

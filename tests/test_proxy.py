@@ -20,8 +20,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import stats
-from gateway.codec import FRAMINGS, framing
-from gateway.proxy import Connections, ProxyFactory, Translator
+from gateway.codec import framing
+from gateway.proxy import Connections, ProxyFactory
 
 LIMIT = 100
 
@@ -106,48 +106,6 @@ class Harness:
 
 def frame(payload: bytes) -> bytes:
     return len(payload).to_bytes(4, "big") + payload
-
-
-class TranslatorTests(SynchronousTestCase):
-    def test_chunked(self):
-        """
-        Messages split across chunks come out whole, with their counts.
-        """
-        translator = Translator(framing("lf", LIMIT), framing("int32", LIMIT))
-        self.assertEqual(translator.feed(b"ab"), (b"", 0, 0))
-        self.assertEqual(translator.feed(b"c\n\nd"), (frame(b"abc") + frame(b""), 2, 3))
-        self.assertEqual(translator.finish(), (frame(b"d"), 1, 1))
-
-    def test_salvage(self):
-        """
-        A bad message fails the chunk, but the ones before it are salvaged.
-        """
-        from gateway.codec import FramingError
-
-        translator = Translator(framing("int32", LIMIT), framing("lf", LIMIT))
-        error = self.assertRaises(
-            FramingError, translator.feed, frame(b"ok") + frame(b"a\nb") + frame(b"x")
-        )
-        self.assertEqual(error.reason, "unencodable")
-        self.assertEqual((error.salvage, error.salvageCounts), (b"ok\n", (1, 2)))
-
-    def test_payloadCounts(self):
-        """
-        The payload bytes reported for a chunk are the sum of its messages'
-        lengths, for every framing (most work it out from the framing's
-        fixed overhead instead of summing), whatever the chunk boundaries.
-        """
-        messages = [b"", b"a", b"bc" * 20, b"", b"d" * 99]
-        for name in FRAMINGS:
-            stream = framing(name, LIMIT).encode(messages)
-            for size in (1, 3, len(stream)):
-                translator = Translator(framing(name, LIMIT), framing("int32", LIMIT))
-                counts = [0, 0]
-                for start in range(0, len(stream), size):
-                    _, count, payload = translator.feed(stream[start : start + size])
-                    counts[0] += count
-                    counts[1] += payload
-                self.assertEqual(counts, [5, 140], (name, size))
 
 
 def tcpServerTransport(testCase, protocol):
