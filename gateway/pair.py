@@ -164,15 +164,16 @@ class Pair:
     @ivar endedFirst: the side whose stream ended first, if one has.
     """
 
-    reason: str | None = None
-    endedFirst: str | None = None
+    # One per open connection: slots and tuples keep it small.
+    __slots__ = ("io", "phase", "steps", "connected", "reason", "endedFirst", "_quiet")
 
     def __init__(self, io: PairIO, steps: tuple[Step, ...] = ()) -> None:
         self.io = io
         self.phase = Phase.PREAMBLE
-        self.steps = list(steps)
-        self.connected = {stats.CLIENT}
-        self._ended: set[str] = set()
+        self.steps = steps
+        self.connected: tuple[str, ...] = (stats.CLIENT,)
+        self.reason: str | None = None
+        self.endedFirst: str | None = None
         self._quiet = False
 
     def start(self) -> None:
@@ -194,8 +195,7 @@ class Pair:
             return
         if not self.steps or self.steps[0] != step:
             raise IllegalEvent(f"{step.name} done while {self._underWay()}")
-        del self.steps[0]
-        self.steps.extend(then)
+        self.steps = self.steps[1:] + then
         if not self.steps:
             self._connect()
 
@@ -216,7 +216,7 @@ class Pair:
         if self._expect("backendConnected", (Phase.CONNECTING,), _DONE):
             return False
         self.phase = Phase.RELAYING
-        self.connected.add(stats.BACKEND)
+        self.connected = (stats.CLIENT, stats.BACKEND)
         self.io.relay()
         return True
 
@@ -243,13 +243,13 @@ class Pair:
         if self.phase is Phase.PREAMBLE:
             self._close(self.steps[0].leftReason)
             return
+        bothEnded = self.endedFirst not in (None, side)
         if self.endedFirst is None:
             self.endedFirst = side
-        self._ended.add(side)
         self.io.finishStream(side)
         # Delivering the rest may have ended the pair (a protocol error, a
         # side that cannot half-close closing at once).
-        if self.phase in _FLOWING and len(self._ended) == 2:
+        if bothEnded and self.phase in _FLOWING:
             self._close(_SIDE_CLOSED[self.endedFirst])
 
     def protocolError(self) -> None:
@@ -281,7 +281,7 @@ class Pair:
         """
         if self.phase is Phase.CLOSED:
             raise IllegalEvent(f"{side} lost after the pair was closed")
-        self.connected.discard(side)
+        self.connected = tuple(s for s in self.connected if s != side)
         if self.phase is Phase.PREAMBLE:
             self._close(self.steps[0].leftReason)
         elif self.phase in _FLOWING:

@@ -164,10 +164,22 @@ class Direction:
     @ivar ended: whether the sending side has ended its stream.
     """
 
-    target: ITransport | None = None
-    source: ITransport | None = None
-    feeding = False
-    ended = False
+    # Two per open connection: slots keep them small.
+    __slots__ = (
+        "peer",
+        "translator",
+        "count",
+        "seconds",
+        "failed",
+        "pending",
+        "messages",
+        "bytes",
+        "lastRead",
+        "target",
+        "source",
+        "feeding",
+        "ended",
+    )
 
     def __init__(
         self,
@@ -182,16 +194,20 @@ class Direction:
         self.count = count
         self.seconds = seconds
         self.failed = failed
-        self.pending: list[bytes] = []
+        self.pending: list[bytes] | None = None
         self.messages = self.bytes = 0
         self.lastRead = seconds()
+        self.target: ITransport | None = None
+        self.source: ITransport | None = None
+        self.feeding = False
+        self.ended = False
 
     def dataReceived(self, data: bytes) -> None:
         out, messages, payload, error = self.translator.feed(data)
         if messages:
             target = self.target
             if target is None:
-                self.pending.append(out)
+                self._wait(out)
             else:
                 writethrough.write(target, out)
             self.messages += messages
@@ -213,7 +229,7 @@ class Direction:
         out, messages, payload, error = self.translator.finish()
         if messages:
             if self.target is None:
-                self.pending.append(out)
+                self._wait(out)
             else:
                 writethrough.write(self.target, out)
             self.messages += messages
@@ -223,6 +239,12 @@ class Direction:
             self.failed(self.peer, error)
             return False
         return True
+
+    def _wait(self, out: bytes) -> None:
+        # Before the backend is connected: kept until L{link}.
+        if self.pending is None:
+            self.pending = []
+        self.pending.append(out)
 
     def link(self, source: ITransport, target: ITransport) -> None:
         """
@@ -235,7 +257,7 @@ class Direction:
         self.feeding = True
         if self.pending:
             target.write(b"".join(self.pending))
-            self.pending = []
+        self.pending = None
 
     def unlink(self) -> None:
         """
@@ -368,19 +390,20 @@ class ClientProtocol(Protocol):
         self.clock = clock
         self.startedAt = clock.seconds()
         self.clientAddress = describeAddress(self.transport.getPeer())
+        seconds, failed = clock.seconds, self._protocolError
         self.upstream = Direction(
             stats.CLIENT,
             Translator(factory.clientFraming, factory.backendFraming),
             self.stats.upstream,
-            clock.seconds,
-            self._protocolError,
+            seconds,
+            failed,
         )
         self.downstream = Direction(
             stats.BACKEND,
             Translator(factory.backendFraming, factory.clientFraming),
             self.stats.downstream,
-            clock.seconds,
-            self._protocolError,
+            seconds,
+            failed,
         )
         # The per-chunk path, straight to the translation.
         self.dataReceived = self.upstream.dataReceived  # type: ignore[method-assign]

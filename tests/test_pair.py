@@ -106,7 +106,7 @@ class PreambleTests(SynchronousTestCase):
         pair, io = makePair(PROXY_HEADER, TLS_HANDSHAKE)
         pair.stepDone(PROXY_HEADER, then=(FIRST_BYTE,))
         pair.stepDone(TLS_HANDSHAKE)
-        self.assertEqual(pair.steps, [FIRST_BYTE])
+        self.assertEqual(pair.steps, (FIRST_BYTE,))
         pair.stepDone(FIRST_BYTE)
         self.assertEqual(pair.phase, Phase.CONNECTING)
 
