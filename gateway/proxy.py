@@ -482,12 +482,15 @@ class ClientProtocol(Protocol):
 
     def _protocolError(self, peer: str, error: FramingError) -> None:
         self.stats.protocolError(peer, error.reason)
+        # The field is errorReason: in the JSON log, reason is always a
+        # closed event's close reason.
         self.factory.log.warn(
-            "protocol error from {peer} {client} on {listener}: {error}",
+            "protocol error from {peer} {client} on {listener}:"
+            " {errorReason}: {error}",
             peer=peer,
             client=self.clientAddress,
             listener=self.factory.name,
-            reason=error.reason,
+            errorReason=error.reason,
             error=error.detail,
         )
         self.pair.protocolError()
