@@ -485,8 +485,7 @@ class ClientProtocol(Protocol):
         # The field is errorReason: in the JSON log, reason is always a
         # closed event's close reason.
         self.factory.log.warn(
-            "protocol error from {peer} {client} on {listener}:"
-            " {errorReason}: {error}",
+            "protocol error from {peer} {client} on {listener}: {errorReason}: {error}",
             peer=peer,
             client=self.clientAddress,
             listener=self.factory.name,
