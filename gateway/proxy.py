@@ -26,7 +26,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
-from gateway import stats, writethrough
+from gateway import progress, stats, writethrough
 from gateway.codec import Framing, FramingError, Translator
 from gateway.pair import PROXY_HEADER as PROXY_HEADER_STEP
 from gateway.pair import TLS_HANDSHAKE, Pair, Phase
@@ -364,7 +364,11 @@ class ClientProtocol(Protocol):
     time, and the timer, when it fires, either ends the pair or re-arms
     itself for the rest of the wait. (Moving a timer on every chunk, as
     L{twisted.protocols.policies.TimeoutMixin} does, costs a method call and
-    the reactor's rescheduling per chunk.)
+    the reactor's rescheduling per chunk.) Writes that made progress count
+    too: the timer also asks each connection how many bytes its peer has
+    taken (L{gateway.progress}), and more than the time before is activity,
+    dated when the timer sees it: so a pair whose peers stop taking bytes
+    ends between one and two idle timeouts after they stopped.
     """
 
     factory: ProxyFactory
@@ -374,6 +378,10 @@ class ClientProtocol(Protocol):
     rejected = False
     _connecting: Deferred[BackendProtocol] | None = None
     _idleCall: IDelayedCall | None = None
+    # What the client and the backend had taken (each connection's count
+    # starts at 0) when the idle timer last saw either grow, and when.
+    _delivered = (0, 0)
+    _lastDelivery = 0.0
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -472,8 +480,28 @@ class ClientProtocol(Protocol):
         self.pair.abort(reason)
 
     def _idleCheck(self) -> None:
-        last = max(self.upstream.lastRead, self.downstream.lastRead)
-        remaining = self.factory.idleTimeout - (self.clock.seconds() - last)
+        now = self.clock.seconds()
+        delivered = self.factory.delivered
+        backend = self.backend
+        taken = (
+            delivered(self.transport),
+            None if backend is None else delivered(backend.transport),
+        )
+        before = self._delivered
+        # Compared with the counts when progress was last seen, not when the
+        # timer last looked: a timer re-armed for a short rest of the wait
+        # would otherwise look at too short a time to see any.
+        if any(
+            count is not None and count > then
+            for count, then in zip(taken, before, strict=True)
+        ):
+            self._lastDelivery = now
+            self._delivered = (
+                before[0] if taken[0] is None else taken[0],
+                before[1] if taken[1] is None else taken[1],
+            )
+        last = max(self.upstream.lastRead, self.downstream.lastRead, self._lastDelivery)
+        remaining = self.factory.idleTimeout - (now - last)
         if remaining > 0:
             self._idleCall = self.clock.callLater(remaining, self._idleCheck)
         else:
@@ -607,6 +635,8 @@ class ProxyFactory(Factory):
     @ivar sendProxyHeader: when given, builds the PROXY header written to
         the backend before anything else, from the client's source and
         destination addresses.
+    @ivar delivered: how many bytes a connection's peer has taken, or None
+        when that is not known (L{gateway.progress.delivered}).
     """
 
     protocol = ClientProtocol
@@ -626,6 +656,7 @@ class ProxyFactory(Factory):
         tls: bool = False,
         proxyHeader: bool = False,
         sendProxyHeader: Callable[[IAddress, IAddress], bytes] | None = None,
+        delivered: Callable[[ITransport], int | None] = progress.delivered,
     ) -> None:
         self.name = name
         self.clientFraming = clientFraming
@@ -638,3 +669,4 @@ class ProxyFactory(Factory):
         self.tls = tls
         self.proxyHeader = proxyHeader
         self.sendProxyHeader = sendProxyHeader
+        self.delivered = delivered

@@ -6,8 +6,10 @@ connection names its close reason.
 from __future__ import annotations
 
 import socket
+import time
 
 from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
 
 from tests.e2e import listenBackend, runGateway
 from tests.test_tls_e2e import (
@@ -135,3 +137,123 @@ class PreambleLayerTests(TLSTestCase):
             "gateway_tls_handshake_failures_total",
             listener=PROXY_TLS_LISTENER,
         )
+
+
+# The slow reader's pace, as a client on a slow link reads: 1000 bytes
+# every 0.1 s; for three idle timeouts of 2 s; then it reads the rest at
+# once. Messages of 999 bytes and their delimiter: 3000 make 3 MB.
+SLOW_READ = 1000
+SLOW_PAUSE = 0.1
+SLOW_IDLE_TIMEOUT = 2
+SLOW_SECONDS = 3 * SLOW_IDLE_TIMEOUT
+MESSAGE = b"m" * 999
+COUNT = 3000
+# The slow reader's receive buffer: small, so that its kernel opens its
+# window after each few reads. With loopback's 64 KiB segments and the
+# default buffers, the window stays shut until about 64 KiB have been read
+# (silly window avoidance): 6 s at this pace, when the gateway's kernel
+# learns nothing, and no gateway could tell the reader from a dead one.
+SLOW_RCVBUF = 4096
+
+
+def slowRead(sock: socket.socket, total: int) -> int:
+    """
+    Read C{sock} slowly for L{SLOW_SECONDS}, then the rest at once, up to
+    C{total} bytes or the end of the stream; how many bytes were read.
+    """
+    received = 0
+    end = time.monotonic() + SLOW_SECONDS
+    while time.monotonic() < end:
+        data = sock.recv(SLOW_READ)
+        if not data:
+            return received
+        received += len(data)
+        time.sleep(SLOW_PAUSE)
+    while received < total:
+        data = sock.recv(65536)
+        if not data:
+            break
+        received += len(data)
+    return received
+
+
+def rawBackend(testCase, serve) -> int:
+    """
+    A backend on a plain listening socket whose one connection C{serve}
+    handles in a thread; its port. Accepted sockets get L{SLOW_RCVBUF}.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RCVBUF)
+    testCase.addCleanup(listener.close)
+    result = deferToThread(lambda: serve(listener.accept()[0]))
+    testCase.addCleanup(lambda: result)
+    testCase.served = result
+    return listener.getsockname()[1]
+
+
+class SlowReaderTests(TestCase):
+    """
+    Bytes moving towards a slow reader are activity for the idle timeout,
+    in both directions.
+    """
+
+    async def test_slowClient(self):
+        """
+        The backend sends 3 MB at once; the client reads it slowly, for
+        longer than the idle timeout, and gets all of it.
+        """
+
+        def blast(sock):
+            with sock:
+                frame = len(MESSAGE).to_bytes(4, "big") + MESSAGE
+                sock.sendall(frame * COUNT)
+                sock.recv(1)
+
+        port = rawBackend(self, blast)
+        gateway = await runGateway(
+            self,
+            [
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--idle-timeout",
+                str(SLOW_IDLE_TIMEOUT),
+            ]
+            + backendOption(port),
+        )
+        client = socket.socket()
+        self.addCleanup(client.close)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RCVBUF)
+        client.connect(("127.0.0.1", gateway.port()))
+        total = (len(MESSAGE) + 1) * COUNT
+        self.assertEqual(await deferToThread(slowRead, client, total), total)
+        client.close()
+        await gateway.logged("client_closed")
+        self.assertNotIn("idle_timeout", gateway.log())
+
+    async def test_slowBackend(self):
+        """
+        The client sends 3 MB at once; the backend reads it slowly, for
+        longer than the idle timeout, and gets all of it.
+        """
+        total = (len(MESSAGE) + 4) * COUNT
+
+        def drain(sock):
+            with sock:
+                return slowRead(sock, total)
+
+        port = rawBackend(self, drain)
+        gateway = await runGateway(
+            self,
+            [
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--idle-timeout",
+                str(SLOW_IDLE_TIMEOUT),
+            ]
+            + backendOption(port),
+        )
+        client = connectRaw(gateway.port())
+        self.addCleanup(client.close)
+        await deferToThread(client.sendall, (MESSAGE + b"\n") * COUNT)
+        self.assertEqual(await self.served, total)
+        self.assertNotIn("idle_timeout", gateway.log())

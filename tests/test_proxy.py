@@ -582,3 +582,71 @@ class StuckPeerTests(SynchronousTestCase):
         self.assertFalse(backendTransport.connected)
         self.assertEqual(len(harness.connections), 0)
         self.assertEqual(harness.stats.named("closed"), [(stats.CLIENT_CLOSED, 10.0)])
+
+
+class WriteProgressTests(SynchronousTestCase):
+    """
+    Writes that make progress (a peer taking bytes) are activity for the
+    idle timeout, seen when its timer fires.
+    """
+
+    def slowReader(self, side):
+        """
+        A pair under a 10 s idle timeout, one chunk read at the start, whose
+        C{side} ("client" or "backend") transport's peer takes 200 more
+        bytes each second until 25 s; run to 25 s, one second at a time.
+        """
+        harness = Harness(idleTimeout=10)
+        taken = {}
+        harness.factory.delivered = taken.get
+        client, clientTransport, backend, backendTransport = harness.pair()
+        transport = clientTransport if side == "client" else backendTransport
+        backend.dataReceived(frame(b"x" * 50))
+        for seconds in range(1, 26):
+            harness.clock.advance(1)
+            taken[transport] = seconds * 200
+        return harness, clientTransport
+
+    def test_download(self):
+        """
+        A client that goes on reading keeps the pair open; once it stops,
+        the pair ends within two idle timeouts: the timer, firing at 10, 20
+        and 30 s, saw progress each time, and none at 40 s.
+        """
+        harness, clientTransport = self.slowReader("client")
+        harness.clock.pump([1] * 14)
+        self.assertTrue(clientTransport.connected)
+        harness.clock.advance(1)
+        self.assertFalse(clientTransport.connected)
+        self.assertEqual(harness.stats.named("closed"), [(stats.IDLE_TIMEOUT, 40.0)])
+
+    def test_upload(self):
+        """
+        The same for a backend that goes on reading.
+        """
+        harness, clientTransport = self.slowReader("backend")
+        harness.clock.pump([1] * 15)
+        self.assertEqual(harness.stats.named("closed"), [(stats.IDLE_TIMEOUT, 40.0)])
+
+    def test_unknown(self):
+        """
+        A transport whose progress cannot be known: reads only count.
+        """
+        harness = Harness(idleTimeout=10)
+        harness.factory.delivered = lambda transport: None
+        client, clientTransport, backend, backendTransport = harness.pair()
+        harness.clock.advance(10)
+        self.assertEqual(harness.stats.named("closed"), [(stats.IDLE_TIMEOUT, 10.0)])
+
+    def test_stalledFromStart(self):
+        """
+        A peer that never takes a byte: the pair ends one idle timeout after
+        the last read, as before.
+        """
+        harness = Harness(idleTimeout=10)
+        harness.factory.delivered = lambda transport: 0
+        client, clientTransport, backend, backendTransport = harness.pair()
+        harness.clock.advance(3)
+        backend.dataReceived(frame(b"x"))
+        harness.clock.pump([1] * 10)
+        self.assertEqual(harness.stats.named("closed"), [(stats.IDLE_TIMEOUT, 13.0)])
