@@ -92,13 +92,26 @@ class BackendPool:
         L{gateway.proxy.BackendProtocol}): an attempt lasts until it fires,
         so a TLS backend whose certificate fails verification counts as a
         failed connection, and the connect timeout covers the handshake.
-        Cancelling the result cancels the attempt under way.
+        Cancelling the result cancels the attempt under way: the caller
+        abandons it (its client left, a timer of its own fired, the drain
+        ended), which says nothing about the backend, so it is neither
+        counted as the backend's failure nor logged, and puts no backend
+        into backoff (SPEC section 3). It fails with L{CancelledError}.
 
         @raise NoBackendAvailable: (asynchronously) when every one failed.
         """
-        return Deferred.fromCoroutine(self._connect(factory))
+        abandoned = _Abandoned()
 
-    async def _connect(self, factory: Factory) -> IProtocol:
+        def abandon(result: Deferred[IProtocol]) -> None:
+            abandoned.yes = True
+            connecting.cancel()
+
+        result: Deferred[IProtocol] = Deferred(abandon)
+        connecting = Deferred.fromCoroutine(self._connect(factory, abandoned))
+        connecting.chainDeferred(result)
+        return result
+
+    async def _connect(self, factory: Factory, abandoned: _Abandoned) -> IProtocol:
         tried = []
         for backend in self.candidates():
             factory.backendName = backend.name  # type: ignore[attr-defined]
@@ -111,6 +124,10 @@ class BackendPool:
             except CancelledError:
                 raise
             except Exception as error:
+                if abandoned.yes:
+                    # An endpoint says so in its own words, such as
+                    # ConnectingCancelledError: the attempt was ours to end.
+                    raise CancelledError() from None
                 backend.failed(self._clock.seconds())
                 backend.stats.connectFailed()
                 self.log.warn(
@@ -124,6 +141,14 @@ class BackendPool:
             backend.stats.connected(self._clock.seconds() - started)
             return protocol
         raise NoBackendAvailable("every backend failed: " + ", ".join(tried))
+
+
+class _Abandoned:
+    """
+    Whether the caller has abandoned one L{BackendPool.connect}.
+    """
+
+    yes = False
 
 
 def _describe(error: Exception) -> str:

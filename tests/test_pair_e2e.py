@@ -257,3 +257,75 @@ class SlowReaderTests(TestCase):
         await deferToThread(client.sendall, (MESSAGE + b"\n") * COUNT)
         self.assertEqual(await self.served, total)
         self.assertNotIn("idle_timeout", gateway.log())
+
+
+def slowBackend(testCase) -> int:
+    """
+    A port whose connects never complete: a listening socket that accepts
+    nothing, its queue filled, so that the kernel drops further SYNs.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    testCase.addCleanup(listener.close)
+    # A backlog of 0 queues one connection (Linux queues backlog + 1); a
+    # few more make sure.
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(listener.getsockname())
+        testCase.addCleanup(filler.close)
+    return listener.getsockname()[1]
+
+
+class AbandonedConnectTests(TestCase):
+    """
+    A backend connect the gateway abandons is not the backend's failure.
+    """
+
+    async def test_abandoned(self):
+        """
+        With a slow-connecting backend and a healthy one: clients ended by
+        the idle timeout while the slow one connects leave that backend's
+        health alone: no "connect failed", no failure counted, no backoff
+        (the next client but one is sent to it again).
+        """
+        slowPort = slowBackend(self)
+        backend, healthyPort = listenBackend(self)
+        gateway = await runGateway(
+            self,
+            [
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--idle-timeout",
+                "1",
+                "--connect-timeout",
+                "10",
+            ]
+            + backendOption(slowPort)
+            + backendOption(healthyPort),
+        )
+        slowName = f"tcp:127.0.0.1:{slowPort}"
+        timedOut = connectRaw(gateway.port())
+        self.addCleanup(timedOut.close)
+        self.assertEqual(await deferToThread(rawReceiveAll, timedOut), b"")
+        await gateway.logged("idle_timeout")
+        served = connectRaw(gateway.port())
+        self.addCleanup(served.close)
+        served.sendall(b"hi\n")
+        self.assertEqual(await deferToThread(served.recv, 3), b"HI\n")
+        served.close()
+        await gateway.logged("client_closed")
+        # The third client is the slow backend's again (it was not backed
+        # off, or the healthy one would have it). It leaves at once; the
+        # gateway, which does not read a client before its backend is
+        # connected, learns of it only when the idle timeout ends it.
+        connectRaw(gateway.port()).close()
+        await gateway.logged("idle_timeout", count=2)
+        metrics = await deferToThread(_fetchMetrics, gateway.port("metrics"))
+        self.assertEqual(
+            sample(metrics, "gateway_backend_connect_failures_total", backend=slowName),
+            0,
+        )
+        self.assertNotIn("connect failed", gateway.log())
+        self.assertEqual(backend.accepted, 1)

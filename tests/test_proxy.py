@@ -515,6 +515,16 @@ class TimeoutTests(SynchronousTestCase):
 
 
 class ConnectionsTests(SynchronousTestCase):
+    def test_closeAllWhileConnecting(self):
+        """
+        The end of a drain abandons a backend connect under way.
+        """
+        harness = Harness()
+        harness.connectClient()
+        harness.connections.closeAll(stats.SHUTDOWN)
+        self.assertEqual(harness.cancelled, [harness.attempts[0][0]])
+        self.assertEqual(harness.stats.named("closed"), [(stats.SHUTDOWN, 0.0)])
+
     def test_closeAll(self):
         """
         Closing all ends every pair with the reason given, and L{whenEmpty}
