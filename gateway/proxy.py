@@ -28,8 +28,8 @@ from zope.interface import alsoProvides, implementer
 
 from gateway import progress, stats, writethrough
 from gateway.codec import Framing, FramingError, Translator
+from gateway.pair import FIRST_BYTE, TLS_HANDSHAKE, Pair, Phase
 from gateway.pair import PROXY_HEADER as PROXY_HEADER_STEP
-from gateway.pair import TLS_HANDSHAKE, Pair, Phase
 from gateway.proxyprotocol import PROXY_HEADER, IProxyHeaderReceiver
 
 __all__ = [
@@ -432,9 +432,22 @@ class ClientProtocol(Protocol):
         # are dropped.
         pass
 
-    def proxyHeaderReceived(self) -> None:
-        if not self.rejected:
+    def proxyHeaderReceived(self, local: bool = False) -> None:
+        if self.rejected:
+            return
+        if local:
+            # A load balancer's health check: no backend until a byte comes.
+            self.dataReceived = self._firstBytes  # type: ignore[method-assign]
+            self.pair.stepDone(PROXY_HEADER_STEP, then=(FIRST_BYTE,))
+        else:
             self.pair.stepDone(PROXY_HEADER_STEP)
+
+    def _firstBytes(self, data: bytes) -> None:
+        self.dataReceived = self.upstream.dataReceived  # type: ignore[method-assign]
+        self.upstream.dataReceived(data)
+        # Unless those bytes already broke the framing.
+        if self.pair.phase is Phase.PREAMBLE:
+            self.pair.stepDone(FIRST_BYTE)
 
     def proxyHeaderInvalid(self, detail: str) -> None:
         if not self.rejected and self.pair.phase is Phase.PREAMBLE:

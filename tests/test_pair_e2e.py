@@ -329,3 +329,43 @@ class AbandonedConnectTests(TestCase):
         )
         self.assertNotIn("connect failed", gateway.log())
         self.assertEqual(backend.accepted, 1)
+
+
+# A PROXY version 2 LOCAL header, as HAProxy's "send-proxy-v2 check" sends:
+# the signature, version 2 command LOCAL, family unspecified, no address.
+V2_LOCAL_HEADER = b"\r\n\r\n\x00\r\nQUIT\n" + b"\x20\x00\x00\x00"
+PROXY_LISTENER = "proxy+tcp:0"
+
+
+class ProxyLocalTests(TestCase):
+    async def test_healthCheck(self):
+        """
+        A LOCAL connection that closes without a byte opens no backend
+        connection and is not logged at info level, though counted; one
+        that sends bytes is served.
+        """
+        backend, backendPort = listenBackend(self)
+        gateway = await runGateway(
+            self,
+            ["--listen", "haproxy:tcp:0:interface=127.0.0.1"]
+            + backendOption(backendPort),
+        )
+        check = connectRaw(gateway.port())
+        check.sendall(V2_LOCAL_HEADER)
+        check.close()
+        await waitForSample(
+            gateway,
+            1,
+            "gateway_connections_closed_total",
+            listener=PROXY_LISTENER,
+            reason="client_closed",
+        )
+        # twistd -n writes debug events too, with their level.
+        self.assertNotIn(f"#info] closed {PROXY_LISTENER}", gateway.log())
+        self.assertIn(f"#debug] closed {PROXY_LISTENER}", gateway.log())
+        self.assertEqual(backend.accepted, 0)
+        client = connectRaw(gateway.port())
+        self.addCleanup(client.close)
+        client.sendall(V2_LOCAL_HEADER + b"hi\n")
+        self.assertEqual(await deferToThread(client.recv, 3), b"HI\n")
+        self.assertEqual(backend.accepted, 1)

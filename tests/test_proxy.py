@@ -15,6 +15,7 @@ from twisted.internet.testing import (
     StringTransport,
     StringTransportWithDisconnection,
 )
+from twisted.logger import LogLevel, capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -57,7 +58,7 @@ class Harness:
     A proxy factory whose backend connections the test completes by hand.
     """
 
-    def __init__(self, limit=10, idleTimeout=0, clientFraming="lf"):
+    def __init__(self, limit=10, idleTimeout=0, clientFraming="lf", **options):
         self.clock = Clock()
         self.stats = RecordingStats()
         self.connections = Connections(limit)
@@ -72,6 +73,7 @@ class Harness:
             self.clock,
             self.stats,
             idleTimeout=idleTimeout,
+            **options,
         )
 
     def _connectBackend(self, backendFactory):
@@ -660,3 +662,59 @@ class WriteProgressTests(SynchronousTestCase):
         backend.dataReceived(frame(b"x"))
         harness.clock.pump([1] * 10)
         self.assertEqual(harness.stats.named("closed"), [(stats.IDLE_TIMEOUT, 13.0)])
+
+
+class ProxyLocalTests(SynchronousTestCase):
+    """
+    A PROXY version 2 C{LOCAL} header (a load balancer's health check)
+    opens no backend connection until the client sends a byte.
+    """
+
+    def test_noBackendUntilFirstByte(self):
+        harness = Harness(proxyHeader=True)
+        client, clientTransport = harness.connectClient()
+        client.proxyHeaderReceived(local=True)
+        self.assertEqual(harness.attempts, [])
+        client.dataReceived(b"first\n")
+        self.assertEqual(len(harness.attempts), 1)
+        backend, backendTransport = harness.connectBackend()
+        self.assertEqual(backendTransport.value(), frame(b"first"))
+        self.assertEqual(clientTransport.producerState, "producing")
+
+    def test_closedQuietly(self):
+        """
+        A LOCAL connection that ends without a byte is counted as closed
+        but logged at debug level only.
+        """
+        harness = Harness(proxyHeader=True)
+        client, clientTransport = harness.connectClient()
+        client.proxyHeaderReceived(local=True)
+        with capturedLogs() as events:
+            client.readConnectionLost()
+        self.assertEqual(harness.attempts, [])
+        self.assertEqual(harness.stats.named("closed"), [(stats.CLIENT_CLOSED, 0.0)])
+        closed = [e for e in events if e["log_format"].startswith("closed ")]
+        self.assertEqual([e["log_level"] for e in closed], [LogLevel.debug])
+
+    def test_notLocalLogged(self):
+        """
+        Any other connection's close is logged at info level.
+        """
+        harness = Harness(proxyHeader=True)
+        client, clientTransport = harness.connectClient()
+        client.proxyHeaderReceived()
+        with capturedLogs() as events:
+            clientTransport.loseConnection()
+        closed = [e for e in events if e["log_format"].startswith("closed ")]
+        self.assertEqual([e["log_level"] for e in closed], [LogLevel.info])
+
+    def test_localBadFirstBytes(self):
+        """
+        First bytes that break the framing end the pair before any backend.
+        """
+        harness = Harness(proxyHeader=True)
+        client, clientTransport = harness.connectClient()
+        client.proxyHeaderReceived(local=True)
+        client.dataReceived(b"x" * (LIMIT + 1))
+        self.assertEqual(harness.attempts, [])
+        self.assertEqual(harness.stats.named("closed"), [(stats.PROTOCOL_ERROR, 0.0)])
