@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from OpenSSL import SSL
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
     IAddress,
@@ -31,6 +32,7 @@ from gateway.codec import Framing, FramingError, Translator
 from gateway.pair import FIRST_BYTE, TLS_HANDSHAKE, Pair, Phase
 from gateway.pair import PROXY_HEADER as PROXY_HEADER_STEP
 from gateway.proxyprotocol import PROXY_HEADER, IProxyHeaderReceiver
+from gateway.refusals import RefusalLog
 
 __all__ = [
     "BackendFactory",
@@ -41,6 +43,7 @@ __all__ = [
     "ProxyFactory",
     "Translator",
     "describeAddress",
+    "describeTLS",
     "noDelay",
 ]
 
@@ -71,6 +74,43 @@ def describeAddress(address: IAddress) -> str:
     if name:
         return name.decode("utf-8", "replace") if isinstance(name, bytes) else name
     return "unix" if name is not None else str(address)
+
+
+# The reason a connection refused over the connection limit is counted
+# (C{gateway_connections_rejected_total}) and logged under.
+REFUSED_LIMIT = "limit"
+
+# Builds the TLS part of a close line from the client's TLS transport,
+# whether its handshake completed, and what ended the connection.
+DescribeTLS = Callable[[ITransport, bool, "Failure | None"], str]
+
+
+def describeTLS(
+    transport: ITransport, handshakeDone: bool, lostBecause: Failure | None
+) -> str:
+    """
+    The TLS part of a close line, starting with a space: C{" TLSv1.3
+    TLS_AES_256_GCM_SHA384 sni=gw.example"} after a handshake, C{" (http
+    request)"} (OpenSSL's reason) after a failed one; empty when there is
+    nothing to say.
+    """
+    if not handshakeDone:
+        error = lostBecause.value if lostBecause is not None else None
+        if isinstance(error, SSL.Error) and error.args and error.args[0]:
+            try:
+                return f" ({error.args[0][-1][2]})"
+            except (IndexError, TypeError):
+                return ""
+        return ""
+    getHandle = getattr(transport, "getHandle", None)
+    connection = getHandle() if getHandle is not None else None
+    if not isinstance(connection, SSL.Connection):
+        return ""
+    parts = [connection.get_protocol_version_name(), connection.get_cipher_name()]
+    serverName = connection.get_servername()
+    if serverName:
+        parts.append("sni=" + serverName.decode("ascii", "replace"))
+    return " " + " ".join(part for part in parts if part)
 
 
 def _canHalfClose(transport: ITransport) -> bool:
@@ -378,6 +418,8 @@ class ClientProtocol(Protocol):
     rejected = False
     _connecting: Deferred[BackendProtocol] | None = None
     _idleCall: IDelayedCall | None = None
+    _lostBecause: Failure | None = None
+    _tlsSession = ""
     # What the client and the backend had taken (each connection's count
     # starts at 0) when the idle timer last saw either grow, and when.
     _delivered = (0, 0)
@@ -390,6 +432,9 @@ class ClientProtocol(Protocol):
         if factory.connections.full():
             self.rejected = True
             self.stats.rejected()
+            factory.refusals.refused(
+                factory.name, REFUSED_LIMIT, describeAddress(self.transport.getPeer())
+            )
             self.transport.loseConnection()
             return
         factory.connections.add(self)
@@ -455,8 +500,12 @@ class ClientProtocol(Protocol):
             self._protocolError(stats.CLIENT, error)
 
     def handshakeCompleted(self) -> None:
-        if not self.rejected:
-            self.pair.stepDone(TLS_HANDSHAKE)
+        if self.rejected:
+            return
+        if self.factory.describeTLS is not None:
+            # Now: Twisted forgets the TLS connection when it is lost.
+            self._tlsSession = self.factory.describeTLS(self.transport, True, None)
+        self.pair.stepDone(TLS_HANDSHAKE)
 
     def readConnectionLost(self) -> None:
         if not self.rejected:
@@ -467,6 +516,8 @@ class ClientProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if not self.rejected:
+            # Kept for the close line: a failed TLS handshake's reason.
+            self._lostBecause = reason
             self.pair.lost(stats.CLIENT)
 
     def backendConnected(self, backend: BackendProtocol) -> bool:
@@ -621,7 +672,7 @@ class ClientProtocol(Protocol):
         (log.debug if quiet else log.info)(
             "closed {listener} {client} via {backend} after {duration:.3f}s:"
             " {messagesUp} messages ({bytesUp} bytes) up,"
-            " {messagesDown} messages ({bytesDown} bytes) down, {reason}",
+            " {messagesDown} messages ({bytesDown} bytes) down, {reason}{tls}",
             listener=self.factory.name,
             client=self.clientAddress,
             backend=self.backendName or "none",
@@ -631,8 +682,22 @@ class ClientProtocol(Protocol):
             messagesDown=self.downstream.messages,
             bytesDown=self.downstream.bytes,
             reason=reason,
+            tls=self._tlsDetail(),
         )
         self.factory.connections.remove(self)
+
+    def _tlsDetail(self) -> str:
+        """
+        The hook where a TLS connection's close line gets its TLS details:
+        the session (version, cipher, SNI, client certificate) after a
+        handshake, OpenSSL's reason after a failed one. Empty without TLS.
+        """
+        factory = self.factory
+        if not factory.tls or factory.describeTLS is None:
+            return ""
+        if TLS_HANDSHAKE not in self.pair.steps:
+            return self._tlsSession
+        return factory.describeTLS(self.transport, False, self._lostBecause)
 
 
 class ProxyFactory(Factory):
@@ -648,6 +713,9 @@ class ProxyFactory(Factory):
     @ivar sendProxyHeader: when given, builds the PROXY header written to
         the backend before anything else, from the client's source and
         destination addresses.
+    @ivar refusals: where refused connections are logged, rate-limited.
+    @ivar describeTLS: gives the TLS details of a TLS connection's close
+        line (see L{describeTLS}); None for none.
     @ivar delivered: how many bytes a connection's peer has taken, or None
         when that is not known (L{gateway.progress.delivered}).
     """
@@ -670,6 +738,8 @@ class ProxyFactory(Factory):
         proxyHeader: bool = False,
         sendProxyHeader: Callable[[IAddress, IAddress], bytes] | None = None,
         delivered: Callable[[ITransport], int | None] = progress.delivered,
+        refusals: RefusalLog | None = None,
+        describeTLS: DescribeTLS | None = describeTLS,
     ) -> None:
         self.name = name
         self.clientFraming = clientFraming
@@ -683,3 +753,5 @@ class ProxyFactory(Factory):
         self.proxyHeader = proxyHeader
         self.sendProxyHeader = sendProxyHeader
         self.delivered = delivered
+        self.refusals = refusals or RefusalLog(self.log, clock)
+        self.describeTLS = describeTLS

@@ -369,3 +369,52 @@ class ProxyLocalTests(TestCase):
         client.sendall(V2_LOCAL_HEADER + b"hi\n")
         self.assertEqual(await deferToThread(client.recv, 3), b"HI\n")
         self.assertEqual(backend.accepted, 1)
+
+
+class CloseLineTests(TLSTestCase):
+    async def test_refusedLogged(self):
+        """
+        Connections refused over --max-connections are logged, one line per
+        second at most, with the count of refusals each line stands for.
+        """
+        backend, backendPort = listenBackend(self)
+        gateway = await runGateway(
+            self,
+            ["--listen", "tcp:0:interface=127.0.0.1", "--max-connections", "1"]
+            + backendOption(backendPort),
+        )
+        held = connectRaw(gateway.port())
+        self.addCleanup(held.close)
+        held.sendall(b"hold\n")
+        self.assertEqual(await deferToThread(held.recv, 5), b"HOLD\n")
+        for _ in range(3):
+            refused = connectRaw(gateway.port())
+            self.addCleanup(refused.close)
+            self.assertEqual(await deferToThread(rawReceiveAll, refused), b"")
+        await gateway.logged("refused 1 connection(s) on tcp:0: limit")
+        await gateway.logged("refused 2 connection(s) on tcp:0: limit")
+
+    async def test_tlsDetails(self):
+        """
+        A TLS connection's close line names the TLS version, cipher and
+        SNI name; a failed handshake's, OpenSSL's reason.
+        """
+        backend, backendPort = listenBackend(self)
+        gateway = await runGateway(
+            self,
+            ["--listen-tls", "tcp:0:interface=127.0.0.1"]
+            + self.gatewayCertificate()
+            + backendOption(backendPort),
+        )
+        client = await self.handshake(gateway.port())
+        await deferToThread(client.send, b"hi\n")
+        self.assertEqual(await deferToThread(client.receive, 3), b"HI\n")
+        version = client.tls.version()
+        client.close()
+        await gateway.logged(f"client_closed {version} ")
+        self.assertIn("sni=gw.example", gateway.log())
+        plain = connectRaw(gateway.port())
+        self.addCleanup(plain.close)
+        plain.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        await deferToThread(rawReceiveAll, plain)
+        await gateway.logged("tls_error (http request)")

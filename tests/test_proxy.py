@@ -718,3 +718,54 @@ class ProxyLocalTests(SynchronousTestCase):
         client.dataReceived(b"x" * (LIMIT + 1))
         self.assertEqual(harness.attempts, [])
         self.assertEqual(harness.stats.named("closed"), [(stats.PROTOCOL_ERROR, 0.0)])
+
+
+class RefusalTests(SynchronousTestCase):
+    def test_refusedLogged(self):
+        """
+        Connections refused over the limit are logged, rate-limited: the
+        first at once, the rest of the second in one line with their count.
+        """
+        harness = Harness(limit=1)
+        harness.connectClient()
+        with capturedLogs() as events:
+            for _ in range(3):
+                harness.connectClient()
+            harness.clock.advance(1)
+        refused = [
+            (e["listener"], e["refusal"], e["count"], e["client"])
+            for e in events
+            if e["log_format"].startswith("refused")
+        ]
+        self.assertEqual(
+            refused,
+            [
+                ("tcp:7000", "limit", 1, "192.0.2.1:5000"),
+                ("tcp:7000", "limit", 2, "192.0.2.1:5000"),
+            ],
+        )
+
+
+class DescribeTLSTests(SynchronousTestCase):
+    def test_failedHandshake(self):
+        """
+        After a failed handshake: OpenSSL's reason.
+        """
+        from OpenSSL import SSL
+
+        from gateway.proxy import describeTLS
+
+        failure = Failure(SSL.Error([("SSL routines", "", "http request")]))
+        self.assertEqual(
+            describeTLS(StringTransport(), False, failure), " (http request)"
+        )
+        lost = Failure(ConnectionLost())
+        self.assertEqual(describeTLS(StringTransport(), False, lost), "")
+
+    def test_notTLS(self):
+        """
+        A transport with no TLS connection under it: nothing.
+        """
+        from gateway.proxy import describeTLS
+
+        self.assertEqual(describeTLS(StringTransport(), True, None), "")
