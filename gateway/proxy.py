@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
 from gateway import progress, stats, writethrough
+from gateway.backends import BackendConnection, BackendConnector
 from gateway.codec import Framing, FramingError, Translator
 from gateway.pair import FIRST_BYTE, TLS_HANDSHAKE, Pair, Phase
 from gateway.pair import PROXY_HEADER as PROXY_HEADER_STEP
@@ -380,14 +381,18 @@ class BackendProtocol(Protocol):
 
 class BackendFactory(Factory):
     """
-    Builds the one backend protocol of one client connection.
+    Builds the one backend protocol of one client connection; as a
+    L{gateway.backends.BackendConnector}, one factory per backend tried.
     """
 
     noisy = False
 
-    def __init__(self, client: ClientProtocol) -> None:
+    def __init__(self, client: ClientProtocol, backendName: str = "") -> None:
         self.client = client
-        self.backendName = ""
+        self.backendName = backendName
+
+    def factoryFor(self, backendName: str) -> BackendFactory:
+        return BackendFactory(self.client, backendName)
 
     def buildProtocol(self, addr: IAddress) -> BackendProtocol:
         return BackendProtocol(self.client, self.backendName)
@@ -416,7 +421,7 @@ class ClientProtocol(Protocol):
     backend: BackendProtocol | None = None
     backendName = ""
     rejected = False
-    _connecting: Deferred[BackendProtocol] | None = None
+    _connecting: Deferred[BackendConnection] | None = None
     _idleCall: IDelayedCall | None = None
     _lostBecause: Failure | None = None
     _tlsSession = ""
@@ -586,7 +591,7 @@ class ClientProtocol(Protocol):
         )
         self.pair.protocolError()
 
-    def _attemptDone(self, protocol: BackendProtocol) -> None:
+    def _attemptDone(self, protocol: BackendConnection) -> None:
         self._connecting = None
 
     def _attemptFailed(self, failure: Failure) -> None:
@@ -729,7 +734,7 @@ class ProxyFactory(Factory):
         name: str,
         clientFraming: Framing,
         backendFraming: Framing,
-        connectBackend: Callable[[BackendFactory], Deferred[BackendProtocol]],
+        connectBackend: Callable[[BackendConnector], Deferred[BackendConnection]],
         connections: Connections,
         clock: IReactorTime,
         stats: stats.ListenerStats,

@@ -76,12 +76,17 @@ class ReadyProtocol(Protocol):
 
 class NamedFactory(Factory):
     """
-    What L{gateway.proxy.BackendFactory} offers the pool: a C{backendName},
-    and protocols with a C{ready} Deferred.
+    A L{gateway.backends.BackendConnector} that is its own factory for
+    every backend, and remembers the name of the last one tried; its
+    protocols have a C{ready} Deferred.
     """
 
     protocol = ReadyProtocol
     backendName = ""
+
+    def factoryFor(self, backendName):
+        self.backendName = backendName
+        return self
 
 
 class PoolHarness:
@@ -303,3 +308,26 @@ class AbandonTests(SynchronousTestCase):
         self.successResultOf(attempt)
         self.assertEqual(harness.stats[0].failures, 1)
         self.assertEqual(harness.backends[0].failures, 1)
+
+
+class ContractTests(SynchronousTestCase):
+    def test_factoryUntouched(self):
+        """
+        The pool asks its caller for a factory per backend and sets nothing
+        on it.
+        """
+
+        class Connector:
+            def __init__(self):
+                self.asked = []
+
+            def factoryFor(self, backendName):
+                self.asked.append(backendName)
+                return Factory.forProtocol(ReadyProtocol)
+
+        harness = PoolHarness("refuse", "accept")
+        connector = Connector()
+        protocol = self.successResultOf(harness.pool.connect(connector))
+        self.assertIsInstance(protocol, ReadyProtocol)
+        self.assertEqual(connector.asked, ["a", "b"])
+        self.assertEqual(vars(connector), {"asked": ["a", "b"]})
