@@ -1,10 +1,15 @@
 """
 The translating proxy: every client connection gets its own backend connection.
 
-Bytes are translated per read chunk: a chunk is decoded into all the messages
-it completes, those are encoded for the other side and written with one call.
-Each transport is the streaming producer of the other, so a side that cannot
-keep up stops the gateway reading from the side that feeds it.
+The Twisted protocols here adapt bytes and events to a pair's life, which is
+kept in L{gateway.pair} (its phases, which event is legal when, the close
+reason), and do what it decides.
+
+Bytes are translated per read chunk, outside that machine: a protocol's
+C{dataReceived} is its L{Direction}'s, which decodes the chunk into all the
+messages it completes, encodes them for the other side and writes them with
+one call. Each transport is the streaming producer of the other, so a side
+that cannot keep up stops the gateway reading from the side that feeds it.
 """
 
 from __future__ import annotations
@@ -244,6 +249,10 @@ class Direction:
         self.ended = False
 
     def dataReceived(self, data: bytes) -> None:
+        """
+        Translate one chunk from the source and write it to the target (or
+        keep it until there is one); a framing error goes to C{failed}.
+        """
         out, messages, payload, error = self.translator.feed(data)
         if messages:
             target = self.target
