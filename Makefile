@@ -68,9 +68,14 @@ fuzz: $(BIN)/.installed
 		echo "atheris did not install: the codecs were not fuzzed"; \
 	fi
 
+# Type-checked strictly: the modules with no Twisted transport juggling.
+TYPED = gateway/codec gateway/stats.py gateway/backends.py gateway/names.py \
+	gateway/pair.py gateway/refusals.py gateway/progress.py
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check gateway twisted tests benchmarks
 	$(BIN)/ruff format --check gateway twisted tests benchmarks
+	$(BIN)/mypy --strict $(TYPED)
 
 format: $(BIN)/.installed
 	$(BIN)/ruff check --fix gateway twisted tests benchmarks

@@ -9,10 +9,15 @@ attempt that saw it fail moves straight on to the next backend.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.logger import Logger
 
 from gateway.stats import BackendStats
@@ -21,6 +26,35 @@ from gateway.stats import BackendStats
 # failure in a row doubles it, up to the maximum.
 FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 30.0
+
+
+@runtime_checkable
+class BackendConnection(Protocol):
+    """
+    What the pool needs of the protocol of a backend connection: to know
+    when it can carry messages.
+    """
+
+    @property
+    def ready(self) -> Deferred[Any]:
+        """
+        Fires once the connection can carry messages (at once over TCP, once
+        the backend's certificate is verified over TLS); fails with the
+        reason when the connection ends before; cancelling it aborts the
+        connection.
+        """
+
+
+class BackendConnector(Protocol):
+    """
+    What the pool needs of its caller: a factory for each backend it tries.
+    """
+
+    def factoryFor(self, backendName: str) -> IProtocolFactory:
+        """
+        The factory for a connection to the backend called C{backendName};
+        the protocols it builds are L{BackendConnection}s.
+        """
 
 
 class NoBackendAvailable(Exception):
@@ -83,34 +117,52 @@ class BackendPool:
         healthy = [backend for backend in rotated if backend.retryAt <= now]
         return healthy or [min(rotated, key=lambda backend: backend.retryAt)]
 
-    def connect(self, factory: Factory) -> Deferred[IProtocol]:
+    def connect(self, connector: BackendConnector) -> Deferred[BackendConnection]:
         """
-        Connect C{factory} to the first backend that accepts.
+        Connect a factory of C{connector}'s to the first backend that
+        accepts; fires with the connection's protocol.
 
-        Its C{backendName} is set to the name of the backend being tried.
-        The protocols it builds have a C{ready} Deferred (see
-        L{gateway.proxy.BackendProtocol}): an attempt lasts until it fires,
-        so a TLS backend whose certificate fails verification counts as a
-        failed connection, and the connect timeout covers the handshake.
-        Cancelling the result cancels the attempt under way.
+        An attempt lasts until the protocol's L{BackendConnection.ready}
+        fires, so a TLS backend whose certificate fails verification counts
+        as a failed connection, and the connect timeout covers the
+        handshake.
+        Cancelling the result cancels the attempt under way: the caller
+        abandons it (its client left, a timer of its own fired, the drain
+        ended), which says nothing about the backend, so it is neither
+        counted as the backend's failure nor logged, and puts no backend
+        into backoff (SPEC section 3). It fails with L{CancelledError}.
 
         @raise NoBackendAvailable: (asynchronously) when every one failed.
         """
-        return Deferred.fromCoroutine(self._connect(factory))
+        abandoned = _Abandoned()
 
-    async def _connect(self, factory: Factory) -> IProtocol:
+        def abandon(result: Deferred[BackendConnection]) -> None:
+            abandoned.yes = True
+            connecting.cancel()
+
+        result: Deferred[BackendConnection] = Deferred(abandon)
+        connecting = Deferred.fromCoroutine(self._connect(connector, abandoned))
+        connecting.chainDeferred(result)
+        return result
+
+    async def _connect(
+        self, connector: BackendConnector, abandoned: _Abandoned
+    ) -> BackendConnection:
         tried = []
         for backend in self.candidates():
-            factory.backendName = backend.name  # type: ignore[attr-defined]
             started = self._clock.seconds()
-            attempt = backend.endpoint.connect(factory)
-            attempt.addCallback(lambda protocol: protocol.ready)
+            connected = backend.endpoint.connect(connector.factoryFor(backend.name))
+            attempt: Deferred[BackendConnection] = connected.addCallback(_whenReady)
             attempt.addTimeout(self._connectTimeout, self._clock)
             try:
                 protocol = await attempt
             except CancelledError:
                 raise
             except Exception as error:
+                if abandoned.yes:
+                    # An endpoint says so in its own words, such as
+                    # ConnectingCancelledError: the attempt was ours to end.
+                    raise CancelledError() from None
                 backend.failed(self._clock.seconds())
                 backend.stats.connectFailed()
                 self.log.warn(
@@ -124,6 +176,21 @@ class BackendPool:
             backend.stats.connected(self._clock.seconds() - started)
             return protocol
         raise NoBackendAvailable("every backend failed: " + ", ".join(tried))
+
+
+def _whenReady(protocol: IProtocol) -> Deferred[BackendConnection]:
+    if not isinstance(protocol, BackendConnection):
+        raise TypeError(f"{protocol!r} is not a BackendConnection")
+    ready: Deferred[BackendConnection] = protocol.ready
+    return ready
+
+
+class _Abandoned:
+    """
+    Whether the caller has abandoned one L{BackendPool.connect}.
+    """
+
+    yes = False
 
 
 def _describe(error: Exception) -> str:

@@ -1,16 +1,22 @@
 """
 The translating proxy: every client connection gets its own backend connection.
 
-Bytes are translated per read chunk: a chunk is decoded into all the messages
-it completes, those are encoded for the other side and written with one call.
-Each transport is the streaming producer of the other, so a side that cannot
-keep up stops the gateway reading from the side that feeds it.
+The Twisted protocols here adapt bytes and events to a pair's life, which is
+kept in L{gateway.pair} (its phases, which event is legal when, the close
+reason), and do what it decides.
+
+Bytes are translated per read chunk, outside that machine: a protocol's
+C{dataReceived} is its L{Direction}'s, which decodes the chunk into all the
+messages it completes, encodes them for the other side and writes them with
+one call. Each transport is the streaming producer of the other, so a side
+that cannot keep up stops the gateway reading from the side that feeds it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from OpenSSL import SSL
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
     IAddress,
@@ -26,80 +32,26 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
-from gateway import stats, writethrough
-from gateway.codec import Framing, FramingError
+from gateway import progress, stats, writethrough
+from gateway.backends import BackendConnection, BackendConnector
+from gateway.codec import Framing, FramingError, Translator
+from gateway.pair import FIRST_BYTE, TLS_HANDSHAKE, Pair, Phase
+from gateway.pair import PROXY_HEADER as PROXY_HEADER_STEP
 from gateway.proxyprotocol import PROXY_HEADER, IProxyHeaderReceiver
+from gateway.refusals import RefusalLog
 
-
-class Translator:
-    """
-    Turns one side's byte stream into the other side's, chunk by chunk.
-
-    It keeps the bytes of a message that is not complete yet; nothing else.
-    """
-
-    def __init__(self, decoder: Framing, encoder: Framing) -> None:
-        self._decoder = decoder
-        self._encoder = encoder
-        self._overhead = decoder.overhead
-        self._rest = b""
-
-    def feed(self, data: bytes) -> tuple[bytes, int, int]:
-        """
-        Translate one chunk.
-
-        @return: the bytes for the other side, how many messages they hold
-            and how many payload bytes.
-        @raise FramingError: when the chunk breaks either framing; the error's
-            C{salvage} holds the translation of the valid messages before it.
-        """
-        if self._rest:
-            data = self._rest + data
-        try:
-            messages, rest = self._decoder.decode(data)
-            count = len(messages)
-            out = self._encoder.encode(messages, data) if count else b""
-        except FramingError as error:
-            raise self._salvaged(error)
-        self._rest = rest
-        if not count:
-            return b"", 0, 0
-        if self._overhead is None:
-            payload = sum(map(len, messages))
-        else:
-            payload = len(data) - len(rest) - count * self._overhead
-        return out, count, payload
-
-    def finish(self) -> tuple[bytes, int, int]:
-        """
-        Translate what is left once the sending side has ended its stream.
-        """
-        rest, self._rest = self._rest, b""
-        try:
-            messages = self._decoder.finish(rest)
-        except FramingError as error:
-            raise self._salvaged(error)
-        if not messages:
-            return b"", 0, 0
-        return self._encode(messages), len(messages), sum(map(len, messages))
-
-    def _encode(self, messages: list[bytes]) -> bytes:
-        try:
-            return self._encoder.encode(messages)
-        except FramingError as error:
-            raise self._salvaged(error)
-
-    def _salvaged(self, error: FramingError) -> FramingError:
-        # Messages that came before the bad ones were accepted: deliver them.
-        good = error.messages
-        try:
-            salvage = self._encoder.encode(good)
-        except FramingError as inner:
-            salvage = self._encoder.encode(inner.messages)
-            good = inner.messages
-        error.salvage = salvage  # type: ignore[attr-defined]
-        error.salvageCounts = (len(good), sum(map(len, good)))  # type: ignore[attr-defined]
-        return error
+__all__ = [
+    "BackendFactory",
+    "BackendProtocol",
+    "ClientProtocol",
+    "Connections",
+    "Direction",
+    "ProxyFactory",
+    "Translator",
+    "describeAddress",
+    "describeTLS",
+    "noDelay",
+]
 
 
 def noDelay(transport: ITransport) -> None:
@@ -115,9 +67,6 @@ def noDelay(transport: ITransport) -> None:
         pass
 
 
-_ORDINARY = frozenset({stats.CLIENT_CLOSED, stats.BACKEND_CLOSED})
-
-
 def describeAddress(address: IAddress) -> str:
     """
     A short printable form of a peer's address, for logs only.
@@ -131,6 +80,43 @@ def describeAddress(address: IAddress) -> str:
     if name:
         return name.decode("utf-8", "replace") if isinstance(name, bytes) else name
     return "unix" if name is not None else str(address)
+
+
+# The reason a connection refused over the connection limit is counted
+# (C{gateway_connections_rejected_total}) and logged under.
+REFUSED_LIMIT = "limit"
+
+# Builds the TLS part of a close line from the client's TLS transport,
+# whether its handshake completed, and what ended the connection.
+DescribeTLS = Callable[[ITransport, bool, "Failure | None"], str]
+
+
+def describeTLS(
+    transport: ITransport, handshakeDone: bool, lostBecause: Failure | None
+) -> str:
+    """
+    The TLS part of a close line, starting with a space: C{" TLSv1.3
+    TLS_AES_256_GCM_SHA384 sni=gw.example"} after a handshake, C{" (http
+    request)"} (OpenSSL's reason) after a failed one; empty when there is
+    nothing to say.
+    """
+    if not handshakeDone:
+        error = lostBecause.value if lostBecause is not None else None
+        if isinstance(error, SSL.Error) and error.args and error.args[0]:
+            try:
+                return f" ({error.args[0][-1][2]})"
+            except (IndexError, TypeError):
+                return ""
+        return ""
+    getHandle = getattr(transport, "getHandle", None)
+    connection = getHandle() if getHandle is not None else None
+    if not isinstance(connection, SSL.Connection):
+        return ""
+    parts = [connection.get_protocol_version_name(), connection.get_cipher_name()]
+    serverName = connection.get_servername()
+    if serverName:
+        parts.append("sni=" + serverName.decode("ascii", "replace"))
+    return " " + " ".join(part for part in parts if part)
 
 
 def _canHalfClose(transport: ITransport) -> bool:
@@ -200,10 +186,155 @@ async def _nothing() -> None:
     return None
 
 
+def _drop(data: bytes) -> None:
+    """
+    Where a side's bytes go once its pair has ended: nowhere.
+    """
+
+
+class Direction:
+    """
+    One direction of a pair: the bytes one side sends, translated for the
+    other. A pair has two, upstream (client to backend) and downstream.
+
+    L{dataReceived} is the per-chunk path: the receiving protocol's own
+    C{dataReceived} is this bound method while the pair is open, so a chunk
+    costs a call to it, the translation, one write and one count.
+
+    @ivar peer: the side whose bytes this direction reads (L{stats.CLIENT}
+        or L{stats.BACKEND}), blamed for a framing error.
+    @ivar target: the transport the translation is written to; None until
+        the backend is connected, when translations wait in C{pending}.
+    @ivar messages: messages sent on so far. C{bytes}: their payload bytes.
+    @ivar lastRead: when the last chunk was read (the clock's seconds).
+    @ivar ended: whether the sending side has ended its stream.
+    """
+
+    # Two per open connection: slots keep them small.
+    __slots__ = (
+        "peer",
+        "translator",
+        "count",
+        "seconds",
+        "failed",
+        "pending",
+        "messages",
+        "bytes",
+        "lastRead",
+        "target",
+        "source",
+        "feeding",
+        "ended",
+    )
+
+    def __init__(
+        self,
+        peer: str,
+        translator: Translator,
+        count: Callable[[int, int], None],
+        seconds: Callable[[], float],
+        failed: Callable[[str, FramingError], None],
+    ) -> None:
+        self.peer = peer
+        self.translator = translator
+        self.count = count
+        self.seconds = seconds
+        self.failed = failed
+        self.pending: list[bytes] | None = None
+        self.messages = self.bytes = 0
+        self.lastRead = seconds()
+        self.target: ITransport | None = None
+        self.source: ITransport | None = None
+        self.feeding = False
+        self.ended = False
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Translate one chunk from the source and write it to the target (or
+        keep it until there is one); a framing error goes to C{failed}.
+        """
+        out, messages, payload, error = self.translator.feed(data)
+        if messages:
+            target = self.target
+            if target is None:
+                self._wait(out)
+            else:
+                writethrough.write(target, out)
+            self.messages += messages
+            self.bytes += payload
+            self.count(messages, payload)
+        if error is None:
+            self.lastRead = self.seconds()
+        else:
+            self.failed(self.peer, error)
+
+    def finish(self) -> bool:
+        """
+        The sending side ended its stream: send on what is left of it.
+
+        @return: False when what was left broke the framing (then reported
+            through C{failed}).
+        """
+        self.ended = True
+        out, messages, payload, error = self.translator.finish()
+        if messages:
+            if self.target is None:
+                self._wait(out)
+            else:
+                writethrough.write(self.target, out)
+            self.messages += messages
+            self.bytes += payload
+            self.count(messages, payload)
+        if error is not None:
+            self.failed(self.peer, error)
+            return False
+        return True
+
+    def _wait(self, out: bytes) -> None:
+        # Before the backend is connected: kept until L{link}.
+        if self.pending is None:
+            self.pending = []
+        self.pending.append(out)
+
+    def link(self, source: ITransport, target: ITransport) -> None:
+        """
+        Start writing to C{target} what is read from C{source}, which
+        becomes C{target}'s streaming producer; send what waited.
+        """
+        self.source = source
+        self.target = target
+        target.registerProducer(source, True)  # type: ignore[attr-defined]
+        self.feeding = True
+        if self.pending:
+            target.write(b"".join(self.pending))
+        self.pending = None
+
+    def unlink(self) -> None:
+        """
+        The source stops being the target's producer: the target must not
+        resume it any more (it will send nothing, or the pair is closing).
+        """
+        if self.feeding:
+            self.feeding = False
+            self.target.unregisterProducer()  # type: ignore[union-attr]
+
+    def shut(self) -> None:
+        """
+        The source has ended: so does the target's write half, once what
+        was written to it is sent.
+        """
+        self.unlink()
+        _shutWrite(self.target)  # type: ignore[arg-type]
+
+
 @implementer(IHalfCloseableProtocol)
 class BackendProtocol(Protocol):
     """
     The backend end of a pair: hands every event to its client protocol.
+
+    Its bytes go straight to the pair's downstream L{Direction} once the pair
+    has taken it (see L{ClientProtocol.relay}); before that, and if the pair
+    ended while it was connecting, they are dropped.
 
     @ivar ready: fires with this protocol once the connection can carry
         messages: at once over TCP, once the backend's certificate is verified
@@ -212,7 +343,8 @@ class BackendProtocol(Protocol):
         the connection.
     """
 
-    _ready = False
+    # Whether the pair took this connection: its events are the pair's.
+    joined = False
 
     def __init__(self, client: ClientProtocol, backendName: str) -> None:
         self.client = client
@@ -236,36 +368,40 @@ class BackendProtocol(Protocol):
             self.handshakeCompleted()
 
     def handshakeCompleted(self) -> None:
-        self._ready = True
         self.client.backendConnected(self)
         self.ready.callback(self)
 
     def dataReceived(self, data: bytes) -> None:
-        self.client.backendDataReceived(data)
+        pass
 
     def readConnectionLost(self) -> None:
-        self.client.backendReadConnectionLost()
+        if self.joined:
+            self.client.pair.streamEnded(stats.BACKEND)
 
     def writeConnectionLost(self) -> None:
         pass
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self._ready:
-            self.client.backendConnectionLost(reason)
+        if self.joined:
+            self.client.pair.lost(stats.BACKEND)
         elif not self.ready.called:
             self.ready.errback(reason)
 
 
 class BackendFactory(Factory):
     """
-    Builds the one backend protocol of one client connection.
+    Builds the one backend protocol of one client connection; as a
+    L{gateway.backends.BackendConnector}, one factory per backend tried.
     """
 
     noisy = False
 
-    def __init__(self, client: ClientProtocol) -> None:
+    def __init__(self, client: ClientProtocol, backendName: str = "") -> None:
         self.client = client
-        self.backendName = ""
+        self.backendName = backendName
+
+    def factoryFor(self, backendName: str) -> BackendFactory:
+        return BackendFactory(self.client, backendName)
 
     def buildProtocol(self, addr: IAddress) -> BackendProtocol:
         return BackendProtocol(self.client, self.backendName)
@@ -274,35 +410,34 @@ class BackendFactory(Factory):
 @implementer(IHalfCloseableProtocol, IHandshakeListener, IProxyHeaderReceiver)
 class ClientProtocol(Protocol):
     """
-    The client end of a pair, and the owner of the pair's life.
-
-    It opens the backend connection, translates in both directions, keeps
-    the pair's counts and chooses the one reason the pair ended for.
+    The client end of a pair: adapts Twisted's events to the pair's
+    L{gateway.pair.Pair}, which holds its life, and does what the pair
+    decides (L{gateway.pair.PairIO}).
 
     The idle timeout is checked lazily: a read chunk only writes down the
     time, and the timer, when it fires, either ends the pair or re-arms
     itself for the rest of the wait. (Moving a timer on every chunk, as
     L{twisted.protocols.policies.TimeoutMixin} does, costs a method call and
-    the reactor's rescheduling per chunk.)
+    the reactor's rescheduling per chunk.) Writes that made progress count
+    too: the timer also asks each connection how many bytes its peer has
+    taken (L{gateway.progress}), and more than the time before is activity,
+    dated when the timer sees it: so a pair whose peers stop taking bytes
+    ends between one and two idle timeouts after they stopped.
     """
 
     factory: ProxyFactory
+    pair: Pair
     backend: BackendProtocol | None = None
     backendName = ""
-    closeReason: str | None = None
     rejected = False
-    _connecting: Deferred[BackendProtocol] | None = None
-    _clientReadDone = False
-    _backendReadDone = False
-    _clientGone = False
-    _backendGone = True
-    _handshakeDone = False
-    _broken = False
-    _reported = False
-    _backendFeedsClient = False
-    _clientFeedsBackend = False
+    _connecting: Deferred[BackendConnection] | None = None
     _idleCall: IDelayedCall | None = None
-    _lastActivity = 0.0
+    _lostBecause: Failure | None = None
+    _tlsSession = ""
+    # What the client and the backend had taken (each connection's count
+    # starts at 0) when the idle timer last saw either grow, and when.
+    _delivered = (0, 0)
+    _lastDelivery = 0.0
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -311,56 +446,166 @@ class ClientProtocol(Protocol):
         if factory.connections.full():
             self.rejected = True
             self.stats.rejected()
+            factory.refusals.refused(
+                factory.name, REFUSED_LIMIT, describeAddress(self.transport.getPeer())
+            )
             self.transport.loseConnection()
             return
         factory.connections.add(self)
         noDelay(self.transport)
-        self.clock = factory.clock
-        self.callLater = factory.clock.callLater
-        self.startedAt = factory.clock.seconds()
+        clock = factory.clock
+        self.clock = clock
+        self.startedAt = clock.seconds()
         self.clientAddress = describeAddress(self.transport.getPeer())
-        self.upstream = Translator(factory.clientFraming, factory.backendFraming)
-        self.downstream = Translator(factory.backendFraming, factory.clientFraming)
-        self.messagesUp = self.bytesUp = self.messagesDown = self.bytesDown = 0
-        self._pending: list[bytes] = []
+        seconds, failed = clock.seconds, self._protocolError
+        self.upstream = Direction(
+            stats.CLIENT,
+            Translator(factory.clientFraming, factory.backendFraming),
+            self.stats.upstream,
+            seconds,
+            failed,
+        )
+        self.downstream = Direction(
+            stats.BACKEND,
+            Translator(factory.backendFraming, factory.clientFraming),
+            self.stats.downstream,
+            seconds,
+            failed,
+        )
+        # The per-chunk path, straight to the translation.
+        self.dataReceived = self.upstream.dataReceived  # type: ignore[method-assign]
         if factory.idleTimeout:
-            self._lastActivity = self.startedAt
-            self._idleCall = self.callLater(factory.idleTimeout, self._idleCheck)
-        if not factory.tls and not factory.proxyHeader:
-            self._connectBackend()
+            self._idleCall = clock.callLater(factory.idleTimeout, self._idleCheck)
+        steps = []
+        if factory.proxyHeader:
+            steps.append(PROXY_HEADER_STEP)
+        if factory.tls:
+            steps.append(TLS_HANDSHAKE)
+        self.pair = Pair(self, tuple(steps))
+        self.pair.start()
 
-    def proxyHeaderReceived(self) -> None:
-        if not (self.rejected or self._clientGone or self._broken):
-            self._connectBackend()
+    # Twisted's events, handed to the pair.
+
+    def dataReceived(self, data: bytes) -> None:
+        # Replaced per connection (connectionMade); a rejected one's bytes
+        # are dropped.
+        pass
+
+    def proxyHeaderReceived(self, local: bool = False) -> None:
+        if self.rejected:
+            return
+        if local:
+            # A load balancer's health check: no backend until a byte comes.
+            self.dataReceived = self._firstBytes  # type: ignore[method-assign]
+            self.pair.stepDone(PROXY_HEADER_STEP, then=(FIRST_BYTE,))
+        else:
+            self.pair.stepDone(PROXY_HEADER_STEP)
+
+    def _firstBytes(self, data: bytes) -> None:
+        self.dataReceived = self.upstream.dataReceived  # type: ignore[method-assign]
+        self.upstream.dataReceived(data)
+        # Unless those bytes already broke the framing.
+        if self.pair.phase is Phase.PREAMBLE:
+            self.pair.stepDone(FIRST_BYTE)
 
     def proxyHeaderInvalid(self, detail: str) -> None:
-        if not (self.rejected or self._clientGone or self._broken):
+        if not self.rejected and self.pair.phase is Phase.PREAMBLE:
             error = FramingError(PROXY_HEADER, f"PROXY header: {detail}")
             self._protocolError(stats.CLIENT, error)
 
     def handshakeCompleted(self) -> None:
-        self._handshakeDone = True
-        # Behind haproxy: the client's address is known once the PROXY header
-        # is read, which is after connectionMade and before the handshake.
-        self.clientAddress = describeAddress(self.transport.getPeer())
-        if not self._clientGone and not self._broken:
-            self._connectBackend()
+        if self.rejected:
+            return
+        if self.factory.describeTLS is not None:
+            # Now: Twisted forgets the TLS connection when it is lost.
+            self._tlsSession = self.factory.describeTLS(self.transport, True, None)
+        self.pair.stepDone(TLS_HANDSHAKE)
 
-    def _connectBackend(self) -> None:
-        # Behind a PROXY header, the client's address is known only now.
-        self.clientAddress = describeAddress(self.transport.getPeer())
-        # Don't read anything until there is somewhere to send it.
-        self.transport.pauseProducing()
-        backendFactory = BackendFactory(self)
-        self._connecting = self.factory.connectBackend(backendFactory)
-        self._connecting.addCallbacks(self._backendAttemptDone, self._backendFailed)
+    def readConnectionLost(self) -> None:
+        if not self.rejected:
+            self.pair.streamEnded(stats.CLIENT)
 
-    def _backendAttemptDone(self, protocol: BackendProtocol) -> None:
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if not self.rejected:
+            # Kept for the close line: a failed TLS handshake's reason.
+            self._lostBecause = reason
+            self.pair.lost(stats.CLIENT)
+
+    def backendConnected(self, backend: BackendProtocol) -> bool:
+        """
+        C{backend}'s connection is up.
+
+        @return: whether the pair took it; if not, it is aborted.
+        """
+        self.backendName = backend.backendName
+        self.backend = backend
+        # Joined first: relaying may already end it.
+        backend.joined = True
+        if self.pair.backendConnected():
+            return True
+        self.backend = None
+        backend.joined = False
+        backend.transport.abortConnection()
+        return False
+
+    def abort(self, reason: str) -> None:
+        """
+        End the pair now, dropping whatever is not yet sent, for C{reason}.
+        """
+        self.pair.abort(reason)
+
+    def _idleCheck(self) -> None:
+        now = self.clock.seconds()
+        delivered = self.factory.delivered
+        backend = self.backend
+        taken = (
+            delivered(self.transport),
+            None if backend is None else delivered(backend.transport),
+        )
+        before = self._delivered
+        # Compared with the counts when progress was last seen, not when the
+        # timer last looked: a timer re-armed for a short rest of the wait
+        # would otherwise look at too short a time to see any.
+        if any(
+            count is not None and count > then
+            for count, then in zip(taken, before, strict=True)
+        ):
+            self._lastDelivery = now
+            self._delivered = (
+                before[0] if taken[0] is None else taken[0],
+                before[1] if taken[1] is None else taken[1],
+            )
+        last = max(self.upstream.lastRead, self.downstream.lastRead, self._lastDelivery)
+        remaining = self.factory.idleTimeout - (now - last)
+        if remaining > 0:
+            self._idleCall = self.clock.callLater(remaining, self._idleCheck)
+        else:
+            self._idleCall = None
+            self.pair.abort(stats.IDLE_TIMEOUT)
+
+    def _protocolError(self, peer: str, error: FramingError) -> None:
+        self.stats.protocolError(peer, error.reason)
+        # The field is errorReason: in the JSON log, reason is always a
+        # closed event's close reason.
+        self.factory.log.warn(
+            "protocol error from {peer} {client} on {listener}: {errorReason}: {error}",
+            peer=peer,
+            client=self.clientAddress,
+            listener=self.factory.name,
+            errorReason=error.reason,
+            error=error.detail,
+        )
+        self.pair.protocolError()
+
+    def _attemptDone(self, protocol: BackendConnection) -> None:
         self._connecting = None
 
-    def _backendFailed(self, failure: Failure) -> None:
+    def _attemptFailed(self, failure: Failure) -> None:
         self._connecting = None
-        if failure.check(CancelledError) or self._clientGone:
+        if failure.check(CancelledError) or self.pair.phase is not Phase.CONNECTING:
             return
         self.factory.log.warn(
             "no backend for {client} on {listener}: {error}",
@@ -368,263 +613,105 @@ class ClientProtocol(Protocol):
             client=self.clientAddress,
             error=failure.getErrorMessage(),
         )
-        self._noteReason(stats.BACKEND_UNAVAILABLE)
-        self._closeBoth(abort=False)
+        self.pair.backendUnavailable()
 
-    def backendConnected(self, backend: BackendProtocol) -> None:
-        """
-        The backend connection is up: start the flow both ways.
-        """
-        self.backendName = backend.backendName
-        if self._clientGone or self._broken:
-            backend.transport.abortConnection()
-            return
-        self.backend = backend
-        self._backendGone = False
+    # What the pair decides (PairIO).
+
+    def connectBackend(self) -> None:
+        # Behind a PROXY header, the client's address is known only now.
+        self.clientAddress = describeAddress(self.transport.getPeer())
+        # Don't read anything until there is somewhere to send it.
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._connecting = self.factory.connectBackend(BackendFactory(self))
+        self._connecting.addCallbacks(self._attemptDone, self._attemptFailed)
+
+    def abandonConnect(self) -> None:
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.cancel()
+
+    def relay(self) -> None:
+        backend = self.backend
+        assert backend is not None
         backendTransport = backend.transport
         if self.factory.sendProxyHeader is not None:
             header = self.factory.sendProxyHeader(
                 self.transport.getPeer(), self.transport.getHost()
             )
             backendTransport.write(header)
-        self.transport.registerProducer(backendTransport, True)
-        self._backendFeedsClient = True
-        backendTransport.registerProducer(self.transport, True)
-        self._clientFeedsBackend = True
-        if self._pending:
-            backendTransport.write(b"".join(self._pending))
-            self._pending = []
-        if self._clientReadDone:
-            self._stopFeedingBackend()
-            _shutWrite(backendTransport)
+        self.downstream.link(backendTransport, self.transport)
+        self.upstream.link(self.transport, backendTransport)
+        backend.dataReceived = self.downstream.dataReceived  # type: ignore[method-assign]
+        if self.upstream.ended:
+            self.upstream.shut()
         else:
-            self.transport.resumeProducing()
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
 
-    def _stopFeedingBackend(self) -> None:
-        """
-        The client will send nothing more: it stops being the producer of
-        the backend's transport, which must not resume it, and can shut.
-        """
-        if self._clientFeedsBackend:
-            self._clientFeedsBackend = False
-            if not self._backendGone:
-                self.backend.transport.unregisterProducer()
+    def finishStream(self, side: str) -> None:
+        direction = self.upstream if side == stats.CLIENT else self.downstream
+        # Only this direction ends: the other side can still hold its
+        # sender back while it reads what is left for it.
+        if direction.finish() and direction.target is not None:
+            direction.shut()
 
-    def _stopFeedingClient(self) -> None:
-        """
-        The backend will send nothing more: the mirror of the above.
-        """
-        if self._backendFeedsClient:
-            self._backendFeedsClient = False
-            self.transport.unregisterProducer()
-
-    def _unlink(self) -> None:
-        """
-        Undo both producer registrations, as the pair closes.
-        """
-        self._stopFeedingBackend()
-        self._stopFeedingClient()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._broken:
-            return
-        try:
-            out, messages, payload = self.upstream.feed(data)
-        except FramingError as error:
-            self._sendUpstream(error.salvage, *error.salvageCounts)
-            self._protocolError(stats.CLIENT, error)
-            return
-        if messages:
-            self._sendUpstream(out, messages, payload)
-        self._lastActivity = self.clock.seconds()
-
-    def _sendUpstream(self, out: bytes, messages: int, payload: int) -> None:
-        if not messages:
-            return
-        if self.backend is None:
-            self._pending.append(out)
-        else:
-            writethrough.write(self.backend.transport, out)
-        self.messagesUp += messages
-        self.bytesUp += payload
-        self.stats.upstream(messages, payload)
-
-    def backendDataReceived(self, data: bytes) -> None:
-        if self._broken:
-            return
-        try:
-            out, messages, payload = self.downstream.feed(data)
-        except FramingError as error:
-            self._sendDownstream(error.salvage, *error.salvageCounts)
-            self._protocolError(stats.BACKEND, error)
-            return
-        if messages:
-            self._sendDownstream(out, messages, payload)
-        self._lastActivity = self.clock.seconds()
-
-    def _sendDownstream(self, out: bytes, messages: int, payload: int) -> None:
-        if not messages:
-            return
-        writethrough.write(self.transport, out)
-        self.messagesDown += messages
-        self.bytesDown += payload
-        self.stats.downstream(messages, payload)
-
-    def readConnectionLost(self) -> None:
-        """
-        The client shut its write side: deliver the rest, then pass it on.
-        """
-        self._noteReason(stats.CLIENT_CLOSED)
-        self._clientReadDone = True
-        if self._broken:
-            return
-        try:
-            out, messages, payload = self.upstream.finish()
-        except FramingError as error:
-            self._sendUpstream(error.salvage, *error.salvageCounts)
-            self._protocolError(stats.CLIENT, error)
-            return
-        self._sendUpstream(out, messages, payload)
+    def dropInput(self) -> None:
+        self.dataReceived = _drop  # type: ignore[method-assign]
         if self.backend is not None:
-            # Only this direction ends: the client can still hold the
-            # backend back while it reads the replies.
-            self._stopFeedingBackend()
-            _shutWrite(self.backend.transport)
-        self._endIfBothDone()
+            self.backend.dataReceived = _drop  # type: ignore[method-assign]
 
-    def backendReadConnectionLost(self) -> None:
-        """
-        The backend shut its write side: deliver the rest, then pass it on.
-        """
-        self._noteReason(stats.BACKEND_CLOSED)
-        self._backendReadDone = True
-        if self._broken:
-            return
-        try:
-            out, messages, payload = self.downstream.finish()
-        except FramingError as error:
-            self._sendDownstream(error.salvage, *error.salvageCounts)
-            self._protocolError(stats.BACKEND, error)
-            return
-        self._sendDownstream(out, messages, payload)
-        self._stopFeedingClient()
-        _shutWrite(self.transport)
-        self._endIfBothDone()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def _endIfBothDone(self) -> None:
-        if self._clientReadDone and self._backendReadDone:
-            self._closeBoth(abort=False)
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self.rejected:
-            return
-        # The idle timeout keeps running until both sides are gone: a
-        # backend that never takes what is left for it is not waited for
-        # forever.
-        self._clientGone = True
-        if self.factory.tls and not self._handshakeDone:
-            self.stats.tlsHandshakeFailed()
-            self._noteReason(stats.TLS_ERROR)
-        self._noteReason(stats.CLIENT_CLOSED)
-        if self._connecting is not None:
-            self._connecting.cancel()
-        self._unlink()
-        if self.backend is not None and not self._backendGone:
-            self.backend.transport.loseConnection()
-        self._maybeReport()
-
-    def backendConnectionLost(self, reason: Failure) -> None:
-        self._unlink()
-        self._backendGone = True
-        self._noteReason(stats.BACKEND_CLOSED)
-        if not self._clientGone:
-            self.transport.loseConnection()
-        self._maybeReport()
-
-    def _idleCheck(self) -> None:
-        remaining = self.factory.idleTimeout - (
-            self.clock.seconds() - self._lastActivity
-        )
-        if remaining > 0:
-            self._idleCall = self.callLater(remaining, self._idleCheck)
-        else:
-            self._idleCall = None
-            self.abort(stats.IDLE_TIMEOUT)
-
-    def abort(self, reason: str) -> None:
-        """
-        End the pair now, dropping whatever is not yet sent, for C{reason}.
-        """
-        self._noteReason(reason)
-        self._closeBoth(abort=True)
-
-    def _protocolError(self, peer: str, error: FramingError) -> None:
-        self.stats.protocolError(peer, error.reason)
-        self.factory.log.warn(
-            "protocol error from {peer} {client} on {listener}: {error}",
-            peer=peer,
-            client=self.clientAddress,
-            listener=self.factory.name,
-            reason=error.reason,
-            error=error.detail,
-        )
-        self._noteReason(stats.PROTOCOL_ERROR)
-        self._closeBoth(abort=False)
-
-    def _noteReason(self, reason: str) -> None:
-        # A side closing is where the end usually starts; anything that goes
-        # wrong afterwards while the client is still there (a failed backend,
-        # a bad frame, a timeout) says more about why the pair ended, so it
-        # takes precedence. Once the client is gone, its leaving is the reason.
-        current = self.closeReason
-        if current is None or (
-            current in _ORDINARY and reason not in _ORDINARY and not self._clientGone
-        ):
-            self.closeReason = reason
-
-    def _closeBoth(self, abort: bool) -> None:
-        # Whatever either side sends from now on is not translated.
-        self._broken = True
-        if self._connecting is not None:
-            self._connecting.cancel()
-        self._unlink()
-        transports = [self.transport]
-        if self.backend is not None and not self._backendGone:
+    def closeTransports(self, sides: frozenset[str], abort: bool) -> None:
+        self.upstream.unlink()
+        self.downstream.unlink()
+        transports = []
+        if stats.CLIENT in sides:
+            transports.append(self.transport)
+        if stats.BACKEND in sides and self.backend is not None:
             transports.append(self.backend.transport)
         for transport in transports:
             if abort:
-                transport.abortConnection()
+                transport.abortConnection()  # type: ignore[attr-defined]
             else:
                 transport.loseConnection()
 
-    def _maybeReport(self) -> None:
-        if self._reported or not (self._clientGone and self._backendGone):
-            return
-        self._reported = True
+    def handshakeFailed(self) -> None:
+        self.stats.tlsHandshakeFailed()
+
+    def ended(self, reason: str, quiet: bool) -> None:
         if self._idleCall is not None:
             self._idleCall.cancel()
             self._idleCall = None
         duration = self.clock.seconds() - self.startedAt
-        reason = self.closeReason or stats.CLIENT_CLOSED
         self.stats.closed(reason, duration)
-        self.factory.log.info(
+        log = self.factory.log
+        (log.debug if quiet else log.info)(
             "closed {listener} {client} via {backend} after {duration:.3f}s:"
             " {messagesUp} messages ({bytesUp} bytes) up,"
-            " {messagesDown} messages ({bytesDown} bytes) down, {reason}",
+            " {messagesDown} messages ({bytesDown} bytes) down, {reason}{tls}",
             listener=self.factory.name,
             client=self.clientAddress,
             backend=self.backendName or "none",
             duration=duration,
-            messagesUp=self.messagesUp,
-            bytesUp=self.bytesUp,
-            messagesDown=self.messagesDown,
-            bytesDown=self.bytesDown,
+            messagesUp=self.upstream.messages,
+            bytesUp=self.upstream.bytes,
+            messagesDown=self.downstream.messages,
+            bytesDown=self.downstream.bytes,
             reason=reason,
+            tls=self._tlsDetail(),
         )
         self.factory.connections.remove(self)
+
+    def _tlsDetail(self) -> str:
+        """
+        The hook where a TLS connection's close line gets its TLS details:
+        the session (version, cipher, SNI, client certificate) after a
+        handshake, OpenSSL's reason after a failed one. Empty without TLS.
+        """
+        factory = self.factory
+        if not factory.tls or factory.describeTLS is None:
+            return ""
+        if TLS_HANDSHAKE not in self.pair.steps:
+            return self._tlsSession
+        return factory.describeTLS(self.transport, False, self._lostBecause)
 
 
 class ProxyFactory(Factory):
@@ -640,6 +727,11 @@ class ProxyFactory(Factory):
     @ivar sendProxyHeader: when given, builds the PROXY header written to
         the backend before anything else, from the client's source and
         destination addresses.
+    @ivar refusals: where refused connections are logged, rate-limited.
+    @ivar describeTLS: gives the TLS details of a TLS connection's close
+        line (see L{describeTLS}); None for none.
+    @ivar delivered: how many bytes a connection's peer has taken, or None
+        when that is not known (L{gateway.progress.delivered}).
     """
 
     protocol = ClientProtocol
@@ -651,7 +743,7 @@ class ProxyFactory(Factory):
         name: str,
         clientFraming: Framing,
         backendFraming: Framing,
-        connectBackend: Callable[[BackendFactory], Deferred[BackendProtocol]],
+        connectBackend: Callable[[BackendConnector], Deferred[BackendConnection]],
         connections: Connections,
         clock: IReactorTime,
         stats: stats.ListenerStats,
@@ -659,6 +751,9 @@ class ProxyFactory(Factory):
         tls: bool = False,
         proxyHeader: bool = False,
         sendProxyHeader: Callable[[IAddress, IAddress], bytes] | None = None,
+        delivered: Callable[[ITransport], int | None] = progress.delivered,
+        refusals: RefusalLog | None = None,
+        describeTLS: DescribeTLS | None = describeTLS,
     ) -> None:
         self.name = name
         self.clientFraming = clientFraming
@@ -671,3 +766,6 @@ class ProxyFactory(Factory):
         self.tls = tls
         self.proxyHeader = proxyHeader
         self.sendProxyHeader = sendProxyHeader
+        self.delivered = delivered
+        self.refusals = refusals or RefusalLog(self.log, clock)
+        self.describeTLS = describeTLS

@@ -72,10 +72,14 @@ class IProxyHeaderReceiver(Interface):
     balancer's address, not the client's.
     """
 
-    def proxyHeaderReceived() -> None:
+    def proxyHeaderReceived(local: bool = False) -> None:
         """
         The header has been read; C{getPeer} and C{getHost} now give the
         addresses it carries.
+
+        @param local: whether it was a version 2 C{LOCAL} header: the load
+            balancer's own connection (a health check), not a client's.
+            Passed only when true, so receivers that do not care may omit it.
         """
 
     def proxyHeaderInvalid(detail: str) -> None:
@@ -202,10 +206,14 @@ class ProxyHeaderProtocol(ProtocolWrapper):
         if parsed is None:
             return
         self._source, self._destination, length = parsed
+        local = self._buffer.startswith(V2_SIGNATURE) and self._buffer[12] == V2_LOCAL
         rest, self._buffer = self._buffer[length:], None
-        receiver = IProxyHeaderReceiver(self.wrappedProtocol, None)
+        receiver = self._receiver()
         if receiver is not None:
-            receiver.proxyHeaderReceived()
+            if local:
+                receiver.proxyHeaderReceived(local=True)
+            else:
+                receiver.proxyHeaderReceived()
         if rest:
             self.wrappedProtocol.dataReceived(rest)
 
@@ -213,11 +221,22 @@ class ProxyHeaderProtocol(ProtocolWrapper):
         # Whatever else arrives is not the header either: it is dropped.
         self._failed = True
         self._buffer = b""
-        receiver = IProxyHeaderReceiver(self.wrappedProtocol, None)
+        receiver = self._receiver()
         if receiver is not None:
             receiver.proxyHeaderInvalid(detail)
         else:
             self.transport.loseConnection()
+
+    def _receiver(self) -> IProxyHeaderReceiver | None:
+        # The receiver may sit under other wrappers (TLS, when the header
+        # comes in clear before the handshake): look through them.
+        protocol: object = self.wrappedProtocol
+        while protocol is not None:
+            receiver = IProxyHeaderReceiver(protocol, None)
+            if receiver is not None:
+                return receiver
+            protocol = getattr(protocol, "wrappedProtocol", None)
+        return None
 
     def readConnectionLost(self) -> None:
         if self._buffer is not None:

@@ -98,6 +98,11 @@ class Recorder(Protocol):
 
     def backend(self, name: str) -> BackendStats: ...
 
+    def setDraining(self, draining: bool) -> None:
+        """
+        The gateway has started draining (True), or is not draining.
+        """
+
 
 class _Nothing:
     """
@@ -149,3 +154,6 @@ class NoRecorder:
 
     def backend(self, name: str) -> BackendStats:
         return _NOTHING
+
+    def setDraining(self, draining: bool) -> None:
+        pass

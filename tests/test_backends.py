@@ -4,9 +4,10 @@ driven by a L{Clock} and endpoints the test answers by hand.
 """
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectingCancelledError, ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.backends import (
@@ -75,12 +76,17 @@ class ReadyProtocol(Protocol):
 
 class NamedFactory(Factory):
     """
-    What L{gateway.proxy.BackendFactory} offers the pool: a C{backendName},
-    and protocols with a C{ready} Deferred.
+    A L{gateway.backends.BackendConnector} that is its own factory for
+    every backend, and remembers the name of the last one tried; its
+    protocols have a C{ready} Deferred.
     """
 
     protocol = ReadyProtocol
     backendName = ""
+
+    def factoryFor(self, backendName):
+        self.backendName = backendName
+        return self
 
 
 class PoolHarness:
@@ -245,3 +251,83 @@ class HealthTests(SynchronousTestCase):
         self.assertEqual(harness.log, ["a"])
         harness.clock.advance(CONNECT_TIMEOUT)
         self.assertEqual(harness.stats[0].failures, 0)
+
+
+class SlowEndpoint(FakeEndpoint):
+    """
+    An endpoint whose connect never completes and, cancelled, fails as
+    Twisted's own do: with L{ConnectingCancelledError}, not
+    L{CancelledError}.
+    """
+
+    def connect(self, factory):
+        self.log.append(self.name)
+
+        def cancel(attempt):
+            self.cancelled += 1
+            attempt.errback(ConnectingCancelledError(None))
+
+        attempt = Deferred(cancel)
+        self.pending.append(attempt)
+        return attempt
+
+
+class AbandonTests(SynchronousTestCase):
+    def test_abandonedNotFailure(self):
+        """
+        A connect the caller abandons is not the backend's failure, in
+        whatever words the endpoint reports the cancellation: not counted,
+        not logged, no backoff; the next client gets the next backend, and
+        the one after it the slow one again.
+        """
+        harness = PoolHarness("hang", "accept")
+        slow = SlowEndpoint("a", harness.log)
+        harness.backends[0].endpoint = slow
+        factory, attempt = harness.connect()
+        with capturedLogs() as events:
+            attempt.cancel()
+        self.failureResultOf(attempt, CancelledError)
+        self.assertEqual(slow.cancelled, 1)
+        self.assertEqual(harness.backends[0].failures, 0)
+        self.assertEqual(harness.backends[0].retryAt, 0.0)
+        self.assertEqual(harness.stats[0].failures, 0)
+        self.assertEqual(events, [])
+        self.assertEqual(harness.served(self), "b")
+        harness.connect()
+        self.assertEqual(harness.log, ["a", "b", "a"])
+
+    def test_ownTimeoutIsFailure(self):
+        """
+        The pool's own connect timeout is the backend's failure.
+        """
+        harness = PoolHarness("hang", "accept")
+        slow = SlowEndpoint("a", harness.log)
+        harness.backends[0].endpoint = slow
+        factory, attempt = harness.connect()
+        harness.clock.advance(CONNECT_TIMEOUT)
+        self.successResultOf(attempt)
+        self.assertEqual(harness.stats[0].failures, 1)
+        self.assertEqual(harness.backends[0].failures, 1)
+
+
+class ContractTests(SynchronousTestCase):
+    def test_factoryUntouched(self):
+        """
+        The pool asks its caller for a factory per backend and sets nothing
+        on it.
+        """
+
+        class Connector:
+            def __init__(self):
+                self.asked = []
+
+            def factoryFor(self, backendName):
+                self.asked.append(backendName)
+                return Factory.forProtocol(ReadyProtocol)
+
+        harness = PoolHarness("refuse", "accept")
+        connector = Connector()
+        protocol = self.successResultOf(harness.pool.connect(connector))
+        self.assertIsInstance(protocol, ReadyProtocol)
+        self.assertEqual(connector.asked, ["a", "b"])
+        self.assertEqual(vars(connector), {"asked": ["a", "b"]})

@@ -15,13 +15,14 @@ from twisted.internet.testing import (
     StringTransport,
     StringTransportWithDisconnection,
 )
+from twisted.logger import LogLevel, capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import stats
-from gateway.codec import FRAMINGS, framing
-from gateway.proxy import Connections, ProxyFactory, Translator
+from gateway.codec import framing
+from gateway.proxy import Connections, ProxyFactory
 
 LIMIT = 100
 
@@ -57,7 +58,7 @@ class Harness:
     A proxy factory whose backend connections the test completes by hand.
     """
 
-    def __init__(self, limit=10, idleTimeout=0, clientFraming="lf"):
+    def __init__(self, limit=10, idleTimeout=0, clientFraming="lf", **options):
         self.clock = Clock()
         self.stats = RecordingStats()
         self.connections = Connections(limit)
@@ -72,6 +73,7 @@ class Harness:
             self.clock,
             self.stats,
             idleTimeout=idleTimeout,
+            **options,
         )
 
     def _connectBackend(self, backendFactory):
@@ -106,48 +108,6 @@ class Harness:
 
 def frame(payload: bytes) -> bytes:
     return len(payload).to_bytes(4, "big") + payload
-
-
-class TranslatorTests(SynchronousTestCase):
-    def test_chunked(self):
-        """
-        Messages split across chunks come out whole, with their counts.
-        """
-        translator = Translator(framing("lf", LIMIT), framing("int32", LIMIT))
-        self.assertEqual(translator.feed(b"ab"), (b"", 0, 0))
-        self.assertEqual(translator.feed(b"c\n\nd"), (frame(b"abc") + frame(b""), 2, 3))
-        self.assertEqual(translator.finish(), (frame(b"d"), 1, 1))
-
-    def test_salvage(self):
-        """
-        A bad message fails the chunk, but the ones before it are salvaged.
-        """
-        from gateway.codec import FramingError
-
-        translator = Translator(framing("int32", LIMIT), framing("lf", LIMIT))
-        error = self.assertRaises(
-            FramingError, translator.feed, frame(b"ok") + frame(b"a\nb") + frame(b"x")
-        )
-        self.assertEqual(error.reason, "unencodable")
-        self.assertEqual((error.salvage, error.salvageCounts), (b"ok\n", (1, 2)))
-
-    def test_payloadCounts(self):
-        """
-        The payload bytes reported for a chunk are the sum of its messages'
-        lengths, for every framing (most work it out from the framing's
-        fixed overhead instead of summing), whatever the chunk boundaries.
-        """
-        messages = [b"", b"a", b"bc" * 20, b"", b"d" * 99]
-        for name in FRAMINGS:
-            stream = framing(name, LIMIT).encode(messages)
-            for size in (1, 3, len(stream)):
-                translator = Translator(framing(name, LIMIT), framing("int32", LIMIT))
-                counts = [0, 0]
-                for start in range(0, len(stream), size):
-                    _, count, payload = translator.feed(stream[start : start + size])
-                    counts[0] += count
-                    counts[1] += payload
-                self.assertEqual(counts, [5, 140], (name, size))
 
 
 def tcpServerTransport(testCase, protocol):
@@ -557,6 +517,16 @@ class TimeoutTests(SynchronousTestCase):
 
 
 class ConnectionsTests(SynchronousTestCase):
+    def test_closeAllWhileConnecting(self):
+        """
+        The end of a drain abandons a backend connect under way.
+        """
+        harness = Harness()
+        harness.connectClient()
+        harness.connections.closeAll(stats.SHUTDOWN)
+        self.assertEqual(harness.cancelled, [harness.attempts[0][0]])
+        self.assertEqual(harness.stats.named("closed"), [(stats.SHUTDOWN, 0.0)])
+
     def test_closeAll(self):
         """
         Closing all ends every pair with the reason given, and L{whenEmpty}
@@ -624,3 +594,178 @@ class StuckPeerTests(SynchronousTestCase):
         self.assertFalse(backendTransport.connected)
         self.assertEqual(len(harness.connections), 0)
         self.assertEqual(harness.stats.named("closed"), [(stats.CLIENT_CLOSED, 10.0)])
+
+
+class WriteProgressTests(SynchronousTestCase):
+    """
+    Writes that make progress (a peer taking bytes) are activity for the
+    idle timeout, seen when its timer fires.
+    """
+
+    def slowReader(self, side):
+        """
+        A pair under a 10 s idle timeout, one chunk read at the start, whose
+        C{side} ("client" or "backend") transport's peer takes 200 more
+        bytes each second until 25 s; run to 25 s, one second at a time.
+        """
+        harness = Harness(idleTimeout=10)
+        taken = {}
+        harness.factory.delivered = taken.get
+        client, clientTransport, backend, backendTransport = harness.pair()
+        transport = clientTransport if side == "client" else backendTransport
+        backend.dataReceived(frame(b"x" * 50))
+        for seconds in range(1, 26):
+            harness.clock.advance(1)
+            taken[transport] = seconds * 200
+        return harness, clientTransport
+
+    def test_download(self):
+        """
+        A client that goes on reading keeps the pair open; once it stops,
+        the pair ends within two idle timeouts: the timer, firing at 10, 20
+        and 30 s, saw progress each time, and none at 40 s.
+        """
+        harness, clientTransport = self.slowReader("client")
+        harness.clock.pump([1] * 14)
+        self.assertTrue(clientTransport.connected)
+        harness.clock.advance(1)
+        self.assertFalse(clientTransport.connected)
+        self.assertEqual(harness.stats.named("closed"), [(stats.IDLE_TIMEOUT, 40.0)])
+
+    def test_upload(self):
+        """
+        The same for a backend that goes on reading.
+        """
+        harness, clientTransport = self.slowReader("backend")
+        harness.clock.pump([1] * 15)
+        self.assertEqual(harness.stats.named("closed"), [(stats.IDLE_TIMEOUT, 40.0)])
+
+    def test_unknown(self):
+        """
+        A transport whose progress cannot be known: reads only count.
+        """
+        harness = Harness(idleTimeout=10)
+        harness.factory.delivered = lambda transport: None
+        client, clientTransport, backend, backendTransport = harness.pair()
+        harness.clock.advance(10)
+        self.assertEqual(harness.stats.named("closed"), [(stats.IDLE_TIMEOUT, 10.0)])
+
+    def test_stalledFromStart(self):
+        """
+        A peer that never takes a byte: the pair ends one idle timeout after
+        the last read, as before.
+        """
+        harness = Harness(idleTimeout=10)
+        harness.factory.delivered = lambda transport: 0
+        client, clientTransport, backend, backendTransport = harness.pair()
+        harness.clock.advance(3)
+        backend.dataReceived(frame(b"x"))
+        harness.clock.pump([1] * 10)
+        self.assertEqual(harness.stats.named("closed"), [(stats.IDLE_TIMEOUT, 13.0)])
+
+
+class ProxyLocalTests(SynchronousTestCase):
+    """
+    A PROXY version 2 C{LOCAL} header (a load balancer's health check)
+    opens no backend connection until the client sends a byte.
+    """
+
+    def test_noBackendUntilFirstByte(self):
+        harness = Harness(proxyHeader=True)
+        client, clientTransport = harness.connectClient()
+        client.proxyHeaderReceived(local=True)
+        self.assertEqual(harness.attempts, [])
+        client.dataReceived(b"first\n")
+        self.assertEqual(len(harness.attempts), 1)
+        backend, backendTransport = harness.connectBackend()
+        self.assertEqual(backendTransport.value(), frame(b"first"))
+        self.assertEqual(clientTransport.producerState, "producing")
+
+    def test_closedQuietly(self):
+        """
+        A LOCAL connection that ends without a byte is counted as closed
+        but logged at debug level only.
+        """
+        harness = Harness(proxyHeader=True)
+        client, clientTransport = harness.connectClient()
+        client.proxyHeaderReceived(local=True)
+        with capturedLogs() as events:
+            client.readConnectionLost()
+        self.assertEqual(harness.attempts, [])
+        self.assertEqual(harness.stats.named("closed"), [(stats.CLIENT_CLOSED, 0.0)])
+        closed = [e for e in events if e["log_format"].startswith("closed ")]
+        self.assertEqual([e["log_level"] for e in closed], [LogLevel.debug])
+
+    def test_notLocalLogged(self):
+        """
+        Any other connection's close is logged at info level.
+        """
+        harness = Harness(proxyHeader=True)
+        client, clientTransport = harness.connectClient()
+        client.proxyHeaderReceived()
+        with capturedLogs() as events:
+            clientTransport.loseConnection()
+        closed = [e for e in events if e["log_format"].startswith("closed ")]
+        self.assertEqual([e["log_level"] for e in closed], [LogLevel.info])
+
+    def test_localBadFirstBytes(self):
+        """
+        First bytes that break the framing end the pair before any backend.
+        """
+        harness = Harness(proxyHeader=True)
+        client, clientTransport = harness.connectClient()
+        client.proxyHeaderReceived(local=True)
+        client.dataReceived(b"x" * (LIMIT + 1))
+        self.assertEqual(harness.attempts, [])
+        self.assertEqual(harness.stats.named("closed"), [(stats.PROTOCOL_ERROR, 0.0)])
+
+
+class RefusalTests(SynchronousTestCase):
+    def test_refusedLogged(self):
+        """
+        Connections refused over the limit are logged, rate-limited: the
+        first at once, the rest of the second in one line with their count.
+        """
+        harness = Harness(limit=1)
+        harness.connectClient()
+        with capturedLogs() as events:
+            for _ in range(3):
+                harness.connectClient()
+            harness.clock.advance(1)
+        refused = [
+            (e["listener"], e["refusal"], e["count"], e["client"])
+            for e in events
+            if e["log_format"].startswith("refused")
+        ]
+        self.assertEqual(
+            refused,
+            [
+                ("tcp:7000", "limit", 1, "192.0.2.1:5000"),
+                ("tcp:7000", "limit", 2, "192.0.2.1:5000"),
+            ],
+        )
+
+
+class DescribeTLSTests(SynchronousTestCase):
+    def test_failedHandshake(self):
+        """
+        After a failed handshake: OpenSSL's reason.
+        """
+        from OpenSSL import SSL
+
+        from gateway.proxy import describeTLS
+
+        failure = Failure(SSL.Error([("SSL routines", "", "http request")]))
+        self.assertEqual(
+            describeTLS(StringTransport(), False, failure), " (http request)"
+        )
+        lost = Failure(ConnectionLost())
+        self.assertEqual(describeTLS(StringTransport(), False, lost), "")
+
+    def test_notTLS(self):
+        """
+        A transport with no TLS connection under it: nothing.
+        """
+        from gateway.proxy import describeTLS
+
+        self.assertEqual(describeTLS(StringTransport(), True, None), "")

@@ -15,8 +15,16 @@ from gateway.codec._base import Framing, FramingError
 from gateway.codec.delimited import Delimited
 from gateway.codec.netstring import Netstring
 from gateway.codec.prefixed import LengthPrefixed
+from gateway.codec.translator import Translation, Translator
 
-__all__ = ["FRAMINGS", "Framing", "FramingError", "framing"]
+__all__ = [
+    "FRAMINGS",
+    "Framing",
+    "FramingError",
+    "Translation",
+    "Translator",
+    "framing",
+]
 
 FRAMINGS: dict[str, Callable[[int], Framing]] = {
     "lf": lambda maxSize: Delimited(b"\n", maxSize, "lf"),

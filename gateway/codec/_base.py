@@ -39,10 +39,14 @@ class Framing(Protocol):
 
     name: str
     maxSize: int
-    # The bytes of framing each message adds to its payload, when that is
-    # the same for every message (so that the payload bytes of a decoded
-    # chunk are known without summing the messages); None when it varies.
-    overhead: int | None
+
+    @property
+    def overhead(self) -> int | None:
+        """
+        The bytes of framing each message adds to its payload, when that is
+        the same for every message (so that the payload bytes of a decoded
+        chunk are known without summing the messages); None when it varies.
+        """
 
     def decode(self, data: bytes) -> tuple[list[bytes], bytes]:
         """

@@ -38,7 +38,7 @@ class Delimited:
         # the common case of a chunk of short messages.
         payload = len(data) - len(rest) - len(messages) * len(self.delimiter)
         if payload > maxSize and max(map(len, messages)) > maxSize:
-            good = []
+            good: list[bytes] = []
             for message in messages:
                 if len(message) > maxSize:
                     break
@@ -77,7 +77,7 @@ class Delimited:
         # 10 is a newline) may hold the delimiter, and it may straddle two
         # payloads (crlf), so each search only narrows down the next one.
         if (not within or delimiter in within) and delimiter in b"".join(messages):
-            good = []
+            good: list[bytes] = []
             for message in messages:
                 if delimiter in message:
                     raise FramingError(
@@ -94,7 +94,7 @@ def _findAll(data: bytes, delimiter: bytes, first: int) -> tuple[list[bytes], by
     C{data.split(delimiter)}, one C{find} per message from C{first}, the
     first delimiter's offset: the messages and the rest after the last one.
     """
-    messages = []
+    messages: list[bytes] = []
     append = messages.append
     find = data.find
     size = len(delimiter)

@@ -25,7 +25,7 @@ class LengthPrefixed:
         self._pack = header.pack
 
     def decode(self, data: bytes) -> tuple[list[bytes], bytes]:
-        messages = []
+        messages: list[bytes] = []
         append = messages.append
         unpackFrom = self._unpackFrom
         prefixSize = self.prefixSize

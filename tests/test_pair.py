@@ -1,0 +1,309 @@
+"""
+Tests for L{gateway.pair}: the phases of a pair and its close reason,
+driven by events with no I/O.
+"""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway import stats
+from gateway.pair import (
+    FIRST_BYTE,
+    PROXY_HEADER,
+    TLS_HANDSHAKE,
+    IllegalEvent,
+    Pair,
+    Phase,
+    Step,
+)
+
+CLIENT, BACKEND = stats.CLIENT, stats.BACKEND
+
+
+class RecordingIO:
+    """
+    A L{gateway.pair.PairIO} that writes down what the pair decides.
+
+    A closed transport is lost at once, as a string transport's is, unless
+    C{lazy}; a finished stream breaks the framing when C{badRest}.
+    """
+
+    def __init__(self, lazy=False, badRest=False):
+        self.calls = []
+        self.pair = None
+        self.lazy = lazy
+        self.badRest = badRest
+
+    def connectBackend(self):
+        self.calls.append("connectBackend")
+
+    def abandonConnect(self):
+        self.calls.append("abandonConnect")
+
+    def relay(self):
+        self.calls.append("relay")
+
+    def finishStream(self, side):
+        self.calls.append(("finishStream", side))
+        if self.badRest:
+            self.pair.protocolError()
+
+    def dropInput(self):
+        self.calls.append("dropInput")
+
+    def closeTransports(self, sides, abort):
+        self.calls.append(("close", sides, abort))
+        if not self.lazy:
+            for side in sorted(sides):
+                self.pair.lost(side)
+
+    def handshakeFailed(self):
+        self.calls.append("handshakeFailed")
+
+    def ended(self, reason, quiet):
+        self.calls.append(("ended", reason, quiet))
+
+
+def makePair(*steps, **io):
+    recording = RecordingIO(**io)
+    pair = Pair(recording, steps)
+    recording.pair = pair
+    pair.start()
+    return pair, recording
+
+
+def relaying(**io):
+    pair, recording = makePair(**io)
+    pair.backendConnected()
+    del recording.calls[:]
+    return pair, recording
+
+
+class PreambleTests(SynchronousTestCase):
+    def test_noPreamble(self):
+        """
+        Without a preamble, the backend is connected at once.
+        """
+        pair, io = makePair()
+        self.assertEqual((pair.phase, io.calls), (Phase.CONNECTING, ["connectBackend"]))
+
+    def test_stepsInOrder(self):
+        """
+        Steps are done outermost first; the last one starts the connect.
+        """
+        pair, io = makePair(PROXY_HEADER, TLS_HANDSHAKE)
+        self.assertEqual((pair.phase, io.calls), (Phase.PREAMBLE, []))
+        self.assertRaises(IllegalEvent, pair.stepDone, TLS_HANDSHAKE)
+        pair.stepDone(PROXY_HEADER)
+        self.assertEqual(io.calls, [])
+        pair.stepDone(TLS_HANDSHAKE)
+        self.assertEqual((pair.phase, io.calls), (Phase.CONNECTING, ["connectBackend"]))
+
+    def test_stepAdded(self):
+        """
+        A step may add steps after the others: a PROXY LOCAL header waits
+        for the first byte after the TLS handshake.
+        """
+        pair, io = makePair(PROXY_HEADER, TLS_HANDSHAKE)
+        pair.stepDone(PROXY_HEADER, then=(FIRST_BYTE,))
+        pair.stepDone(TLS_HANDSHAKE)
+        self.assertEqual(pair.steps, (FIRST_BYTE,))
+        pair.stepDone(FIRST_BYTE)
+        self.assertEqual(pair.phase, Phase.CONNECTING)
+
+    def test_newStep(self):
+        """
+        A new kind of step needs nothing but its L{Step}.
+        """
+        upgrade = Step("WebSocket upgrade", stats.CLIENT_CLOSED)
+        pair, io = makePair(TLS_HANDSHAKE, upgrade)
+        pair.stepDone(TLS_HANDSHAKE)
+        pair.lost(CLIENT)
+        self.assertEqual(io.calls[-1], ("ended", stats.CLIENT_CLOSED, False))
+        self.assertNotIn("handshakeFailed", io.calls)
+
+    def test_leftDuringProxyHeader(self):
+        """
+        A client that leaves before its PROXY header is done has closed: no
+        failed handshake, even with TLS inside.
+        """
+        pair, io = makePair(PROXY_HEADER, TLS_HANDSHAKE)
+        pair.lost(CLIENT)
+        self.assertEqual(io.calls, ["dropInput", ("ended", stats.CLIENT_CLOSED, False)])
+
+    def test_badProxyHeaderBeforeTLS(self):
+        """
+        A bad PROXY header in front of TLS is the header's protocol error,
+        not a failed handshake.
+        """
+        pair, io = makePair(PROXY_HEADER, TLS_HANDSHAKE)
+        pair.protocolError()
+        self.assertEqual(
+            io.calls,
+            [
+                "dropInput",
+                ("close", frozenset({CLIENT}), False),
+                ("ended", stats.PROTOCOL_ERROR, False),
+            ],
+        )
+
+    def test_leftDuringHandshake(self):
+        """
+        A client that leaves during the TLS handshake failed it.
+        """
+        pair, io = makePair(PROXY_HEADER, TLS_HANDSHAKE)
+        pair.stepDone(PROXY_HEADER)
+        pair.lost(CLIENT)
+        self.assertEqual(
+            io.calls,
+            ["handshakeFailed", "dropInput", ("ended", stats.TLS_ERROR, False)],
+        )
+
+    def test_timeoutDuringHandshake(self):
+        """
+        A timer that ends a handshake names the reason, and the handshake
+        still counts as failed.
+        """
+        pair, io = makePair(TLS_HANDSHAKE)
+        pair.abort(stats.IDLE_TIMEOUT)
+        self.assertEqual(io.calls[0], "handshakeFailed")
+        self.assertEqual(io.calls[-1], ("ended", stats.IDLE_TIMEOUT, False))
+
+    def test_localQuiet(self):
+        """
+        A connection that ends while waiting for its first byte (a PROXY
+        LOCAL health check) ends quietly.
+        """
+        pair, io = makePair(PROXY_HEADER)
+        pair.stepDone(PROXY_HEADER, then=(FIRST_BYTE,))
+        pair.streamEnded(CLIENT)
+        self.assertEqual(io.calls[-1], ("ended", stats.CLIENT_CLOSED, True))
+        self.assertNotIn("connectBackend", io.calls)
+
+
+class ConnectingTests(SynchronousTestCase):
+    def test_connected(self):
+        pair, io = makePair()
+        self.assertTrue(pair.backendConnected())
+        self.assertEqual((pair.phase, io.calls[-1]), (Phase.RELAYING, "relay"))
+
+    def test_unavailable(self):
+        pair, io = makePair()
+        pair.backendUnavailable()
+        self.assertEqual(io.calls[-1], ("ended", stats.BACKEND_UNAVAILABLE, False))
+        self.assertNotIn("abandonConnect", io.calls)
+
+    def test_clientLeft(self):
+        """
+        A client that leaves while its backend is connecting abandons the
+        connect; a backend that connects afterwards is refused.
+        """
+        pair, io = makePair()
+        pair.lost(CLIENT)
+        self.assertEqual(
+            io.calls[1:],
+            ["abandonConnect", "dropInput", ("ended", stats.CLIENT_CLOSED, False)],
+        )
+        self.assertFalse(pair.backendConnected())
+        pair.backendUnavailable()
+        self.assertEqual(pair.phase, Phase.CLOSED)
+
+    def test_halfClosedThenUnavailable(self):
+        """
+        A client that ended its stream while connecting: the backend's
+        failure ends the pair.
+        """
+        pair, io = makePair()
+        pair.streamEnded(CLIENT)
+        pair.backendUnavailable()
+        self.assertEqual(io.calls[-1], ("ended", stats.BACKEND_UNAVAILABLE, False))
+
+    def test_backendEventsIllegal(self):
+        """
+        The backend's stream cannot end before it is connected.
+        """
+        pair, io = makePair(TLS_HANDSHAKE)
+        self.assertRaises(IllegalEvent, pair.backendConnected)
+        self.assertRaises(IllegalEvent, pair.backendUnavailable)
+
+
+class RelayingTests(SynchronousTestCase):
+    def test_firstEndedNamesTheReason(self):
+        """
+        Both streams ended: the side that ended first is the reason.
+        """
+        for first, second, reason in [
+            (CLIENT, BACKEND, stats.CLIENT_CLOSED),
+            (BACKEND, CLIENT, stats.BACKEND_CLOSED),
+        ]:
+            pair, io = relaying()
+            pair.streamEnded(first)
+            self.assertEqual(pair.phase, Phase.RELAYING)
+            pair.streamEnded(second)
+            self.assertEqual(io.calls[-1], ("ended", reason, False))
+
+    def test_lost(self):
+        """
+        A side lost ends the pair: for it, or for the side whose stream
+        ended before.
+        """
+        for ended, lost, reason in [
+            (None, CLIENT, stats.CLIENT_CLOSED),
+            (None, BACKEND, stats.BACKEND_CLOSED),
+            (CLIENT, BACKEND, stats.CLIENT_CLOSED),
+            (BACKEND, CLIENT, stats.BACKEND_CLOSED),
+        ]:
+            pair, io = relaying(lazy=True)
+            if ended:
+                pair.streamEnded(ended)
+            pair.lost(lost)
+            self.assertEqual((pair.phase, pair.reason), (Phase.CLOSING, reason))
+            other = ({CLIENT, BACKEND} - {lost}).pop()
+            pair.lost(other)
+            self.assertEqual(io.calls[-1], ("ended", reason, False))
+
+    def test_badRest(self):
+        """
+        The rest of an ended stream that breaks the framing: protocol error.
+        """
+        pair, io = relaying(badRest=True)
+        pair.streamEnded(CLIENT)
+        self.assertEqual(io.calls[-1], ("ended", stats.PROTOCOL_ERROR, False))
+
+    def test_problemAfterHalfClose(self):
+        """
+        Whatever ends the pair after one stream ended is the reason.
+        """
+        pair, io = relaying()
+        pair.streamEnded(BACKEND)
+        pair.abort(stats.IDLE_TIMEOUT)
+        self.assertEqual(io.calls[-1], ("ended", stats.IDLE_TIMEOUT, False))
+
+
+class ClosingTests(SynchronousTestCase):
+    def test_reasonKept(self):
+        """
+        Once closing, nothing changes the reason; an abort only hurries the
+        close.
+        """
+        pair, io = relaying(lazy=True)
+        pair.lost(CLIENT)
+        pair.protocolError()
+        pair.streamEnded(BACKEND)
+        pair.abort(stats.SHUTDOWN)
+        self.assertEqual(io.calls[-1], ("close", frozenset({BACKEND}), True))
+        pair.lost(BACKEND)
+        self.assertEqual(io.calls[-1], ("ended", stats.CLIENT_CLOSED, False))
+
+    def test_closedIsFinal(self):
+        """
+        After CLOSED, a side cannot be lost again; a late abort is ignored.
+        """
+        pair, io = relaying()
+        pair.lost(CLIENT)
+        self.assertEqual(pair.phase, Phase.CLOSED)
+        pair.abort(stats.SHUTDOWN)
+        self.assertRaises(IllegalEvent, pair.lost, CLIENT)
+        self.assertEqual(
+            [c for c in io.calls if c[0] == "ended"],
+            [("ended", stats.CLIENT_CLOSED, False)],
+        )
