@@ -212,10 +212,11 @@ def _checkV1Prefix(partial: bytes) -> None:
     # The rules a line cut short can already break: an unknown protocol
     # word, a character no address or port has, two spaces in a row.
     protocol, space, rest = partial.partition(b" ")
-    if protocol.startswith(_V1_UNKNOWN) or _V1_UNKNOWN.startswith(protocol):
+    if protocol == _V1_UNKNOWN:
         return
     if not space:
-        if not any(family.startswith(protocol) for family in _V1_FAMILIES):
+        words = (_V1_UNKNOWN, *_V1_FAMILIES)
+        if not any(word.startswith(protocol) for word in words):
             raise InvalidProxyHeader("version 1 protocol is not TCP4, TCP6 or UNKNOWN")
         return
     if protocol not in _V1_FAMILIES:
