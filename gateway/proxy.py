@@ -266,6 +266,7 @@ class BackendFactory(Factory):
     def __init__(self, client: ClientProtocol) -> None:
         self.client = client
         self.backendName = ""
+        self.proxyHeader = b""
 
     def buildProtocol(self, addr: IAddress) -> BackendProtocol:
         return BackendProtocol(self.client, self.backendName)
@@ -352,6 +353,12 @@ class ClientProtocol(Protocol):
         # Don't read anything until there is somewhere to send it.
         self.transport.pauseProducing()
         backendFactory = BackendFactory(self)
+        if self.factory.sendProxyHeader is not None:
+            # Written first on each backend connection, under any TLS, by
+            # gateway.headerfirst.HeaderFirstEndpoint.
+            backendFactory.proxyHeader = self.factory.sendProxyHeader(
+                self.transport.getPeer(), self.transport.getHost()
+            )
         self._connecting = self.factory.connectBackend(backendFactory)
         self._connecting.addCallbacks(self._backendAttemptDone, self._backendFailed)
 
@@ -382,11 +389,6 @@ class ClientProtocol(Protocol):
         self.backend = backend
         self._backendGone = False
         backendTransport = backend.transport
-        if self.factory.sendProxyHeader is not None:
-            header = self.factory.sendProxyHeader(
-                self.transport.getPeer(), self.transport.getHost()
-            )
-            backendTransport.write(header)
         self.transport.registerProducer(backendTransport, True)
         self._backendFeedsClient = True
         backendTransport.registerProducer(self.transport, True)

@@ -493,15 +493,19 @@ class SendHeaderTests(SynchronousTestCase):
 
     def test_beforeFirstFrame(self):
         """
-        The header goes to the backend before anything else, with the
-        client's addresses: the PROXY source when there was one.
+        The header the backend connection starts with names the client's
+        addresses: the PROXY source when there was one. It is handed to the
+        backend endpoint with the factory, which writes it first, under any
+        TLS (tests.test_headerfirst); the proxy writes only the frames.
         """
         harness = Harness()
         harness.factory.sendProxyHeader = v2Header
         wrapper, client, transport = proxiedClient(harness)
         wrapper.dataReceived(V1 + b"first\n")
+        ((backendFactory, _),) = harness.attempts
+        self.assertEqual(backendFactory.proxyHeader, V2)
         backend, backendTransport = harness.connectBackend()
-        self.assertEqual(backendTransport.value(), V2 + frame(b"first"))
+        self.assertEqual(backendTransport.value(), frame(b"first"))
 
     def test_plainClient(self):
         """
@@ -510,7 +514,9 @@ class SendHeaderTests(SynchronousTestCase):
         harness = Harness()
         harness.factory.sendProxyHeader = v1Header
         client, clientTransport, backend, backendTransport = harness.pair()
-        self.assertEqual(backendTransport.value(), v1Header(SOURCE_PEER, LOCAL_HOST))
+        ((backendFactory, _),) = harness.attempts
+        self.assertEqual(backendFactory.proxyHeader, v1Header(SOURCE_PEER, LOCAL_HOST))
+        self.assertEqual(backendTransport.value(), b"")
 
 
 class EndpointTests(SynchronousTestCase):
