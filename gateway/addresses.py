@@ -94,3 +94,18 @@ def describe(address: IAddress | None) -> str:
     if ip.version == 6:
         return f"[{ip.compressed}]:{port}"
     return f"{ip.compressed}:{port}"
+
+
+def describeListening(address: IAddress) -> str:
+    """
+    The printable form of an address the gateway listens on, for the log
+    event naming a bound listener: as L{describe}, except that a UNIX
+    socket is shown by its path, which the operator chose.
+    """
+    if isinstance(address, UNIXAddress):
+        name = address.name
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "backslashreplace")
+        # An abstract socket's name starts with a NUL byte.
+        return repr(name)[1:-1] if name else UNIX
+    return describe(address)

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
 from gateway import stats, writethrough
+from gateway.addresses import describe
 from gateway.codec import Framing, FramingError
 from gateway.proxyprotocol import PROXY_HEADER, IProxyHeaderReceiver
 
@@ -116,21 +117,6 @@ def noDelay(transport: ITransport) -> None:
 
 
 _ORDINARY = frozenset({stats.CLIENT_CLOSED, stats.BACKEND_CLOSED})
-
-
-def describeAddress(address: IAddress) -> str:
-    """
-    A short printable form of a peer's address, for logs only.
-    """
-    host = getattr(address, "host", None)
-    if host is not None:
-        if ":" in host:
-            return f"[{host}]:{address.port}"  # type: ignore[attr-defined]
-        return f"{host}:{address.port}"  # type: ignore[attr-defined]
-    name = getattr(address, "name", None)
-    if name:
-        return name.decode("utf-8", "replace") if isinstance(name, bytes) else name
-    return "unix" if name is not None else str(address)
 
 
 def _canHalfClose(transport: ITransport) -> bool:
@@ -319,7 +305,7 @@ class ClientProtocol(Protocol):
         self.clock = factory.clock
         self.callLater = factory.clock.callLater
         self.startedAt = factory.clock.seconds()
-        self.clientAddress = describeAddress(self.transport.getPeer())
+        self.clientAddress = describe(self.transport.getPeer())
         self.upstream = Translator(factory.clientFraming, factory.backendFraming)
         self.downstream = Translator(factory.backendFraming, factory.clientFraming)
         self.messagesUp = self.bytesUp = self.messagesDown = self.bytesDown = 0
@@ -343,13 +329,13 @@ class ClientProtocol(Protocol):
         self._handshakeDone = True
         # Behind haproxy: the client's address is known once the PROXY header
         # is read, which is after connectionMade and before the handshake.
-        self.clientAddress = describeAddress(self.transport.getPeer())
+        self.clientAddress = describe(self.transport.getPeer())
         if not self._clientGone and not self._broken:
             self._connectBackend()
 
     def _connectBackend(self) -> None:
         # Behind a PROXY header, the client's address is known only now.
-        self.clientAddress = describeAddress(self.transport.getPeer())
+        self.clientAddress = describe(self.transport.getPeer())
         # Don't read anything until there is somewhere to send it.
         self.transport.pauseProducing()
         backendFactory = BackendFactory(self)
