@@ -322,7 +322,14 @@ class CountingTests(TestCase):
                     {"listener": LISTENER, "peer": peer, "reason": reason}.items()
                 ): (1 if reason == "too_long" else 0)
                 for peer in ["client", "backend"]
-                for reason in ["too_long", "malformed", "unencodable", "truncated"]
+                # SPEC 5 lists proxy_header too: it exists on every listener.
+                for reason in [
+                    "too_long",
+                    "malformed",
+                    "unencodable",
+                    "truncated",
+                    "proxy_header",
+                ]
             },
         )
         self.assertEqual(listener("gateway_tls_handshake_failures_total"), 0)
