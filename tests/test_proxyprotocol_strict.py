@@ -12,6 +12,7 @@ import struct
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway import proxyprotocol
 from gateway.addresses import describe
 from gateway.proxyprotocol import (
     PP2_TYPE_CRC32C,
@@ -280,3 +281,35 @@ class AcceptedTests(SynchronousTestCase):
             for address in (source, destination):
                 if address is not None:
                     self.assertRegex(describe(address), _PRINTABLE)
+
+
+class LongHeaderTests(SynchronousTestCase):
+    def test_parsedOnceComplete(self):
+        """
+        The longest version 2 header (a 65,535-byte block of NOOP TLVs) fed
+        one byte per read is parsed a handful of times, not once per byte:
+        the wrapper waits for the length the header announced.
+        """
+        padding = 65535 - len(INET_BLOCK)
+        # NOOP TLVs of at most 65,535 - 3 value bytes each, filling the block.
+        first = padding - 3 - 3
+        tlvs = b"\x04" + struct.pack("!H", first) + bytes(first) + b"\x04\x00\x00"
+        header = v2(0x21, 0x11, INET_BLOCK + tlvs)
+        self.assertEqual(len(header), 16 + 65535)
+        calls = []
+        original = proxyprotocol.parseHeader
+
+        def counting(data):
+            calls.append(len(data))
+            return original(data)
+
+        self.patch(proxyprotocol, "parseHeader", counting)
+        inner = Recorder()
+        wrapper, transport = wrap(inner)
+        for index in range(len(header)):
+            wrapper.dataReceived(header[index : index + 1])
+        wrapper.dataReceived(b"after\n")
+        self.assertEqual(inner.events[1], ("header", SOURCE))
+        self.assertEqual(inner.received(), b"after\n")
+        # One parse per byte of the fixed 16, then one for the whole header.
+        self.assertEqual(len(calls), 17)
