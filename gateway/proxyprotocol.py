@@ -4,8 +4,16 @@ HAProxy's PROXY protocol, both ways.
 In: a listener given as C{haproxy:ENDPOINT} expects every connection to
 start with a PROXY header (version 1 or 2) naming the client the load
 balancer accepted; C{getPeer} and C{getHost} then give that client's
-addresses. Out: L{HEADERS} build the header the gateway sends a backend
-before its first frame (C{--backend-proxy-protocol}).
+addresses, an IPv4-mapped one as IPv4 (L{gateway.addresses}). The header is
+read strictly, rule by rule as HAProxy's C{doc/proxy-protocol.txt} states
+them (SPEC section 3), and refused at the first byte that shows it cannot
+become valid: a lone LF, a zone id, a port with leading zeroes, a version 2
+version, command, family or transport byte, a length too short for the
+family, a TLV running past the block, a CRC32C that does not match.
+
+Out: L{HEADERS} build the header the gateway sends a backend before its
+first frame (C{--backend-proxy-protocol}); L{gateway.headerfirst} writes it
+first on the connection, under any TLS.
 
 Twisted's own C{haproxy:} wrapper is not used, for reasons that tests pin
 down: it connects the wrapped protocol before the header has been read, so
