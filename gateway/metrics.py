@@ -33,6 +33,7 @@ from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Request, Site
 
 from gateway.codec._base import MALFORMED, TOO_LONG, TRUNCATED, UNENCODABLE
+from gateway.proxyprotocol import PROXY_HEADER
 from gateway.stats import BACKEND, CLIENT, CLOSE_REASONS
 
 # Connections last from a refused request (milliseconds) to a long-lived
@@ -77,10 +78,30 @@ CONNECT_BUCKETS = (
 
 UPSTREAM = "upstream"
 DOWNSTREAM = "downstream"
+DIRECTIONS = (UPSTREAM, DOWNSTREAM)
+
+# SPEC section 5: every series of every label value that can occur exists,
+# at 0, from start-up, so that rate() and increase() see the very first
+# event of each kind. These are the label values each listener gets.
+
+# Why an accepted connection was closed at once (admission, SPEC 9).
 REJECTED_LIMIT = "limit"
-# The reasons the codecs give. Their series exist from the start, so that
-# rate() and increase() see the very first error of each kind.
-PROTOCOL_ERROR_REASONS = (TOO_LONG, MALFORMED, UNENCODABLE, TRUNCATED)
+REJECTED_PER_SOURCE_LIMIT = "per_source_limit"
+REJECTED_RATE_LIMIT = "rate_limit"
+REJECTED_DENIED = "denied"
+REJECTED_REASONS = (
+    REJECTED_LIMIT,
+    REJECTED_PER_SOURCE_LIMIT,
+    REJECTED_RATE_LIMIT,
+    REJECTED_DENIED,
+)
+# The close reasons of SPEC section 5: the proxy's own (gateway.stats)
+# and the handshake timeout of SPEC section 9, once each, in SPEC's order.
+HANDSHAKE_TIMEOUT = "handshake_timeout"
+CLOSED_REASONS = tuple(dict.fromkeys((*CLOSE_REASONS, HANDSHAKE_TIMEOUT)))
+# The reasons the codecs give, and a malformed incoming PROXY header.
+PROTOCOL_ERROR_REASONS = (TOO_LONG, MALFORMED, UNENCODABLE, TRUNCATED, PROXY_HEADER)
+PEERS = (CLIENT, BACKEND)
 
 _PLAIN_TEXT = b"text/plain; charset=utf-8"
 
@@ -98,7 +119,9 @@ class ListenerMetrics:
         "_accepted",
         "_active",
         "_rejected",
+        "_rejectedFamily",
         "_closed",
+        "_closedFamily",
         "_duration",
         "messagesUp",
         "bytesUp",
@@ -113,17 +136,22 @@ class ListenerMetrics:
         self._name = name
         self._accepted = metrics.connectionsAccepted.labels(name)
         self._active = metrics.connectionsActive.labels(name)
-        self._rejected = metrics.connectionsRejected.labels(name, REJECTED_LIMIT)
+        self._rejectedFamily = metrics.connectionsRejected
+        self._rejected = {
+            reason: metrics.connectionsRejected.labels(name, reason)
+            for reason in REJECTED_REASONS
+        }
+        self._closedFamily = metrics.connectionsClosed
         self._closed = {
             reason: metrics.connectionsClosed.labels(name, reason)
-            for reason in CLOSE_REASONS
+            for reason in CLOSED_REASONS
         }
         self._duration = metrics.connectionDuration.labels(name)
         self.messagesUp = self.bytesUp = self.messagesDown = self.bytesDown = 0
         self._protocolErrorFamily = metrics.protocolErrors
         self._protocolErrors = {
             (peer, reason): metrics.protocolErrors.labels(name, peer, reason)
-            for peer in (CLIENT, BACKEND)
+            for peer in PEERS
             for reason in PROTOCOL_ERROR_REASONS
         }
         self._tlsFailures = metrics.tlsHandshakeFailures.labels(name)
@@ -132,12 +160,21 @@ class ListenerMetrics:
         self._accepted.inc()
         self._active.inc()
 
-    def rejected(self) -> None:
-        self._rejected.inc()
+    def rejected(self, reason: str = REJECTED_LIMIT) -> None:
+        child = self._rejected.get(reason)
+        if child is None:
+            # A reason a newer admission rule added: its series starts now.
+            child = self._rejected[reason] = self._rejectedFamily.labels(
+                self._name, reason
+            )
+        child.inc()
         self._active.dec()
 
     def closed(self, reason: str, duration: float) -> None:
-        self._closed[reason].inc()
+        child = self._closed.get(reason)
+        if child is None:
+            child = self._closed[reason] = self._closedFamily.labels(self._name, reason)
+        child.inc()
         self._active.dec()
         self._duration.observe(duration)
 
@@ -315,7 +352,12 @@ class GatewayMetrics:
         """
         The event sink of listener C{name}, made the first time it is asked
         for; all its series then exist, at zero, so they are scraped before
-        the first connection.
+        the first connection: every close reason, every rejection reason,
+        every peer and protocol error reason, both directions, TLS handshake
+        failures. Some cannot move on some listeners (C{tls_error} on a
+        plain one, C{proxy_header} without C{haproxy:}); they are made all
+        the same, since a series that stays at 0 costs a line per scrape
+        and one that is missing hides the first event from C{increase()}.
         """
         stats = self._listeners.get(name)
         if stats is None:

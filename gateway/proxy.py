@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from OpenSSL import SSL
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
     IAddress,
@@ -33,12 +32,14 @@ from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
 from gateway import progress, stats, writethrough
+from gateway.addresses import describe
 from gateway.backends import BackendConnection, BackendConnector
 from gateway.codec import Framing, FramingError, Translator
 from gateway.pair import FIRST_BYTE, TLS_HANDSHAKE, Pair, Phase
 from gateway.pair import PROXY_HEADER as PROXY_HEADER_STEP
 from gateway.proxyprotocol import PROXY_HEADER, IProxyHeaderReceiver
 from gateway.refusals import RefusalLog
+from gateway.tls import connectionInfo, failureReason
 
 __all__ = [
     "BackendFactory",
@@ -48,7 +49,6 @@ __all__ = [
     "Direction",
     "ProxyFactory",
     "Translator",
-    "describeAddress",
     "describeTLS",
     "noDelay",
 ]
@@ -67,21 +67,6 @@ def noDelay(transport: ITransport) -> None:
         pass
 
 
-def describeAddress(address: IAddress) -> str:
-    """
-    A short printable form of a peer's address, for logs only.
-    """
-    host = getattr(address, "host", None)
-    if host is not None:
-        if ":" in host:
-            return f"[{host}]:{address.port}"  # type: ignore[attr-defined]
-        return f"{host}:{address.port}"  # type: ignore[attr-defined]
-    name = getattr(address, "name", None)
-    if name:
-        return name.decode("utf-8", "replace") if isinstance(name, bytes) else name
-    return "unix" if name is not None else str(address)
-
-
 # The reason a connection refused over the connection limit is counted
 # (C{gateway_connections_rejected_total}) and logged under.
 REFUSED_LIMIT = "limit"
@@ -96,27 +81,16 @@ def describeTLS(
 ) -> str:
     """
     The TLS part of a close line, starting with a space: C{" TLSv1.3
-    TLS_AES_256_GCM_SHA384 sni=gw.example"} after a handshake, C{" (http
-    request)"} (OpenSSL's reason) after a failed one; empty when there is
-    nothing to say.
+    TLS_AES_256_GCM_SHA384 sni=gw.example client="CN=alice"} after a
+    handshake (L{gateway.tls.connectionInfo}), C{" (http request)"}
+    (OpenSSL's reason, L{gateway.tls.failureReason}) after a failed one;
+    empty when there is nothing to say.
     """
     if not handshakeDone:
-        error = lostBecause.value if lostBecause is not None else None
-        if isinstance(error, SSL.Error) and error.args and error.args[0]:
-            try:
-                return f" ({error.args[0][-1][2]})"
-            except (IndexError, TypeError):
-                return ""
-        return ""
-    getHandle = getattr(transport, "getHandle", None)
-    connection = getHandle() if getHandle is not None else None
-    if not isinstance(connection, SSL.Connection):
-        return ""
-    parts = [connection.get_protocol_version_name(), connection.get_cipher_name()]
-    serverName = connection.get_servername()
-    if serverName:
-        parts.append("sni=" + serverName.decode("ascii", "replace"))
-    return " " + " ".join(part for part in parts if part)
+        reason = failureReason(lostBecause)
+        return f" ({reason})" if reason else ""
+    info = connectionInfo(transport)
+    return f" {info}" if info is not None else ""
 
 
 def _canHalfClose(transport: ITransport) -> bool:
@@ -396,12 +370,17 @@ class BackendFactory(Factory):
 
     noisy = False
 
-    def __init__(self, client: ClientProtocol, backendName: str = "") -> None:
+    def __init__(
+        self, client: ClientProtocol, backendName: str = "", proxyHeader: bytes = b""
+    ) -> None:
         self.client = client
         self.backendName = backendName
+        # Written first on the backend connection, under any TLS, by
+        # gateway.headerfirst.HeaderFirstEndpoint.
+        self.proxyHeader = proxyHeader
 
     def factoryFor(self, backendName: str) -> BackendFactory:
-        return BackendFactory(self.client, backendName)
+        return BackendFactory(self.client, backendName, self.proxyHeader)
 
     def buildProtocol(self, addr: IAddress) -> BackendProtocol:
         return BackendProtocol(self.client, self.backendName)
@@ -447,7 +426,7 @@ class ClientProtocol(Protocol):
             self.rejected = True
             self.stats.rejected()
             factory.refusals.refused(
-                factory.name, REFUSED_LIMIT, describeAddress(self.transport.getPeer())
+                factory.name, REFUSED_LIMIT, describe(self.transport.getPeer())
             )
             self.transport.loseConnection()
             return
@@ -456,7 +435,7 @@ class ClientProtocol(Protocol):
         clock = factory.clock
         self.clock = clock
         self.startedAt = clock.seconds()
-        self.clientAddress = describeAddress(self.transport.getPeer())
+        self.clientAddress = describe(self.transport.getPeer())
         seconds, failed = clock.seconds, self._protocolError
         self.upstream = Direction(
             stats.CLIENT,
@@ -491,7 +470,7 @@ class ClientProtocol(Protocol):
         # are dropped.
         pass
 
-    def proxyHeaderReceived(self, local: bool = False) -> None:
+    def proxyHeaderReceived(self, local: bool) -> None:
         if self.rejected:
             return
         if local:
@@ -619,10 +598,17 @@ class ClientProtocol(Protocol):
 
     def connectBackend(self) -> None:
         # Behind a PROXY header, the client's address is known only now.
-        self.clientAddress = describeAddress(self.transport.getPeer())
+        self.clientAddress = describe(self.transport.getPeer())
         # Don't read anything until there is somewhere to send it.
         self.transport.pauseProducing()  # type: ignore[attr-defined]
-        self._connecting = self.factory.connectBackend(BackendFactory(self))
+        header = b""
+        if self.factory.sendProxyHeader is not None:
+            header = self.factory.sendProxyHeader(
+                self.transport.getPeer(), self.transport.getHost()
+            )
+        self._connecting = self.factory.connectBackend(
+            BackendFactory(self, proxyHeader=header)
+        )
         self._connecting.addCallbacks(self._attemptDone, self._attemptFailed)
 
     def abandonConnect(self) -> None:
@@ -634,11 +620,6 @@ class ClientProtocol(Protocol):
         backend = self.backend
         assert backend is not None
         backendTransport = backend.transport
-        if self.factory.sendProxyHeader is not None:
-            header = self.factory.sendProxyHeader(
-                self.transport.getPeer(), self.transport.getHost()
-            )
-            backendTransport.write(header)
         self.downstream.link(backendTransport, self.transport)
         self.upstream.link(self.transport, backendTransport)
         backend.dataReceived = self.downstream.dataReceived  # type: ignore[method-assign]

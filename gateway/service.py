@@ -24,7 +24,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import stats
-from gateway.proxy import Connections, describeAddress
+from gateway.addresses import describeListening
+from gateway.proxy import Connections
 
 
 class ListenFailed(Exception):
@@ -155,7 +156,7 @@ class ListenerService(Service):
         self.log.info(
             "listening on {listener} at {address}",
             listener=self.listenerName,
-            address=describeAddress(port.getHost()),
+            address=describeListening(port.getHost()),
         )
         self.bound.callback(None)
 

@@ -42,9 +42,11 @@ class ListenerStats(Protocol):
         A connection was accepted (it may still be rejected at once).
         """
 
-    def rejected(self) -> None:
+    def rejected(self, reason: str = "limit") -> None:
         """
-        An accepted connection was closed at once: the connection limit.
+        An accepted connection was closed at once, for C{reason}: C{limit}
+        (the connection limit), C{per_source_limit}, C{rate_limit} or
+        C{denied}.
         """
 
     def closed(self, reason: str, duration: float) -> None:
@@ -116,7 +118,7 @@ class _Nothing:
     def accepted(self) -> None:
         pass
 
-    def rejected(self) -> None:
+    def rejected(self, reason: str = "limit") -> None:
         pass
 
     def closed(self, reason: str, duration: float) -> None:

@@ -33,6 +33,7 @@ from gateway.endpoints import (
     split,
     withBacklog,
 )
+from gateway.headerfirst import backendEndpoint, wrapEndpoint
 from gateway.names import backendName, listenerName
 from gateway.notify import Notifier, NotifyService
 from gateway.proxy import Connections, ProxyFactory
@@ -537,14 +538,18 @@ def makeService(
 def _backends(
     options: Options, reactor: Any, recorder: Recorder, gateway: GatewayService
 ) -> list[Backend]:
+    proxyHeaders = bool(options["backend-proxy-protocol"])
     if not options["backend"]:
         demo = DemoBackendService(reactor)
         demo.setServiceParent(gateway)
-        return [Backend("demo", demo.endpoint(), recorder.backend("demo"))]
+        endpoint = demo.endpoint()
+        if proxyHeaders:
+            endpoint = wrapEndpoint(endpoint, tls=False)
+        return [Backend("demo", endpoint, recorder.backend("demo"))]
     backends = []
     for description in options["backend"]:
         name = backendName(description)
-        endpoint = clientFromString(reactor, description)
+        endpoint = backendEndpoint(reactor, description, proxyHeaders)
         backends.append(Backend(name, endpoint, recorder.backend(name)))
     return backends
 

@@ -210,6 +210,99 @@ class GatewayMetricsTests(SynchronousTestCase):
             exposedText(self.registry),
         )
 
+    def test_everySpecLabelValueAtZero(self) -> None:
+        """
+        Every label value SPEC section 5 lists has its series at 0 as soon
+        as the listener exists, in a fresh registry: the lists are written
+        out here from the SPEC, not taken from the module under test.
+        """
+        self.metrics.listener(LISTENER)
+        closed = [
+            "client_closed",
+            "backend_closed",
+            "idle_timeout",
+            "handshake_timeout",
+            "protocol_error",
+            "backend_unavailable",
+            "tls_error",
+            "shutdown",
+        ]
+        rejected = ["limit", "per_source_limit", "rate_limit", "denied"]
+        errors = ["too_long", "malformed", "unencodable", "truncated", "proxy_header"]
+        expected = (
+            [("gateway_connections_closed_total", {"reason": r}) for r in closed]
+            + [("gateway_connections_rejected_total", {"reason": r}) for r in rejected]
+            + [
+                ("gateway_protocol_errors_total", {"peer": peer, "reason": reason})
+                for peer in ["client", "backend"]
+                for reason in errors
+            ]
+            + [
+                (name, {"direction": direction})
+                for name in ["gateway_messages_total", "gateway_message_bytes_total"]
+                for direction in ["upstream", "downstream"]
+            ]
+            + [("gateway_tls_handshake_failures_total", {})]
+        )
+        for name, labels in expected:
+            self.assertEqual(
+                self.value(name, listener=LISTENER, **labels), 0, (name, labels)
+            )
+        text = exposedText(self.registry)
+        self.assertIn(
+            'gateway_protocol_errors_total{listener="tcp:7000",peer="client",'
+            'reason="proxy_header"} 0.0\n',
+            text,
+        )
+        self.assertIn(
+            'gateway_connections_closed_total{listener="tcp:7000",'
+            'reason="handshake_timeout"} 0.0\n',
+            text,
+        )
+
+    def test_rejectedReasons(self) -> None:
+        """
+        A rejection is counted under its reason, C{limit} when none is given;
+        each leaves the active count as it was before the accept.
+        """
+        stats = self.metrics.listener(LISTENER)
+        for reason in (None, "per_source_limit", "rate_limit", "denied", "denied"):
+            stats.accepted()
+            if reason is None:
+                stats.rejected()
+            else:
+                stats.rejected(reason)
+
+        def rejected(reason: str) -> float | None:
+            return self.value(
+                "gateway_connections_rejected_total", listener=LISTENER, reason=reason
+            )
+
+        self.assertEqual(
+            [
+                rejected(r)
+                for r in ("limit", "per_source_limit", "rate_limit", "denied")
+            ],
+            [1, 1, 1, 2],
+        )
+        self.assertEqual(self.value("gateway_connections_active", listener=LISTENER), 0)
+
+    def test_closedHandshakeTimeout(self) -> None:
+        """
+        A connection closed for a reason SPEC 9 adds is counted under it.
+        """
+        stats = self.metrics.listener(LISTENER)
+        stats.accepted()
+        stats.closed("handshake_timeout", 10.0)
+        self.assertEqual(
+            self.value(
+                "gateway_connections_closed_total",
+                listener=LISTENER,
+                reason="handshake_timeout",
+            ),
+            1,
+        )
+
     def test_backendSeriesStartAtZero(self) -> None:
         """
         Asking for a backend makes its series, at zero.

@@ -11,6 +11,7 @@ import shutil
 import struct
 from urllib.parse import urlencode
 
+import trustme
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openMetricsFamilies,
 )
@@ -321,7 +322,14 @@ class CountingTests(TestCase):
                     {"listener": LISTENER, "peer": peer, "reason": reason}.items()
                 ): (1 if reason == "too_long" else 0)
                 for peer in ["client", "backend"]
-                for reason in ["too_long", "malformed", "unencodable", "truncated"]
+                # SPEC 5 lists proxy_header too: it exists on every listener.
+                for reason in [
+                    "too_long",
+                    "malformed",
+                    "unencodable",
+                    "truncated",
+                    "proxy_header",
+                ]
             },
         )
         self.assertEqual(listener("gateway_tls_handshake_failures_total"), 0)
@@ -425,6 +433,86 @@ class PromtoolTests(TestCase):
         code, body = await httpGet(gateway.port("metrics"), b"/metrics")
         self.assertEqual(code, 200)
         self.assertIn(b"gateway_protocol_errors_total{", body)
+        result = await getProcessOutputAndValue(
+            promtool, ["check", "metrics"], env=dict(os.environ), stdinBytes=body
+        )
+        self.assertEqual(result, (b"", b"", 0))
+
+    async def test_everySeriesFromStartUp(self):
+        """
+        Before any traffic, a gateway with a plain, a C{haproxy:} and a TLS
+        listener serves every series of every label value at 0, the
+        C{proxy_header} protocol errors included, and C{promtool} accepts
+        it.
+        """
+        promtool = shutil.which("promtool")
+        directory = self.mktemp()
+        os.makedirs(directory)
+        certificate = os.path.join(directory, "gateway.pem")
+        trustme.CA().issue_cert(
+            "localhost"
+        ).private_key_and_cert_chain_pem.write_to_path(certificate)
+        gateway = await runGateway(
+            self,
+            LISTEN
+            + ["--listen", "haproxy:tcp:0:interface=127.0.0.1"]
+            + ["--listen-tls", "tcp:0:interface=127.0.0.1"]
+            + ["--tls-cert", certificate],
+        )
+        code, body = await httpGet(gateway.port("metrics"), b"/metrics")
+        self.assertEqual(code, 200)
+        samples = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                samples[sample.name, frozenset(sample.labels.items())] = sample.value
+
+        def at0(name: str, **labels: str) -> None:
+            key = (name, frozenset(labels.items()))
+            self.assertEqual(samples.get(key), 0.0, key)
+
+        for listener in ("tcp:0", "proxy+tcp:0", "tls:0"):
+            at0("gateway_connections_accepted_total", listener=listener)
+            at0("gateway_tls_handshake_failures_total", listener=listener)
+            for reason in (
+                "client_closed",
+                "backend_closed",
+                "idle_timeout",
+                "handshake_timeout",
+                "protocol_error",
+                "backend_unavailable",
+                "tls_error",
+                "shutdown",
+            ):
+                at0(
+                    "gateway_connections_closed_total", listener=listener, reason=reason
+                )
+            for reason in ("limit", "per_source_limit", "rate_limit", "denied"):
+                at0(
+                    "gateway_connections_rejected_total",
+                    listener=listener,
+                    reason=reason,
+                )
+            for peer in ("client", "backend"):
+                for reason in (
+                    "too_long",
+                    "malformed",
+                    "unencodable",
+                    "truncated",
+                    "proxy_header",
+                ):
+                    at0(
+                        "gateway_protocol_errors_total",
+                        listener=listener,
+                        peer=peer,
+                        reason=reason,
+                    )
+            for direction in ("upstream", "downstream"):
+                at0("gateway_messages_total", listener=listener, direction=direction)
+        at0("gateway_backend_connect_failures_total", backend="demo")
+        at0("gateway_backend_connect_seconds_count", backend="demo")
+        if promtool is None:
+            # The series above are checked all the same.
+            return
         result = await getProcessOutputAndValue(
             promtool, ["check", "metrics"], env=dict(os.environ), stdinBytes=body
         )

@@ -702,7 +702,7 @@ class ProxyLocalTests(SynchronousTestCase):
         """
         harness = Harness(proxyHeader=True)
         client, clientTransport = harness.connectClient()
-        client.proxyHeaderReceived()
+        client.proxyHeaderReceived(local=False)
         with capturedLogs() as events:
             clientTransport.loseConnection()
         closed = [e for e in events if e["log_format"].startswith("closed ")]

@@ -152,6 +152,58 @@ class ProxyInTests(TestCase):
         self.assertEqual(client.received, b"NEXT\n")
 
 
+# Headers that cannot become valid, cut where the rule they break shows:
+# a connection that waited for the rest would hang here (the idle timeout
+# is off), so each test fails by its deadline rather than by timing.
+CUT_SHORT = [
+    # A lone LF ends the line: rejected when it arrives, not after 107 bytes.
+    b"PROXY TCP4 192.0.2.7 198.51.100.1 4242 7000\n",
+    # A zone id, the second carrying a newline and text for the log line.
+    b"PROXY TCP6 fe80::1%",
+    b"PROXY TCP6 ::1%\nFORGED ::1 1 2\r\n",
+    # Leading zeroes in ports.
+    b"PROXY TCP4 192.168.0.1 192.168.0.11 080 0443\r\n",
+    # Version 2 with version byte 3, claiming 61,680 more bytes.
+    b"\r\n\r\n\x00\r\nQUIT\n\x31\x21\xf0\xf0",
+    # Version 2, PROXY over TCP4 with a block too short for two addresses.
+    b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x08",
+]
+
+
+class StrictInputTests(TestCase):
+    async def test_refusedAtOnce(self):
+        """
+        Each header is refused as soon as its bad byte arrives: the
+        connection is closed, counted as a C{proxy_header} protocol error,
+        and nothing the peer wrote after a C{%} reaches the log.
+        """
+        backend, backendPort = listenBackend(self)
+        gateway = await runGateway(
+            self, PROXIED + backendOption(backendPort) + ["--idle-timeout", "0"]
+        )
+        for header in CUT_SHORT:
+            client = await connect(gateway.port())
+            client.send(header)
+            await client.untilClosed()
+            self.assertEqual(client.received, b"", header)
+        await gateway.logged("protocol error from client", len(CUT_SHORT))
+        self.assertEqual(backend.accepted, 0)
+        samples = await metrics(gateway.ports["metrics"])
+        self.assertEqual(
+            value(
+                samples,
+                "gateway_protocol_errors_total",
+                listener=LISTENER,
+                peer="client",
+                reason="proxy_header",
+            ),
+            len(CUT_SHORT),
+        )
+        log = gateway.log()
+        self.assertNotIn("FORGED", log)
+        self.assertNotIn("fe80", log)
+
+
 class ProxyOutTests(TestCase):
     async def test_v1FromPlainClient(self):
         """
