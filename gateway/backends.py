@@ -93,14 +93,37 @@ class BackendPool:
     log = Logger(namespace="gateway.backends")
 
     def __init__(
-        self, backends: list[Backend], clock: IReactorTime, connectTimeout: float
+        self,
+        backends: list[Backend],
+        clock: IReactorTime,
+        connectTimeout: float,
+        log: Logger | None = None,
     ) -> None:
+        """
+        @param log: where connect failures are logged (a service's own
+            namespace); the class's when None.
+        """
         if not backends:
             raise ValueError("a backend pool needs at least one backend")
+        if log is not None:
+            self.log = log
         self.backends = backends
         self._clock = clock
         self._connectTimeout = connectTimeout
         self._next = 0
+
+    def adopt(self, previous: BackendPool) -> None:
+        """
+        Take over the passive health of each backend C{previous} also has
+        (same name): a reload keeps a backend's state (SPEC section 7), so a
+        backend in backoff stays skipped until its backoff ends.
+        """
+        old = {backend.name: backend for backend in previous.backends}
+        for backend in self.backends:
+            kept = old.get(backend.name)
+            if kept is not None:
+                backend.failures = kept.failures
+                backend.retryAt = kept.retryAt
 
     def candidates(self) -> list[Backend]:
         """

@@ -103,7 +103,19 @@ CLOSED_REASONS = tuple(dict.fromkeys((*CLOSE_REASONS, HANDSHAKE_TIMEOUT)))
 PROTOCOL_ERROR_REASONS = (TOO_LONG, MALFORMED, UNENCODABLE, TRUNCATED, PROXY_HEADER)
 PEERS = (CLIENT, BACKEND)
 
+RELOAD_SUCCESS = "success"
+RELOAD_FAILURE = "failure"
+# A service's name when the command line describes it (SPEC section 7).
+DEFAULT_SERVICE = "default"
+
 _PLAIN_TEXT = b"text/plain; charset=utf-8"
+
+
+def _removeSeries(family: Counter | Gauge | Histogram, *labels: str) -> None:
+    try:
+        family.remove(*labels)
+    except KeyError:
+        pass
 
 
 class ListenerMetrics:
@@ -130,53 +142,93 @@ class ListenerMetrics:
         "_protocolErrors",
         "_protocolErrorFamily",
         "_tlsFailures",
+        "service",
+        "_metrics",
+        "open",
+        "retired",
     )
 
-    def __init__(self, metrics: "GatewayMetrics", name: str) -> None:
+    def __init__(
+        self, metrics: "GatewayMetrics", name: str, service: str = DEFAULT_SERVICE
+    ) -> None:
         self._name = name
-        self._accepted = metrics.connectionsAccepted.labels(name)
-        self._active = metrics.connectionsActive.labels(name)
+        self.service = service
+        self._metrics = metrics
+        self.open = 0
+        self.retired = False
+        self._accepted = metrics.connectionsAccepted.labels(service, name)
+        self._active = metrics.connectionsActive.labels(service, name)
         self._rejectedFamily = metrics.connectionsRejected
         self._rejected = {
-            reason: metrics.connectionsRejected.labels(name, reason)
+            reason: metrics.connectionsRejected.labels(service, name, reason)
             for reason in REJECTED_REASONS
         }
         self._closedFamily = metrics.connectionsClosed
         self._closed = {
-            reason: metrics.connectionsClosed.labels(name, reason)
+            reason: metrics.connectionsClosed.labels(service, name, reason)
             for reason in CLOSED_REASONS
         }
-        self._duration = metrics.connectionDuration.labels(name)
+        self._duration = metrics.connectionDuration.labels(service, name)
         self.messagesUp = self.bytesUp = self.messagesDown = self.bytesDown = 0
         self._protocolErrorFamily = metrics.protocolErrors
         self._protocolErrors = {
-            (peer, reason): metrics.protocolErrors.labels(name, peer, reason)
+            (peer, reason): metrics.protocolErrors.labels(service, name, peer, reason)
             for peer in PEERS
             for reason in PROTOCOL_ERROR_REASONS
         }
-        self._tlsFailures = metrics.tlsHandshakeFailures.labels(name)
+        self._tlsFailures = metrics.tlsHandshakeFailures.labels(service, name)
 
     def accepted(self) -> None:
         self._accepted.inc()
         self._active.inc()
+        self.open += 1
+
+    def _ended(self) -> None:
+        self.open -= 1
+        if self.retired and not self.open:
+            self._metrics.removeListener(self)
+
+    def remove(self) -> None:
+        """
+        Remove every series of this listener from the registry.
+        """
+        service, name = self.service, self._name
+        metrics = self._metrics
+        for family in (
+            metrics.connectionsAccepted,
+            metrics.connectionsActive,
+            metrics.connectionDuration,
+            metrics.tlsHandshakeFailures,
+        ):
+            _removeSeries(family, service, name)
+        for reason in self._rejected:
+            _removeSeries(metrics.connectionsRejected, service, name, reason)
+        for reason in self._closed:
+            _removeSeries(metrics.connectionsClosed, service, name, reason)
+        for peer, reason in self._protocolErrors:
+            _removeSeries(metrics.protocolErrors, service, name, peer, reason)
 
     def rejected(self, reason: str = REJECTED_LIMIT) -> None:
         child = self._rejected.get(reason)
         if child is None:
             # A reason a newer admission rule added: its series starts now.
             child = self._rejected[reason] = self._rejectedFamily.labels(
-                self._name, reason
+                self.service, self._name, reason
             )
         child.inc()
         self._active.dec()
+        self._ended()
 
     def closed(self, reason: str, duration: float) -> None:
         child = self._closed.get(reason)
         if child is None:
-            child = self._closed[reason] = self._closedFamily.labels(self._name, reason)
+            child = self._closed[reason] = self._closedFamily.labels(
+                self.service, self._name, reason
+            )
         child.inc()
         self._active.dec()
         self._duration.observe(duration)
+        self._ended()
 
     # A prometheus_client Counter takes a lock and makes three calls per
     # increment, about 0.7 us, twice per read chunk; these run in the reactor
@@ -193,7 +245,9 @@ class ListenerMetrics:
         child = self._protocolErrors.get((peer, reason))
         if child is None:
             # A reason a newer codec added: its series starts now.
-            child = self._protocolErrorFamily.labels(self._name, peer, reason)
+            child = self._protocolErrorFamily.labels(
+                self.service, self._name, peer, reason
+            )
             self._protocolErrors[peer, reason] = child
         child.inc()
 
@@ -207,7 +261,7 @@ class TrafficCollector:
     every listener's plain counts when the registry is collected.
     """
 
-    def __init__(self, listeners: dict[str, ListenerMetrics]) -> None:
+    def __init__(self, listeners: dict[tuple[str, str], ListenerMetrics]) -> None:
         self._listeners = listeners
 
     def describe(self) -> list[Metric]:
@@ -215,11 +269,11 @@ class TrafficCollector:
 
     def collect(self) -> Iterator[Metric]:
         messages, payload = self._families()
-        for name, listener in self._listeners.items():
-            messages.add_metric([name, UPSTREAM], listener.messagesUp)
-            messages.add_metric([name, DOWNSTREAM], listener.messagesDown)
-            payload.add_metric([name, UPSTREAM], listener.bytesUp)
-            payload.add_metric([name, DOWNSTREAM], listener.bytesDown)
+        for (service, name), listener in self._listeners.items():
+            messages.add_metric([service, name, UPSTREAM], listener.messagesUp)
+            messages.add_metric([service, name, DOWNSTREAM], listener.messagesDown)
+            payload.add_metric([service, name, UPSTREAM], listener.bytesUp)
+            payload.add_metric([service, name, DOWNSTREAM], listener.bytesDown)
         yield messages
         yield payload
 
@@ -229,12 +283,12 @@ class TrafficCollector:
             CounterMetricFamily(
                 "gateway_messages",
                 "Messages forwarded, upstream (client to backend) or downstream.",
-                labels=["listener", "direction"],
+                labels=["service", "listener", "direction"],
             ),
             CounterMetricFamily(
                 "gateway_message_bytes",
                 "Payload bytes of the messages forwarded, without framing.",
-                labels=["listener", "direction"],
+                labels=["service", "listener", "direction"],
             ),
         )
 
@@ -244,11 +298,25 @@ class BackendMetrics:
     The L{gateway.stats.BackendStats} of one backend, children bound at once.
     """
 
-    __slots__ = ("_connect", "_failures")
+    __slots__ = ("_connect", "_failures", "_metrics", "_labels")
 
-    def __init__(self, metrics: "GatewayMetrics", name: str) -> None:
-        self._connect = metrics.backendConnect.labels(name)
-        self._failures = metrics.backendConnectFailures.labels(name)
+    def __init__(
+        self, metrics: "GatewayMetrics", name: str, service: str = DEFAULT_SERVICE
+    ) -> None:
+        self._metrics = metrics
+        self._labels = (service, name)
+        self._connect = metrics.backendConnect.labels(service, name)
+        self._failures = metrics.backendConnectFailures.labels(service, name)
+
+    def remove(self) -> None:
+        """
+        Remove every series of this backend from the registry.
+        """
+        for family in (
+            self._metrics.backendConnect,
+            self._metrics.backendConnectFailures,
+        ):
+            _removeSeries(family, *self._labels)
 
     def connected(self, seconds: float) -> None:
         self._connect.observe(seconds)
@@ -269,8 +337,8 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry, version: str) -> None:
         self.registry = registry
-        self._listeners: dict[str, ListenerMetrics] = {}
-        self._backends: dict[str, BackendMetrics] = {}
+        self._listeners: dict[tuple[str, str], ListenerMetrics] = {}
+        self._backends: dict[tuple[str, str], BackendMetrics] = {}
 
         self.buildInfo = Gauge(
             "gateway_build_info",
@@ -284,31 +352,31 @@ class GatewayMetrics:
         self.connectionsAccepted = Counter(
             "gateway_connections_accepted",
             "Client connections accepted, including those rejected at once.",
-            ["listener"],
+            ["service", "listener"],
             registry=registry,
         )
         self.connectionsActive = Gauge(
             "gateway_connections_active",
             "Client connections open now.",
-            ["listener"],
+            ["service", "listener"],
             registry=registry,
         )
         self.connectionsRejected = Counter(
             "gateway_connections_rejected",
             "Client connections closed as soon as they were accepted.",
-            ["listener", "reason"],
+            ["service", "listener", "reason"],
             registry=registry,
         )
         self.connectionsClosed = Counter(
             "gateway_connections_closed",
             "Client connections that ended, by why they ended.",
-            ["listener", "reason"],
+            ["service", "listener", "reason"],
             registry=registry,
         )
         self.connectionDuration = Histogram(
             "gateway_connection_duration_seconds",
             "How long client connections that were not rejected lasted.",
-            ["listener"],
+            ["service", "listener"],
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
@@ -316,26 +384,26 @@ class GatewayMetrics:
         self.protocolErrors = Counter(
             "gateway_protocol_errors",
             "Framing errors, by the peer that sent the offending bytes.",
-            ["listener", "peer", "reason"],
+            ["service", "listener", "peer", "reason"],
             registry=registry,
         )
         self.backendConnect = Histogram(
             "gateway_backend_connect_seconds",
             "How long successful backend connects took.",
-            ["backend"],
+            ["service", "backend"],
             buckets=CONNECT_BUCKETS,
             registry=registry,
         )
         self.backendConnectFailures = Counter(
             "gateway_backend_connect_failures",
             "Backend connects that failed or timed out.",
-            ["backend"],
+            ["service", "backend"],
             registry=registry,
         )
         self.tlsHandshakeFailures = Counter(
             "gateway_tls_handshake_failures",
             "TLS handshakes that failed or did not complete in time.",
-            ["listener"],
+            ["service", "listener"],
             registry=registry,
         )
         self.draining = Gauge(
@@ -344,11 +412,33 @@ class GatewayMetrics:
             registry=registry,
         )
 
+        self.lastReloadSuccessful = Gauge(
+            "gateway_config_last_reload_successful",
+            "1 when the last reload of the configuration succeeded, else 0.",
+            registry=registry,
+        )
+        self.lastReloadSuccessful.set(1)
+        self.lastReloadSuccess = Gauge(
+            "gateway_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded (at start-up, or a reload"
+            " that succeeded), in seconds since the epoch.",
+            registry=registry,
+        )
+        self.lastReloadSuccess.set_to_current_time()
+        self.reloads = Counter(
+            "gateway_config_reloads",
+            "Reloads of the configuration (SIGHUP), by result.",
+            ["result"],
+            registry=registry,
+        )
+        for result in (RELOAD_SUCCESS, RELOAD_FAILURE):
+            self.reloads.labels(result)
+
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
 
-    def listener(self, name: str) -> ListenerMetrics:
+    def listener(self, name: str, service: str = DEFAULT_SERVICE) -> ListenerMetrics:
         """
         The event sink of listener C{name}, made the first time it is asked
         for; all its series then exist, at zero, so they are scraped before
@@ -359,20 +449,63 @@ class GatewayMetrics:
         the same, since a series that stays at 0 costs a line per scrape
         and one that is missing hides the first event from C{increase()}.
         """
-        stats = self._listeners.get(name)
+        stats = self._listeners.get((service, name))
         if stats is None:
-            stats = self._listeners[name] = ListenerMetrics(self, name)
+            stats = self._listeners[service, name] = ListenerMetrics(
+                self, name, service
+            )
+        stats.retired = False
         return stats
 
-    def backend(self, name: str) -> BackendMetrics:
+    def backend(self, name: str, service: str = DEFAULT_SERVICE) -> BackendMetrics:
         """
-        The event sink of backend C{name}, made the first time it is asked
-        for, with its series at zero.
+        The event sink of backend C{name} of C{service}, made the first time
+        it is asked for, with its series at zero.
         """
-        stats = self._backends.get(name)
+        stats = self._backends.get((service, name))
         if stats is None:
-            stats = self._backends[name] = BackendMetrics(self, name)
+            stats = self._backends[service, name] = BackendMetrics(self, name, service)
         return stats
+
+    def keepOnly(
+        self, listeners: set[tuple[str, str]], backends: set[tuple[str, str]]
+    ) -> None:
+        """
+        After a reload: the series of every listener not in C{listeners}
+        (pairs of service and listener names) go once its last connection
+        has ended (SPEC section 5: no stale gauges), and those of every
+        backend not in C{backends} at once (a backend's series move only
+        while a connection to it is being made).
+        """
+        for key, stats in list(self._listeners.items()):
+            if key not in listeners:
+                stats.retired = True
+                if not stats.open:
+                    self.removeListener(stats)
+        for key, backend in list(self._backends.items()):
+            if key not in backends:
+                backend.remove()
+                del self._backends[key]
+
+    def removeListener(self, stats: ListenerMetrics) -> None:
+        """
+        Remove the series of a listener a reload took away.
+        """
+        key = (stats.service, stats._name)
+        if self._listeners.get(key) is stats:
+            del self._listeners[key]
+            stats.remove()
+
+    def reloaded(self, success: bool, when: float) -> None:
+        """
+        Count a reload of the configuration; C{when} is the time it
+        succeeded, in seconds since the epoch.
+        """
+        result = RELOAD_SUCCESS if success else RELOAD_FAILURE
+        self.reloads.labels(result).inc()
+        self.lastReloadSuccessful.set(1 if success else 0)
+        if success:
+            self.lastReloadSuccess.set(when)
 
     def setDraining(self, draining: bool) -> None:
         """

@@ -14,12 +14,15 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
+    IAddress,
     IListeningPort,
+    IProtocol,
     IProtocolFactory,
     IReactorCore,
     IReactorTime,
     IStreamServerEndpoint,
 )
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -86,13 +89,34 @@ def bindFailure(failure: Failure) -> str:
     return f"cannot listen{where}: {reason}"
 
 
+class CurrentFactory(ServerFactory):
+    """
+    The factory a listening port holds for its whole life, handing each
+    connection to the factory current when it is accepted.
+
+    A reload (SPEC section 7) replaces the current factory: the socket stays
+    open (no connection is refused, no accept is missed), new connections get
+    the new settings, and those already accepted keep the factory (and so the
+    settings) they were built by.
+    """
+
+    noisy = False
+
+    def __init__(self, current: IProtocolFactory) -> None:
+        self.current = current
+
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
+        return self.current.buildProtocol(addr)
+
+
 class ListenerService(Service):
     """
     Listens on one endpoint, binding as early as twistd allows.
 
     Binding happens in C{privilegedStartService} (before twistd drops
     privileges), and a failure there is raised at once: a gateway that cannot
-    listen where it was told must not start at all.
+    listen where it was told must not start at all. A listener added by a
+    reload is bound with L{bind} before it joins the running gateway.
     """
 
     log = Logger(namespace="gateway.service")
@@ -118,9 +142,29 @@ class ListenerService(Service):
         self.option = option
         self.description = description
         self.endpoint = endpoint
-        self.factory = factory
+        self.factory = CurrentFactory(factory)
         self._listening: Deferred[IListeningPort] | None = None
         self.bound: Deferred[None] = Deferred()
+
+    def replaceFactory(self, factory: IProtocolFactory, name: str) -> None:
+        """
+        Hand new connections to C{factory}, as listener C{name}, from now on.
+        """
+        self.factory.current = factory
+        self.listenerName = name
+
+    async def bind(self) -> None:
+        """
+        Bind now, for a listener a reload adds.
+
+        @raise ListenFailed: with the line saying why; nothing is left bound.
+        """
+        self._listening = listening = self.endpoint.listen(self.factory)
+        try:
+            port = await listening
+        except Exception:
+            raise ListenFailed(self._failureLine(Failure()))
+        self._bound(port)
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()

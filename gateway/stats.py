@@ -96,9 +96,29 @@ class Recorder(Protocol):
     Hands out the per-listener and per-backend event sinks.
     """
 
-    def listener(self, name: str) -> ListenerStats: ...
+    def listener(self, name: str, service: str = "default") -> ListenerStats:
+        """
+        The events of listener C{name} of C{service}.
+        """
 
-    def backend(self, name: str) -> BackendStats: ...
+    def backend(self, name: str, service: str = "default") -> BackendStats:
+        """
+        The events of backend C{name} of C{service}.
+        """
+
+    def keepOnly(
+        self, listeners: set[tuple[str, str]], backends: set[tuple[str, str]]
+    ) -> None:
+        """
+        After a reload, only these (service, listener) and (service,
+        backend) pairs remain; the others are forgotten once idle.
+        """
+
+    def reloaded(self, success: bool, when: float) -> None:
+        """
+        A reload of the configuration succeeded or failed, at C{when}
+        (seconds since the epoch).
+        """
 
     def setDraining(self, draining: bool) -> None:
         """
@@ -151,11 +171,19 @@ class NoRecorder:
     A L{Recorder} that keeps nothing, for when metrics are disabled.
     """
 
-    def listener(self, name: str) -> ListenerStats:
+    def listener(self, name: str, service: str = "default") -> ListenerStats:
         return _NOTHING
 
-    def backend(self, name: str) -> BackendStats:
+    def backend(self, name: str, service: str = "default") -> BackendStats:
         return _NOTHING
+
+    def keepOnly(
+        self, listeners: set[tuple[str, str]], backends: set[tuple[str, str]]
+    ) -> None:
+        pass
+
+    def reloaded(self, success: bool, when: float) -> None:
+        pass
 
     def setDraining(self, draining: bool) -> None:
         pass

@@ -10,34 +10,33 @@ from __future__ import annotations
 import getopt
 import signal
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import reflect, usage
 
 from gateway import __version__
 from gateway import reactor as gatewayReactor
-from gateway.backends import Backend, BackendPool
-from gateway.codec import FRAMINGS, framing
-from gateway.daemon import StartupReport, installParentWait
-from gateway.demo import DemoBackendService
-from gateway.endpoints import (
-    EndpointError,
-    checkBackend,
-    checkListen,
-    checkMetrics,
-    clientForm,
-    serverForm,
-    split,
-    withBacklog,
+from gateway.config import (
+    DEFAULT_LISTEN,
+    DEFAULT_METRICS,
+    SETTINGS,
+    SETTINGS_TABLE,
+    ConfigError,
+    Setting,
+    SettingError,
+    fromCommandLine,
+    loadFile,
 )
-from gateway.headerfirst import backendEndpoint, wrapEndpoint
-from gateway.names import backendName, listenerName
+from gateway.daemon import StartupReport, installParentWait
+from gateway.endpoints import withBacklog
 from gateway.notify import Notifier, NotifyService
-from gateway.proxy import Connections, ProxyFactory
-from gateway.proxyprotocol import HEADERS, isBehindProxy, serverEndpoint
+from gateway.proxy import Connections
 from gateway.service import (
     GatewayService,
     ListenerService,
@@ -45,22 +44,11 @@ from gateway.service import (
     SignalService,
     StopSignals,
 )
+from gateway.services import ReloadFailed, Services
 from gateway.stats import NoRecorder, Recorder
-from gateway.tls import ReloadableServerTLS, TLSError, wrapFactory
+from gateway.tls import TLSError
 
-DEFAULT_LISTEN = "tcp:7000:interface=127.0.0.1"
-DEFAULT_METRICS = "tcp:9180:interface=127.0.0.1"
-TLS_VERSIONS = ("1.2", "1.3")
-# The longest payload each length-prefixed framing can carry, in bytes.
-FRAMING_LIMITS = {"int8": 2**8 - 1, "int16": 2**16 - 1, "int32": 2**32 - 1}
-# Options that only mean something to a TLS listener.
-TLS_OPTIONS = (
-    "tls-cert",
-    "tls-key",
-    "tls-client-ca",
-    "tls-min-version",
-    "tls-alpn",
-)
+__all__ = ["DEFAULT_LISTEN", "DEFAULT_METRICS", "Options", "makeService"]
 
 log = Logger(namespace="gateway.tap")
 
@@ -76,83 +64,63 @@ def _reactor() -> Any:
     return reactor
 
 
+def _repeatable(setting: Setting) -> Callable[[Options, str], None]:
+    def opt(self: Options, value: str) -> None:
+        self[setting.name].append(value)
+
+    opt.__doc__ = setting.help
+    opt.__name__ = "opt_" + setting.name.replace("-", "_")
+    return opt
+
+
 class Options(usage.Options):
     """
     C{twistd gateway} options. Every value is checked before anything listens.
+
+    The settings' options are made from L{gateway.config.SETTINGS_TABLE}, so
+    that each is the key of the same name in a configuration file.
     """
 
     synopsis = "[options]"
     longdesc = (
         "Translate newline-delimited client messages into length-prefixed "
         "backend frames and back. With no --backend, a built-in echo backend "
-        "is started for trying the gateway out."
+        "is started for trying the gateway out. With --config FILE, a TOML "
+        "file describes any number of services, and SIGHUP reloads it."
     )
 
     optParameters = [
+        [setting.name, None, setting.default, setting.help]
+        for setting in SETTINGS_TABLE
+        if not setting.repeatable
+    ] + [
         [
-            "client-framing",
+            "config",
             None,
-            "lf",
-            "Framing on the client side: " + ", ".join(FRAMINGS) + ".",
+            None,
+            "TOML file describing the services (no other gateway option may be"
+            " given with it, but --check); SIGHUP reloads it.",
         ],
-        ["backend-framing", None, "int32", "Framing on the backend side."],
+    ]
+    optFlags = [
         [
-            "max-message-size",
+            "check",
             None,
-            "65536",
-            "Longest payload accepted from either side, in bytes.",
-        ],
-        [
-            "max-connections",
-            None,
-            "10000",
-            "Concurrent client connections; more are accepted and closed at once.",
-        ],
-        ["connect-timeout", None, "10", "Backend connect timeout, in seconds."],
-        [
-            "idle-timeout",
-            None,
-            "300",
-            "Seconds without a byte either way before a pair is closed (0: never).",
-        ],
-        [
-            "drain-timeout",
-            None,
-            "30",
-            "On SIGTERM, seconds open connections may take to finish"
-            " (a second SIGTERM ends the drain at once).",
-        ],
-        [
-            "tls-client-ca",
-            None,
-            None,
-            "PEM file of the CA that must have signed every client's certificate"
-            " (mTLS). [default: no client certificates]",
-        ],
-        ["tls-min-version", None, "1.2", "Lowest TLS version accepted: 1.2 or 1.3."],
-        [
-            "backend-proxy-protocol",
-            None,
-            None,
-            "v1 or v2: send the client's original address to the backend"
-            " (PROXY protocol) before the first frame. [default: none]",
-        ],
-        [
-            "metrics",
-            None,
-            DEFAULT_METRICS,
-            "Server endpoint for /metrics, /healthz and /readyz, or none.",
+            "Check the configuration (file, endpoints, framings, TLS files) and"
+            " exit: 0 and 'FILE: ok', or 1 and one line saying what is wrong.",
         ],
     ]
 
+    for _setting in SETTINGS_TABLE:
+        if _setting.repeatable:
+            locals()["opt_" + _setting.name.replace("-", "_")] = _repeatable(_setting)
+    del _setting
+
     def __init__(self) -> None:
         super().__init__()
-        self["listen"] = []
-        self["listen-tls"] = []
-        self["tls-cert"] = []
-        self["tls-key"] = []
-        self["tls-alpn"] = []
-        self["backend"] = []
+        for setting in SETTINGS_TABLE:
+            if setting.repeatable:
+                self[setting.name] = []
         # Long names of the options given on the command line.
         self.given: set[str] = set()
 
@@ -215,202 +183,38 @@ class Options(usage.Options):
         print(versionLine())
         sys.exit(0)
 
-    def opt_listen(self, description: str) -> None:
-        """
-        Listen on this Twisted server endpoint (repeatable), e.g.
-        tcp:7000:interface=127.0.0.1, tcp6:7000, unix:/run/gateway.sock,
-        systemd:domain=INET:name=gateway, haproxy:tcp:7000. Listens with a
-        backlog of 4096 unless the string sets backlog=.
-        [default: tcp:7000:interface=127.0.0.1]
-        """
-        self["listen"].append(description)
-
-    def opt_listen_tls(self, description: str) -> None:
-        """
-        Listen with TLS on this server endpoint (repeatable): tcp:7443,
-        systemd:domain=INET:name=gateway-tls, haproxy:tcp:7443, ...
-        """
-        self["listen-tls"].append(description)
-
-    def opt_tls_cert(self, path: str) -> None:
-        """
-        PEM certificate, then its chain (repeatable: chosen by SNI, the first
-        is the default).
-        """
-        self["tls-cert"].append(path)
-
-    def opt_tls_alpn(self, name: str) -> None:
-        """
-        ALPN protocol to select when a TLS client offers it (repeatable), e.g.
-        http/1.1; a client offering others only is refused.
-        [default: an ALPN offer is ignored]
-        """
-        self["tls-alpn"].append(name)
-
-    def opt_tls_key(self, path: str) -> None:
-        """
-        PEM private key of the --tls-cert in the same position (repeatable).
-        [default: the key inside the certificate file]
-        """
-        self["tls-key"].append(path)
-
-    def opt_backend(self, description: str) -> None:
-        """
-        Connect to this Twisted client endpoint (repeatable: round robin,
-        skipping backends that fail), e.g. tcp:host=10.0.0.5:port=9000,
-        unix:path=/run/backend.sock. [default: a built-in echo backend]
-        """
-        self["backend"].append(description)
-
     def postOptions(self) -> None:
-        for option in ("client-framing", "backend-framing"):
-            if self[option] not in FRAMINGS:
-                raise usage.UsageError(
-                    f"--{option}: unknown framing {self[option]!r};"
-                    f" choose one of {', '.join(FRAMINGS)}"
-                )
-        self["max-message-size"] = _number(self, "max-message-size", int, minimum=1)
-        self["max-connections"] = _number(self, "max-connections", int, minimum=1)
-        self["connect-timeout"] = _number(self, "connect-timeout", float, above=0)
-        self["idle-timeout"] = _number(self, "idle-timeout", float, minimum=0)
-        self["drain-timeout"] = _number(self, "drain-timeout", float, minimum=0)
-        self._framingsCarry()
-        if self["tls-min-version"] not in TLS_VERSIONS:
-            raise usage.UsageError(
-                f"--tls-min-version: {self['tls-min-version']!r} is not 1.2 or 1.3"
-            )
-        proxyVersion = self["backend-proxy-protocol"]
-        if proxyVersion is not None and proxyVersion not in HEADERS:
-            raise usage.UsageError(
-                f"--backend-proxy-protocol: {proxyVersion!r} is not "
-                + " or ".join(HEADERS)
-            )
-        if not self["listen"] and not self["listen-tls"]:
-            self["listen"] = [DEFAULT_LISTEN]
-        for option in ("listen", "listen-tls"):
-            for description in self[option]:
-                tls = option == "listen-tls"
-                _checked(f"--{option}", description, checkListen, tls)
-        for description in self["backend"]:
-            _checked("--backend", description, checkBackend)
-        if self["metrics"] == "none":
-            self["metrics"] = None
-        else:
-            _checked("--metrics", self["metrics"], checkMetrics)
+        check = bool(self["check"])
         reactor = _reactor()
-        for option in ("listen", "listen-tls"):
-            for description in self[option]:
-                _parsed(f"--{option}", description, serverEndpoint, reactor)
-        for description in self["backend"]:
-            _parsed("--backend", description, clientFromString, reactor)
-        if self["metrics"] is not None:
-            _parsed("--metrics", self["metrics"], serverFromString, reactor)
-        self["tls"] = None
-        if not self["listen-tls"]:
-            for option in TLS_OPTIONS:
-                if option in self.given:
-                    raise usage.UsageError(
-                        f"--{option}: there is no --listen-tls listener for it"
-                        " to apply to: add one (--listen-tls tcp:7443) or leave"
-                        f" --{option} out"
-                    )
-        else:
-            if not self["tls-cert"]:
-                raise usage.UsageError("--listen-tls: needs at least one --tls-cert")
-            try:
-                self["tls"] = ReloadableServerTLS(
-                    self["tls-cert"],
-                    self["tls-key"],
-                    self["tls-client-ca"],
-                    self["tls-min-version"],
-                    self["tls-alpn"],
-                )
-            except TLSError as error:
-                raise usage.UsageError(str(error))
-
-    def _framingsCarry(self) -> None:
-        """
-        A length-prefixed framing whose prefix cannot express
-        C{--max-message-size} could never carry the messages it promises.
-        """
-        size = self["max-message-size"]
-        for option in ("client-framing", "backend-framing"):
-            limit = FRAMING_LIMITS.get(self[option])
-            if limit is not None and size > limit:
-                given = "" if "max-message-size" in self.given else " (its default)"
+        path = self["config"]
+        if path is not None:
+            others = sorted(self.given - {"config", "check"})
+            if others:
                 raise usage.UsageError(
-                    f"--{option} {self[option]} carries at most {limit} bytes"
-                    f" per message, but --max-message-size is {size}{given}:"
-                    f" give --max-message-size {limit} or less, or a wider framing"
+                    f"--{others[0]}: not with --config: the file describes every"
+                    f" service; write it there ({others[0]} = ...)"
                 )
-
-
-def _number(
-    options: Options,
-    option: str,
-    kind: type,
-    minimum: float | None = None,
-    above: float | None = None,
-) -> Any:
-    text = options[option]
-    try:
-        value = kind(text)
-    except (TypeError, ValueError):
-        value = None
-    if (
-        value is None
-        or value != value  # NaN
-        or value in (float("inf"), float("-inf"))
-        or (minimum is not None and value < minimum)
-        or (above is not None and value <= above)
-    ):
-        noun = "an integer" if kind is int else "a number"
-        if minimum is not None:
-            bound = f"{minimum:g} or more"
+            try:
+                configuration = loadFile(path, reactor, binding=not check)
+            except ConfigError as error:
+                raise usage.UsageError(str(error))
         else:
-            bound = f"more than {above:g}"
-        raise usage.UsageError(f"--{option}: {text!r} is not {noun} of {bound}")
-    return value
-
-
-def _checked(option: str, description: str, check: Any, *args: Any) -> None:
-    try:
-        check(description, *args)
-    except EndpointError as error:
-        raise usage.UsageError(f"{option} {description!r}: {error}")
-
-
-def _parsed(option: str, description: str, parse: Any, reactor: Any) -> Any:
-    """
-    Build the endpoint with Twisted's parser. The string was checked before,
-    so what Twisted may still refuse is told in the kind's own form: its
-    exception text names Python's internals, not the operator's mistake.
-    """
-    try:
-        return parse(reactor, description)
-    except KeyError as error:
-        # What Twisted's systemd: parser raises for a name it was not given.
-        raise usage.UsageError(
-            f"{option} {description!r}: no socket named {error.args[0]!r}"
-            " was passed by systemd (LISTEN_FDNAMES)"
-        )
-    except IndexError:
-        raise usage.UsageError(
-            f"{option} {description!r}: systemd passed no socket with that"
-            " index (LISTEN_FDS); name it with name= instead"
-        )
-    except Exception:
-        kind = split(description).kind
-        if option == "--backend":
-            form = clientForm(kind)
-        else:
-            if kind == "haproxy":
-                kind = split(description.split(":", 1)[1]).kind
-            form = serverForm(kind)
-        raise usage.UsageError(
-            f"{option} {description!r}: Twisted cannot use this endpoint string:"
-            f" write it as {form}"
-        )
+            raw = {key: self[key] for key in self.given if key in SETTINGS}
+            try:
+                configuration = fromCommandLine(raw, reactor, binding=not check)
+            except SettingError as error:
+                raise usage.UsageError(error.onCommandLine())
+        if check:
+            print(f"{path}: ok" if path is not None else "configuration ok")
+            raise SystemExit(0)
+        self["configuration"] = configuration
+        # The checked values, where code and tests that read the options of
+        # the one service the command line describes find them.
+        service = next(iter(configuration.services.values()))
+        for key, value in service.values.items():
+            self[key] = list(value) if SETTINGS[key].repeatable else value
+        self.update(configuration.process)
+        self["tls"] = service.tls
 
 
 def _getoptError(error: getopt.GetoptError) -> str:
@@ -454,14 +258,15 @@ def makeService(
     options: Options, reactor: Any = None, recorder: Recorder | None = None
 ) -> IService:
     """
-    Compose the gateway: its listeners, its backends, its metrics, and its
-    conversation with systemd.
+    Compose the gateway: its services (listeners, backends), its metrics,
+    and its conversation with systemd.
     """
     if reactor is None:
         reactor = _reactor()
+    configuration = options["configuration"]
     registry = None
     if recorder is None:
-        if options["metrics"] is None:
+        if configuration.process["metrics"] is None:
             recorder = NoRecorder()
         else:
             from prometheus_client import CollectorRegistry, disable_created_metrics
@@ -473,8 +278,10 @@ def makeService(
             disable_created_metrics()
             registry = CollectorRegistry()
             recorder = GatewayMetrics(registry, __version__)
-    connections = Connections(options["max-connections"])
-    gateway = GatewayService(connections, reactor, options["drain-timeout"])
+    connections = Connections(configuration.process["max-connections"])
+    gateway = GatewayService(
+        connections, reactor, configuration.process["drain-timeout"]
+    )
     # twistd's own options, when twistd runs the gateway: where its status
     # pipe and pid file are, for a start-up failure to be told and cleaned
     # up in daemon mode too.
@@ -485,85 +292,36 @@ def makeService(
     gateway.lateFailureHooks.append(report.failLate)
     if twistdConfig is not None:
         installParentWait()
-    pool = BackendPool(
-        _backends(options, reactor, recorder, gateway),
-        reactor,
-        options["connect-timeout"],
-    )
-    maxSize = options["max-message-size"]
-    clientFraming = framing(options["client-framing"], maxSize)
-    backendFraming = framing(options["backend-framing"], maxSize)
-    tls = options["tls"]
-    proxyVersion = options["backend-proxy-protocol"]
-    sendProxyHeader = HEADERS[proxyVersion] if proxyVersion else None
-    for option, tlsOn in (("listen", False), ("listen-tls", True)):
-        for description in options[option]:
-            name = listenerName(description, tls=tlsOn)
-            factory = ProxyFactory(
-                name,
-                clientFraming,
-                backendFraming,
-                pool.connect,
-                connections,
-                reactor,
-                recorder.listener(name),
-                idleTimeout=options["idle-timeout"],
-                tls=tlsOn,
-                proxyHeader=isBehindProxy(description),
-                sendProxyHeader=sendProxyHeader,
-            )
-            ListenerService(
-                name,
-                f"--{option}",
-                description,
-                serverEndpoint(reactor, withBacklog(description)),
-                wrapFactory(tls, factory, reactor) if tlsOn else factory,
-            ).setServiceParent(gateway)
+    services = Services(gateway, reactor, recorder, connections)
+    services.start(configuration)
     if registry is not None:
         from gateway.metrics import metricsSite
 
+        metrics = configuration.process["metrics"]
         ListenerService(
             "metrics",
-            "--metrics",
-            options["metrics"],
-            serverFromString(reactor, withBacklog(options["metrics"])),
+            "--metrics" if configuration.path is None else "metrics",
+            metrics,
+            serverFromString(reactor, withBacklog(metrics)),
             metricsSite(registry, gateway.ready, reactor),
             drains=False,
         ).setServiceParent(gateway)
         gateway.drainingHooks.append(lambda: recorder.setDraining(True))
-    _systemd(gateway, connections, tls, reactor, report)
+    _systemd(gateway, connections, services, recorder, reactor, report)
     return gateway
-
-
-def _backends(
-    options: Options, reactor: Any, recorder: Recorder, gateway: GatewayService
-) -> list[Backend]:
-    proxyHeaders = bool(options["backend-proxy-protocol"])
-    if not options["backend"]:
-        demo = DemoBackendService(reactor)
-        demo.setServiceParent(gateway)
-        endpoint = demo.endpoint()
-        if proxyHeaders:
-            endpoint = wrapEndpoint(endpoint, tls=False)
-        return [Backend("demo", endpoint, recorder.backend("demo"))]
-    backends = []
-    for description in options["backend"]:
-        name = backendName(description)
-        endpoint = backendEndpoint(reactor, description, proxyHeaders)
-        backends.append(Backend(name, endpoint, recorder.backend(name)))
-    return backends
 
 
 def _systemd(
     gateway: GatewayService,
     connections: Connections,
-    tls: ReloadableServerTLS | None,
+    services: Services,
+    recorder: Recorder,
     reactor: Any,
     report: StartupReport,
 ) -> None:
     """
     READY=1 once every listener is bound, STATUS=, the watchdog, STOPPING=1
-    when draining starts, and a SIGHUP reload of the TLS files.
+    when draining starts, and the SIGHUP reload.
     """
     notifier = Notifier.fromEnvironment()
 
@@ -576,23 +334,83 @@ def _systemd(
     gateway.readyHooks.append(notify.markReady)
     gateway.readyHooks.append(report.ready)
     gateway.drainingHooks.append(notify.stopService)
+    reloader = Reloader(services, recorder, reactor)
 
-    def reload() -> None:
+    async def reload() -> None:
         notifier.reloading()
-        if tls is None:
-            log.info("SIGHUP: no TLS files to reload")
-        else:
-            try:
-                tls.reload()
-            except TLSError as error:
-                log.error(
-                    "TLS reload failed, keeping the files loaded before: {error}",
-                    error=str(error),
-                )
-            else:
-                log.info("TLS reload: certificates, keys and CA files re-read")
-        notifier.ready(status())
+        try:
+            await reloader.reload()
+        finally:
+            notifier.ready(status())
 
-    SignalService(signal.SIGHUP, reload, reactor).setServiceParent(gateway)
+    def signalled() -> None:
+        Deferred.fromCoroutine(reload()).addErrback(
+            lambda failure: log.failure("reload failed unexpectedly", failure)
+        )
+
+    SignalService(signal.SIGHUP, signalled, reactor).setServiceParent(gateway)
     StopSignals(gateway, reactor).setServiceParent(gateway)
     LogReopenService(reactor).setServiceParent(gateway)
+
+
+class Reloader:
+    """
+    What SIGHUP does (SPEC section 7): re-read the configuration file and
+    apply it as one step, or, without one, re-read the TLS files.
+
+    Reloads run one at a time: a SIGHUP arriving during one runs another
+    once it is done.
+    """
+
+    def __init__(self, services: Services, recorder: Recorder, reactor: Any) -> None:
+        self.services = services
+        self.recorder = recorder
+        self.reactor = reactor
+        self._running = False
+        self._again = False
+
+    async def reload(self) -> None:
+        if self._running:
+            self._again = True
+            return
+        self._running = True
+        try:
+            while True:
+                self._again = False
+                self.recorder.reloaded(await self._once(), time.time())
+                if not self._again:
+                    break
+        finally:
+            self._running = False
+
+    async def _once(self) -> bool:
+        """
+        One reload; whether it succeeded.
+        """
+        configuration = self.services.configuration
+        assert configuration is not None
+        if configuration.path is None:
+            return self._reloadTLS()
+        try:
+            new = loadFile(configuration.path, self.reactor)
+            summary = await self.services.reload(new)
+        except (ConfigError, ReloadFailed) as error:
+            log.error("reload failed, nothing changed: {error}", error=str(error))
+            return False
+        log.info("reloaded {path}: {summary}", path=new.path, summary=summary)
+        return True
+
+    def _reloadTLS(self) -> bool:
+        try:
+            reloaded = self.services.reloadTLS()
+        except TLSError as error:
+            log.error(
+                "TLS reload failed, keeping the files loaded before: {error}",
+                error=str(error),
+            )
+            return False
+        if reloaded:
+            log.info("TLS reload: certificates, keys and CA files re-read")
+        else:
+            log.info("SIGHUP: no TLS files to reload")
+        return True

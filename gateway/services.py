@@ -1,0 +1,378 @@
+"""
+The running services: built from a L{gateway.config.Configuration} at
+start-up, and rebuilt from a new one on a reload (SPEC section 7).
+
+A service, once built (L{BuiltService}), is its backend pool and one proxy
+factory per listener, holding the settings its connections are handled
+with. L{Services} owns the listeners of every service (children of the
+L{gateway.service.GatewayService}) and swaps what they hand connections
+to on a reload, as one step:
+
+ 1. the new services are built (pools adopt the state of the backends they
+    keep), nothing is touched yet;
+ 2. the listeners added are bound; if one fails, those bound are closed
+    again and the reload fails: nothing changed;
+ 3. each kept listener (same endpoint string) gets its new factory: its
+    socket stays open, new connections get the new settings, accepted ones
+    keep the factory that built them; removed listeners stop accepting
+    (their open pairs run on); added ones join the gateway;
+ 4. the metrics of what went away are dropped once idle, and one line says
+    what changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import gatherResults
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.logger import Logger
+
+from gateway.backends import Backend, BackendPool
+from gateway.codec import framing
+from gateway.config import Configuration, ServiceSettings
+from gateway.demo import DemoBackendService
+from gateway.endpoints import withBacklog
+from gateway.headerfirst import backendEndpoint, wrapEndpoint
+from gateway.names import backendName, listenerName
+from gateway.proxy import ClientProtocol, Connections, ProxyFactory
+from gateway.proxyprotocol import HEADERS, isBehindProxy, serverEndpoint
+from gateway.refusals import RefusalLog
+from gateway.service import GatewayService, ListenerService, ListenFailed
+from gateway.stats import Recorder
+from gateway.tls import wrapFactory
+
+log = Logger(namespace="gateway.services")
+
+
+class ReloadFailed(Exception):
+    """
+    A reload changed nothing; C{str()} is the line saying why.
+    """
+
+
+class ServiceConnections:
+    """
+    The open connections of one service, counted against the service's own
+    C{max-connections} and, through C{process}, the process's.
+
+    Kept across reloads for as long as the service exists, so that its
+    limit counts the pairs every generation of its settings opened.
+    """
+
+    def __init__(self, limit: int, process: Connections) -> None:
+        self.limit = limit
+        self.process = process
+        self._open: set[ClientProtocol] = set()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def full(self) -> bool:
+        return len(self._open) >= self.limit or self.process.full()
+
+    def add(self, connection: ClientProtocol) -> None:
+        self._open.add(connection)
+        self.process.add(connection)
+
+    def remove(self, connection: ClientProtocol) -> None:
+        self._open.discard(connection)
+        self.process.remove(connection)
+
+
+@dataclass
+class BuiltService:
+    """
+    One service as built from its settings.
+
+    @ivar factories: endpoint string to (listener name, whether TLS, the
+        factory its port hands connections to).
+    """
+
+    settings: ServiceSettings
+    pool: BackendPool
+    factories: dict[str, tuple[str, bool, IProtocolFactory]]
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+
+class Services:
+    """
+    The services of one gateway, and their reload.
+    """
+
+    def __init__(
+        self,
+        gateway: GatewayService,
+        reactor: Any,
+        recorder: Recorder,
+        connections: Connections,
+    ) -> None:
+        self.gateway = gateway
+        self.reactor = reactor
+        self.recorder = recorder
+        self.connections = connections
+        self.configuration: Configuration | None = None
+        self.built: dict[str, BuiltService] = {}
+        self.listeners: dict[str, ListenerService] = {}
+        self._serviceConnections: dict[str, ServiceConnections] = {}
+        self._demo: DemoBackendService | None = None
+
+    # Building.
+
+    def _demoBackend(self, proxyHeaders: bool, service: str) -> Backend:
+        if self._demo is None:
+            self._demo = DemoBackendService(self.reactor)
+            self._demo.setServiceParent(self.gateway)
+        endpoint = self._demo.endpoint()
+        if proxyHeaders:
+            endpoint = wrapEndpoint(endpoint, tls=False)
+        return Backend("demo", endpoint, self.recorder.backend("demo", service))
+
+    def _build(self, settings: ServiceSettings) -> BuiltService:
+        name = settings.name
+        reactor = self.reactor
+        proxyVersion = settings["backend-proxy-protocol"]
+        proxyHeaders = proxyVersion is not None
+        if settings["backend"]:
+            backends = [
+                Backend(
+                    backendName(description),
+                    backendEndpoint(reactor, description, proxyHeaders),
+                    self.recorder.backend(backendName(description), name),
+                )
+                for description in settings["backend"]
+            ]
+        else:
+            backends = [self._demoBackend(proxyHeaders, name)]
+        pool = BackendPool(
+            backends,
+            reactor,
+            settings["connect-timeout"],
+            Logger(namespace=f"gateway.backends.{name}"),
+        )
+        previous = self.built.get(name)
+        if previous is not None:
+            pool.adopt(previous.pool)
+        connections = self._serviceConnections.get(name)
+        if connections is None:
+            # Kept from now on: services built for a reload share one count
+            # with the ones they replace.
+            connections = self._serviceConnections[name] = ServiceConnections(
+                settings["max-connections"], self.connections
+            )
+        maxSize = settings["max-message-size"]
+        clientFraming = framing(settings["client-framing"], maxSize)
+        backendFraming = framing(settings["backend-framing"], maxSize)
+        sendProxyHeader = HEADERS[proxyVersion] if proxyVersion else None
+        # Every line about one of its connections names the service.
+        proxyLog = Logger(namespace=f"gateway.proxy.{name}")
+        factories: dict[str, tuple[str, bool, IProtocolFactory]] = {}
+        for description, tls in settings.listeners():
+            listener = listenerName(description, tls=tls)
+            factory = ProxyFactory(
+                listener,
+                clientFraming,
+                backendFraming,
+                pool.connect,
+                connections,  # type: ignore[arg-type]
+                reactor,
+                self.recorder.listener(listener, name),
+                idleTimeout=settings["idle-timeout"],
+                tls=tls,
+                proxyHeader=isBehindProxy(description),
+                sendProxyHeader=sendProxyHeader,
+                refusals=RefusalLog(proxyLog, reactor),
+            )
+            factory.log = proxyLog
+            factories[description] = (
+                listener,
+                tls,
+                wrapFactory(settings.tls, factory, reactor) if tls else factory,
+            )
+        return BuiltService(settings, pool, factories)
+
+    def _listener(
+        self, service: BuiltService, description: str, option: str
+    ) -> ListenerService:
+        name, tls, factory = service.factories[description]
+        return ListenerService(
+            name,
+            option + ("listen-tls" if tls else "listen"),
+            description,
+            serverEndpoint(self.reactor, withBacklog(description)),
+            factory,
+        )
+
+    def _option(self) -> str:
+        if self.configuration is None or self.configuration.path is None:
+            return "--"
+        return ""
+
+    def _optionOf(self, service: str) -> str:
+        prefix = self._option()
+        return prefix if prefix == "--" else f"services.{service}: "
+
+    def start(self, configuration: Configuration) -> None:
+        """
+        Build every service and add its listeners to the gateway (which
+        binds them when it starts).
+        """
+        self.configuration = configuration
+        self._apply(configuration)
+        for built in self.built.values():
+            for description in built.factories:
+                listener = self._listener(
+                    built, description, self._optionOf(built.name)
+                )
+                listener.setServiceParent(self.gateway)
+                self.listeners[description] = listener
+
+    def _apply(self, configuration: Configuration) -> dict[str, BuiltService]:
+        built = {
+            name: self._build(settings)
+            for name, settings in configuration.services.items()
+        }
+        return self._commit(configuration, built)
+
+    def _commit(
+        self, configuration: Configuration, built: dict[str, BuiltService]
+    ) -> dict[str, BuiltService]:
+        previous = self.built
+        self.built = built
+        self.configuration = configuration
+        limit = configuration.process["max-connections"]
+        self.connections.limit = limit
+        self.gateway.drainTimeout = configuration.process["drain-timeout"]
+        kept: dict[str, ServiceConnections] = {}
+        for name, service in built.items():
+            serviceConnections = self._serviceConnections[name]
+            serviceConnections.limit = service.settings["max-connections"]
+            kept[name] = serviceConnections
+        # A removed service's open pairs keep the count they were added to.
+        self._serviceConnections = kept
+        self.recorder.keepOnly(
+            {
+                (name, listener)
+                for name, service in built.items()
+                for listener, _, _ in service.factories.values()
+            },
+            {
+                (name, backend.name)
+                for name, service in built.items()
+                for backend in service.pool.backends
+            },
+        )
+        return previous
+
+    # Reloading.
+
+    async def reload(self, configuration: Configuration) -> str:
+        """
+        Apply C{configuration} as one step (the module's docstring says
+        how), and say what changed.
+
+        @raise ReloadFailed: nothing changed; the line says why.
+        """
+        old = self.configuration
+        assert old is not None
+        if configuration.process["metrics"] != old.process["metrics"]:
+            raise ReloadFailed(
+                f"{configuration.path}: metrics: the metrics endpoint cannot"
+                " change while the gateway runs: restart it to move it"
+            )
+        # The service each listener endpoint string belongs to, before and
+        # after.
+        newOwners = {
+            description: name
+            for name, settings in configuration.services.items()
+            for description, _ in settings.listeners()
+        }
+        added = [d for d in newOwners if d not in self.listeners]
+        removed = [d for d in self.listeners if d not in newOwners]
+        built = {
+            name: self._build(settings)
+            for name, settings in configuration.services.items()
+        }
+        newListeners = {
+            description: self._listener(
+                built[newOwners[description]],
+                description,
+                f"services.{newOwners[description]}: ",
+            )
+            for description in added
+        }
+        bound: list[ListenerService] = []
+        try:
+            for listener in newListeners.values():
+                await listener.bind()
+                bound.append(listener)
+        except ListenFailed as error:
+            await gatherResults(
+                [listener.port.stopListening() for listener in bound if listener.port]  # type: ignore[misc]
+            )
+            raise ReloadFailed(error.line.removeprefix("gateway: "))
+        summary = self._describe(old, configuration, added, removed)
+        self._commit(configuration, built)
+        for description, listener in list(self.listeners.items()):
+            if description in removed:
+                del self.listeners[description]
+                listener.disownServiceParent()
+                continue
+            owner = built[newOwners[description]]
+            name, _, factory = owner.factories[description]
+            listener.replaceFactory(factory, name)
+            listener.option = (
+                f"services.{owner.name}: " + listener.option.rsplit(" ", 1)[-1]
+            )
+        for description, listener in newListeners.items():
+            listener.setServiceParent(self.gateway)
+            self.listeners[description] = listener
+        return summary
+
+    def _describe(
+        self,
+        old: Configuration,
+        new: Configuration,
+        added: Iterable[str],
+        removed: Iterable[str],
+    ) -> str:
+        """
+        C{services added: x; removed: y; changed: z; listeners added: ...}
+        """
+        oldNames, newNames = set(old.services), set(new.services)
+        changed = sorted(
+            name
+            for name in oldNames & newNames
+            if not old.services[name].sameAs(new.services[name])
+        )
+        parts = []
+        for label, names in (
+            ("services added", sorted(newNames - oldNames)),
+            ("services removed", sorted(oldNames - newNames)),
+            ("services changed", changed),
+            ("listeners added", list(added)),
+            ("listeners removed", list(removed)),
+        ):
+            if names:
+                parts.append(f"{label}: {', '.join(names)}")
+        return "; ".join(parts) or "no service changed (TLS files re-read)"
+
+    def reloadTLS(self) -> list[str]:
+        """
+        Re-read the TLS files of every service (the command line's reload).
+
+        @return: the services whose TLS files were re-read.
+        @raise gateway.tls.TLSError: a file cannot be used; that service keeps
+            the material it had.
+        """
+        reloaded = []
+        for name, service in self.built.items():
+            if service.settings.tls is not None:
+                service.settings.tls.reload()
+                reloaded.append(name)
+        return reloaded
