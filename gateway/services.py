@@ -47,6 +47,25 @@ from gateway.tls import wrapFactory
 log = Logger(namespace="gateway.services")
 
 
+# A listener: its endpoint string, and how many listeners before it have the
+# same string (a string such as tcp:0 may be given twice: two sockets).
+ListenerKey = tuple[str, int]
+
+
+def listenerKeys(settings: Iterable[ServiceSettings]) -> list[tuple[ListenerKey, str]]:
+    """
+    Every listener of C{settings}, in order, as (key, service name).
+    """
+    seen: dict[str, int] = {}
+    keys = []
+    for service in settings:
+        for description, _ in service.listeners():
+            count = seen.get(description, 0)
+            seen[description] = count + 1
+            keys.append(((description, count), service.name))
+    return keys
+
+
 class ReloadFailed(Exception):
     """
     A reload changed nothing; C{str()} is the line saying why.
@@ -87,13 +106,13 @@ class BuiltService:
     """
     One service as built from its settings.
 
-    @ivar factories: endpoint string to (listener name, whether TLS, the
+    @ivar factories: listener key to (listener name, whether TLS, the
         factory its port hands connections to).
     """
 
     settings: ServiceSettings
     pool: BackendPool
-    factories: dict[str, tuple[str, bool, IProtocolFactory]]
+    factories: dict[ListenerKey, tuple[str, bool, IProtocolFactory]]
 
     @property
     def name(self) -> str:
@@ -118,7 +137,7 @@ class Services:
         self.connections = connections
         self.configuration: Configuration | None = None
         self.built: dict[str, BuiltService] = {}
-        self.listeners: dict[str, ListenerService] = {}
+        self.listeners: dict[ListenerKey, ListenerService] = {}
         self._serviceConnections: dict[str, ServiceConnections] = {}
         self._demo: DemoBackendService | None = None
 
@@ -133,7 +152,9 @@ class Services:
             endpoint = wrapEndpoint(endpoint, tls=False)
         return Backend("demo", endpoint, self.recorder.backend("demo", service))
 
-    def _build(self, settings: ServiceSettings) -> BuiltService:
+    def _build(
+        self, settings: ServiceSettings, keys: list[ListenerKey]
+    ) -> BuiltService:
         name = settings.name
         reactor = self.reactor
         proxyVersion = settings["backend-proxy-protocol"]
@@ -171,8 +192,8 @@ class Services:
         sendProxyHeader = HEADERS[proxyVersion] if proxyVersion else None
         # Every line about one of its connections names the service.
         proxyLog = Logger(namespace=f"gateway.proxy.{name}")
-        factories: dict[str, tuple[str, bool, IProtocolFactory]] = {}
-        for description, tls in settings.listeners():
+        factories: dict[ListenerKey, tuple[str, bool, IProtocolFactory]] = {}
+        for key, (description, tls) in zip(keys, settings.listeners()):
             listener = listenerName(description, tls=tls)
             factory = ProxyFactory(
                 listener,
@@ -189,7 +210,7 @@ class Services:
                 refusals=RefusalLog(proxyLog, reactor),
             )
             factory.log = proxyLog
-            factories[description] = (
+            factories[key] = (
                 listener,
                 tls,
                 wrapFactory(settings.tls, factory, reactor) if tls else factory,
@@ -197,9 +218,10 @@ class Services:
         return BuiltService(settings, pool, factories)
 
     def _listener(
-        self, service: BuiltService, description: str, option: str
+        self, service: BuiltService, key: ListenerKey, option: str
     ) -> ListenerService:
-        name, tls, factory = service.factories[description]
+        description = key[0]
+        name, tls, factory = service.factories[key]
         return ListenerService(
             name,
             option + ("listen-tls" if tls else "listen"),
@@ -225,19 +247,25 @@ class Services:
         self.configuration = configuration
         self._apply(configuration)
         for built in self.built.values():
-            for description in built.factories:
-                listener = self._listener(
-                    built, description, self._optionOf(built.name)
-                )
+            for key in built.factories:
+                option = self._optionOf(built.name)
+                listener = self._listener(built, key, option)
                 listener.setServiceParent(self.gateway)
-                self.listeners[description] = listener
+                self.listeners[key] = listener
 
-    def _apply(self, configuration: Configuration) -> dict[str, BuiltService]:
-        built = {
-            name: self._build(settings)
+    def _buildAll(self, configuration: Configuration) -> dict[str, BuiltService]:
+        keys: dict[str, list[ListenerKey]] = {
+            name: [] for name in configuration.services
+        }
+        for key, name in listenerKeys(configuration.services.values()):
+            keys[name].append(key)
+        return {
+            name: self._build(settings, keys[name])
             for name, settings in configuration.services.items()
         }
-        return self._commit(configuration, built)
+
+    def _apply(self, configuration: Configuration) -> dict[str, BuiltService]:
+        return self._commit(configuration, self._buildAll(configuration))
 
     def _commit(
         self, configuration: Configuration, built: dict[str, BuiltService]
@@ -287,24 +315,15 @@ class Services:
             )
         # The service each listener endpoint string belongs to, before and
         # after.
-        newOwners = {
-            description: name
-            for name, settings in configuration.services.items()
-            for description, _ in settings.listeners()
-        }
-        added = [d for d in newOwners if d not in self.listeners]
-        removed = [d for d in self.listeners if d not in newOwners]
-        built = {
-            name: self._build(settings)
-            for name, settings in configuration.services.items()
-        }
+        newOwners = dict(listenerKeys(configuration.services.values()))
+        added = [key for key in newOwners if key not in self.listeners]
+        removed = [key for key in self.listeners if key not in newOwners]
+        built = self._buildAll(configuration)
         newListeners = {
-            description: self._listener(
-                built[newOwners[description]],
-                description,
-                f"services.{newOwners[description]}: ",
+            key: self._listener(
+                built[newOwners[key]], key, f"services.{newOwners[key]}: "
             )
-            for description in added
+            for key in added
         }
         bound: list[ListenerService] = []
         try:
@@ -316,22 +335,27 @@ class Services:
                 [listener.port.stopListening() for listener in bound if listener.port]  # type: ignore[misc]
             )
             raise ReloadFailed(error.line.removeprefix("gateway: "))
-        summary = self._describe(old, configuration, added, removed)
+        summary = self._describe(
+            old,
+            configuration,
+            [key[0] for key in added],
+            [key[0] for key in removed],
+        )
         self._commit(configuration, built)
-        for description, listener in list(self.listeners.items()):
-            if description in removed:
-                del self.listeners[description]
+        for key, listener in list(self.listeners.items()):
+            if key in removed:
+                del self.listeners[key]
                 listener.disownServiceParent()
                 continue
-            owner = built[newOwners[description]]
-            name, _, factory = owner.factories[description]
+            owner = built[newOwners[key]]
+            name, _, factory = owner.factories[key]
             listener.replaceFactory(factory, name)
             listener.option = (
                 f"services.{owner.name}: " + listener.option.rsplit(" ", 1)[-1]
             )
-        for description, listener in newListeners.items():
+        for key, listener in newListeners.items():
             listener.setServiceParent(self.gateway)
-            self.listeners[description] = listener
+            self.listeners[key] = listener
         return summary
 
     def _describe(

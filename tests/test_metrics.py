@@ -49,18 +49,27 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 # SPEC section 5, as exposed: name -> (type, label names).
 SPEC_METRICS = {
     "gateway_build_info": ("gauge", {"version"}),
-    "gateway_connections_accepted_total": ("counter", {"listener"}),
-    "gateway_connections_active": ("gauge", {"listener"}),
-    "gateway_connections_rejected_total": ("counter", {"listener", "reason"}),
-    "gateway_connections_closed_total": ("counter", {"listener", "reason"}),
-    "gateway_connection_duration_seconds": ("histogram", {"listener"}),
-    "gateway_messages_total": ("counter", {"listener", "direction"}),
-    "gateway_message_bytes_total": ("counter", {"listener", "direction"}),
-    "gateway_protocol_errors_total": ("counter", {"listener", "peer", "reason"}),
-    "gateway_backend_connect_seconds": ("histogram", {"backend"}),
-    "gateway_backend_connect_failures_total": ("counter", {"backend"}),
-    "gateway_tls_handshake_failures_total": ("counter", {"listener"}),
+    "gateway_connections_accepted_total": ("counter", {"service", "listener"}),
+    "gateway_connections_active": ("gauge", {"service", "listener"}),
+    "gateway_connections_rejected_total": (
+        "counter",
+        {"service", "listener", "reason"},
+    ),
+    "gateway_connections_closed_total": ("counter", {"service", "listener", "reason"}),
+    "gateway_connection_duration_seconds": ("histogram", {"service", "listener"}),
+    "gateway_messages_total": ("counter", {"service", "listener", "direction"}),
+    "gateway_message_bytes_total": ("counter", {"service", "listener", "direction"}),
+    "gateway_protocol_errors_total": (
+        "counter",
+        {"service", "listener", "peer", "reason"},
+    ),
+    "gateway_backend_connect_seconds": ("histogram", {"service", "backend"}),
+    "gateway_backend_connect_failures_total": ("counter", {"service", "backend"}),
+    "gateway_tls_handshake_failures_total": ("counter", {"service", "listener"}),
     "gateway_draining": ("gauge", set()),
+    "gateway_config_last_reload_successful": ("gauge", set()),
+    "gateway_config_last_reload_success_timestamp_seconds": ("gauge", set()),
+    "gateway_config_reloads_total": ("counter", {"result"}),
 }
 
 
@@ -78,6 +87,9 @@ class GatewayMetricsTests(SynchronousTestCase):
         self.metrics = GatewayMetrics(self.registry, VERSION)
 
     def value(self, name: str, **labels: str) -> float | None:
+        # The command line's one service, unless the test names another.
+        if ("listener" in labels or "backend" in labels) and "service" not in labels:
+            labels["service"] = "default"
         return self.registry.get_sample_value(name, labels)
 
     def test_recorder(self) -> None:
@@ -206,7 +218,7 @@ class GatewayMetricsTests(SynchronousTestCase):
                 self.value(name, listener=LISTENER, **labels), 0, (name, labels)
             )
         self.assertIn(
-            'gateway_connections_active{listener="tcp:7000"} 0.0\n',
+            'gateway_connections_active{listener="tcp:7000",service="default"} 0.0\n',
             exposedText(self.registry),
         )
 
@@ -251,12 +263,12 @@ class GatewayMetricsTests(SynchronousTestCase):
         text = exposedText(self.registry)
         self.assertIn(
             'gateway_protocol_errors_total{listener="tcp:7000",peer="client",'
-            'reason="proxy_header"} 0.0\n',
+            'reason="proxy_header",service="default"} 0.0\n',
             text,
         )
         self.assertIn(
             'gateway_connections_closed_total{listener="tcp:7000",'
-            'reason="handshake_timeout"} 0.0\n',
+            'reason="handshake_timeout",service="default"} 0.0\n',
             text,
         )
 
@@ -541,7 +553,7 @@ class MetricsSiteTests(SynchronousTestCase):
             b"text/plain; version=0.0.4; charset=utf-8",
         )
         self.assertIn(
-            b'\ngateway_connections_active{listener="tcp:7000"} 0.0\n',
+            b'\ngateway_connections_active{listener="tcp:7000",service="default"} 0.0\n',
             response.body,
         )
         self.assertIn(b'\ngateway_build_info{version="1.2.3"} 1.0\n', response.body)
@@ -564,7 +576,7 @@ class MetricsSiteTests(SynchronousTestCase):
         )
         self.assertTrue(response.body.endswith(b"# EOF\n"))
         self.assertIn(
-            b'\ngateway_connections_active{listener="tcp:7000"} 0.0\n',
+            b'\ngateway_connections_active{listener="tcp:7000",service="default"} 0.0\n',
             response.body,
         )
 
@@ -710,12 +722,15 @@ class ReadinessTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         service = makeService(options, reactor=reactor)
         listeners = {
-            listener.listenerName: listener.factory for listener in service.listeners()
+            listener.listenerName: listener.factory.current
+            for listener in service.listeners()
         }
         self.assertEqual(set(listeners), {"tcp:7000", "metrics"})
         site = listeners["metrics"]
 
         def metric(name: str, **labels: str) -> float | None:
+            if "listener" in labels:
+                labels["service"] = "default"
             body = get(site, b"/metrics").body.decode("utf-8")
             self.assertNotIn("_created", body)
             for family in text_string_to_metric_families(body):
