@@ -105,7 +105,14 @@ class UnitContentTests(SynchronousTestCase):
             execStart,
         )
         self.assertEqual(self.service["EnvironmentFile"], ["-/etc/default/gateway"])
-        self.assertEqual(self.service["ExecReload"], ["/bin/kill -HUP $MAINPID"])
+        # SPEC section 7: the configuration is checked before the signal.
+        self.assertEqual(
+            self.service["ExecReload"],
+            [
+                f"{TWISTD} gateway $GATEWAY_OPTS $GATEWAY_TLS_OPTS --check",
+                "/bin/kill -HUP $MAINPID",
+            ],
+        )
 
     def test_stopTimeoutOutlastsDrain(self) -> None:
         """
@@ -211,10 +218,11 @@ class SystemdAnalyzeTests(SynchronousTestCase):
         if os.access(TWISTD, os.X_OK):
             expected = []
         else:
+            # Once per command that runs it: ExecStart= and ExecReload=.
             expected = [
                 f"gateway.service: Command {TWISTD} is not executable:"
                 " No such file or directory"
-            ]
+            ] * 2
         self.assertEqual(
             result.stderr.splitlines() + result.stdout.splitlines(), expected
         )
