@@ -174,6 +174,10 @@ class Scrape:
                 self.samples[key] = sample.value
 
     def value(self, name: str, **labels: str) -> float | None:
+        # SPEC section 5: a listener's or backend's series name its service,
+        # the command line's one (default) unless the test names another.
+        if ("listener" in labels or "backend" in labels) and "service" not in labels:
+            labels["service"] = "default"
         return self.samples.get((name, frozenset(labels.items())))
 
     def series(self, name: str) -> dict[frozenset, float]:
@@ -319,7 +323,12 @@ class CountingTests(TestCase):
             after.series("gateway_protocol_errors_total"),
             {
                 frozenset(
-                    {"listener": LISTENER, "peer": peer, "reason": reason}.items()
+                    {
+                        "service": "default",
+                        "listener": LISTENER,
+                        "peer": peer,
+                        "reason": reason,
+                    }.items()
                 ): (1 if reason == "too_long" else 0)
                 for peer in ["client", "backend"]
                 # SPEC 5 lists proxy_header too: it exists on every listener.
@@ -467,6 +476,7 @@ class PromtoolTests(TestCase):
                 samples[sample.name, frozenset(sample.labels.items())] = sample.value
 
         def at0(name: str, **labels: str) -> None:
+            labels["service"] = "default"
             key = (name, frozenset(labels.items()))
             self.assertEqual(samples.get(key), 0.0, key)
 
