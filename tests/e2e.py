@@ -143,10 +143,11 @@ def runGateway(
 ) -> Deferred[GatewayProcess]:
     """
     Start a gateway with C{args} (and metrics on a free port, unless
-    C{args} say otherwise); fires once every listener is bound. The test
+    C{args} say otherwise or name a configuration file, which then says
+    where); fires once every listener is bound. The test
     stops it (SIGTERM, then SIGKILL past the deadline) when it ends.
     """
-    if "--metrics" not in args:
+    if "--metrics" not in args and "--config" not in args:
         args = [*args, "--metrics", "tcp:0:interface=127.0.0.1"]
     process = GatewayProcess()
     environment = dict(os.environ)
