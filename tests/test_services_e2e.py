@@ -287,6 +287,7 @@ class Stream(Protocol):
         self.sent = 0
         self.received = b""
         self.done: Deferred[bytes] = Deferred()
+        self.replied: Deferred[None] = Deferred()
         self._loop = LoopingCall(self._send)
 
     def connectionMade(self) -> None:
@@ -298,6 +299,8 @@ class Stream(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
+        if not self.replied.called:
+            self.replied.callback(None)
 
     def finish(self) -> Deferred[bytes]:
         self._loop.stop()
@@ -385,6 +388,8 @@ backend = "{tcpBackend(firstPort)}"
         stream = await connectProtocol(
             TCP4ClientEndpoint(reactor, "127.0.0.1", kept), Stream()
         )
+        # The pair exists (its first reply came back) before any reload.
+        await stream.replied.addTimeout(DEADLINE, reactor)
         churn = Churn(kept)
         churn.start()
         for index in range(1, 21):
@@ -479,7 +484,11 @@ backend = "{tcpBackend(firstPort)}"
         badFiles = [
             (good + "[services.x\n", None, "TOML syntax error"),
             (good + "colour = 1\n", None, "services.secure: colour: unknown key"),
-            (good, b"-----BEGIN CERTIFICATE-----\nMIIB\n", f"tls-cert {certFile}"),
+            (
+                good,
+                b"-----BEGIN CERTIFICATE-----\nMIIB\n",
+                f"services.secure: tls-cert: {certFile}: not a PEM file",
+            ),
             (
                 good
                 + f"""
