@@ -210,11 +210,13 @@ class Services:
                 refusals=RefusalLog(proxyLog, reactor),
             )
             factory.log = proxyLog
-            factories[key] = (
-                listener,
-                tls,
-                wrapFactory(settings.tls, factory, reactor) if tls else factory,
-            )
+            served: IProtocolFactory = factory
+            if tls:
+                # checkService read the TLS files of every service with a
+                # TLS listener.
+                assert settings.tls is not None
+                served = wrapFactory(settings.tls, factory, reactor)
+            factories[key] = (listener, tls, served)
         return BuiltService(settings, pool, factories)
 
     def _listener(

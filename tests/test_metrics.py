@@ -553,7 +553,8 @@ class MetricsSiteTests(SynchronousTestCase):
             b"text/plain; version=0.0.4; charset=utf-8",
         )
         self.assertIn(
-            b'\ngateway_connections_active{listener="tcp:7000",service="default"} 0.0\n',
+            b"\ngateway_connections_active"
+            b'{listener="tcp:7000",service="default"} 0.0\n',
             response.body,
         )
         self.assertIn(b'\ngateway_build_info{version="1.2.3"} 1.0\n', response.body)
@@ -576,7 +577,8 @@ class MetricsSiteTests(SynchronousTestCase):
         )
         self.assertTrue(response.body.endswith(b"# EOF\n"))
         self.assertIn(
-            b'\ngateway_connections_active{listener="tcp:7000",service="default"} 0.0\n',
+            b"\ngateway_connections_active"
+            b'{listener="tcp:7000",service="default"} 0.0\n',
             response.body,
         )
 

@@ -367,9 +367,10 @@ class ReloadTests(TestCase):
         def configuration(index: int) -> str:
             # Odd reloads: the second backend, speaking netstrings.
             if index % 2:
-                main = f'backend-framing = "netstring"\nbackend = "{tcpBackend(secondPort)}"'
+                framing, port = "netstring", secondPort
             else:
-                main = f'backend-framing = "int32"\nbackend = "{tcpBackend(firstPort)}"'
+                framing, port = "int32", firstPort
+            main = f'backend-framing = "{framing}"\nbackend = "{tcpBackend(port)}"'
             return (
                 METRICS
                 + f"""
