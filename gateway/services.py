@@ -285,6 +285,13 @@ class Services:
             kept[name] = serviceConnections
         # A removed service's open pairs keep the count they were added to.
         self._serviceConnections = kept
+        self._keepSeries(built)
+        return previous
+
+    def _keepSeries(self, built: dict[str, BuiltService]) -> None:
+        """
+        Keep the metrics of the listeners and backends of C{built} only.
+        """
         self.recorder.keepOnly(
             {
                 (name, listener)
@@ -297,7 +304,6 @@ class Services:
                 for backend in service.pool.backends
             },
         )
-        return previous
 
     # Reloading.
 
@@ -336,6 +342,8 @@ class Services:
             await gatherResults(
                 [listener.port.stopListening() for listener in bound if listener.port]  # type: ignore[misc]
             )
+            # The series the new services made go again: nothing changed.
+            self._keepSeries(self.built)
             raise ReloadFailed(error.line.removeprefix("gateway: "))
         summary = self._describe(
             old,

@@ -389,6 +389,10 @@ class Reloader:
         """
         configuration = self.services.configuration
         assert configuration is not None
+        if self.services.gateway.draining:
+            # Its listeners are closed, and it is about to end.
+            log.info("SIGHUP while draining: not reloaded")
+            return False
         if configuration.path is None:
             return self._reloadTLS()
         try:

@@ -520,6 +520,9 @@ listen = "tcp:{busyPort}:interface=127.0.0.1"
                 ],
                 [0, count],
             )
+            # The series of services the failed reload would have added
+            # went with it.
+            self.assertNotIn('service="spare"', metrics.text)
             await serving()
             if cert is not None:
                 write(certFile, goodCert.decode())
