@@ -111,11 +111,6 @@ class Options(usage.Options):
         ],
     ]
 
-    for _setting in SETTINGS_TABLE:
-        if _setting.repeatable:
-            locals()["opt_" + _setting.name.replace("-", "_")] = _repeatable(_setting)
-    del _setting
-
     def __init__(self) -> None:
         super().__init__()
         for setting in SETTINGS_TABLE:
@@ -215,6 +210,15 @@ class Options(usage.Options):
             self[key] = list(value) if SETTINGS[key].repeatable else value
         self.update(configuration.process)
         self["tls"] = service.tls
+
+
+# A repeatable setting is an opt_ method (usage.Options collects each value),
+# its docstring the table's help.
+for _setting in SETTINGS_TABLE:
+    if _setting.repeatable:
+        _method = _repeatable(_setting)
+        setattr(Options, _method.__name__, _method)
+del _setting, _method
 
 
 def _getoptError(error: getopt.GetoptError) -> str:

@@ -157,7 +157,11 @@ async def metrics(port: int) -> dict[tuple[str, frozenset], float]:
 def value(samples: dict, name: str, **labels: str) -> float:
     """
     One sample from L{metrics}' result (0 when the series does not exist).
+    A listener's or backend's series is the command line's service's
+    (C{default}) unless C{labels} name another (SPEC section 5).
     """
+    if ("listener" in labels or "backend" in labels) and "service" not in labels:
+        labels["service"] = "default"
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 

@@ -577,8 +577,10 @@ class OptionTests(SynchronousTestCase):
             "v2",
         )
         service = makeService(options, reactor=MemoryReactor())
+        # What each listener's port hands connections to (a reload may
+        # replace it).
         factories = {
-            child.listenerName: child.factory
+            child.listenerName: child.factory.current
             for child in service
             if hasattr(child, "listenerName")
         }

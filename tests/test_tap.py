@@ -15,8 +15,13 @@ def parse(*args: str) -> Options:
 
 
 def settings(options: Options) -> dict:
-    # Everything but the loaded TLS material, which is an object.
-    return {key: value for key, value in options.items() if key != "tls"}
+    # Every setting: not the loaded TLS material and the configuration
+    # built (objects), nor the --config and --check switches.
+    return {
+        key: value
+        for key, value in options.items()
+        if key not in ("tls", "configuration", "config", "check")
+    }
 
 
 class DefaultsTests(SynchronousTestCase):
