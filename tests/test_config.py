@@ -488,3 +488,33 @@ class PropertyTests(SynchronousTestCase):
         Every service key is a setting of the table.
         """
         self.assertTrue(set(SERVICE_KEYS) <= set(SETTINGS))
+
+
+class ExampleTests(SynchronousTestCase):
+    """
+    The shipped C{etc/gateway.toml} is a valid configuration.
+    """
+
+    def test_example(self) -> None:
+        """
+        Two services with different framings, TLS on one, several backends;
+        its TLS files named where an operator puts them, here stood in for.
+        """
+        example = os.path.join(os.path.dirname(__file__), "..", "etc", "gateway.toml")
+        with open(example) as f:
+            text = f.read()
+        leaf = trustme.CA().issue_cert("localhost")
+        certFile = writeFile(self, "")
+        keyFile = certFile + ".key"
+        leaf.cert_chain_pems[0].write_to_path(certFile)
+        leaf.private_key_pem.write_to_path(keyFile)
+        text = text.replace("/etc/gateway/tls/quotes.pem", certFile)
+        text = text.replace("/etc/gateway/tls/quotes.key", keyFile)
+        configuration = parse(text)
+        orders, quotes = configuration.services.values()
+        self.assertNotEqual(
+            (orders["client-framing"], orders["backend-framing"]),
+            (quotes["client-framing"], quotes["backend-framing"]),
+        )
+        self.assertEqual((orders.tls is None, quotes.tls is None), (True, False))
+        self.assertEqual((len(orders["backend"]), len(quotes["backend"])), (2, 2))
