@@ -2,10 +2,10 @@
 Tests for L{gateway.tap.Options}: every value checked before anything runs.
 """
 
+import re
+
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
-
-import re
 
 from gateway.health import HealthSettings
 from gateway.tap import DEFAULT_LISTEN, DEFAULT_METRICS, Options
