@@ -26,6 +26,7 @@ from tests.reliability import (
     value,
 )
 from tests.test_metrics_e2e import httpGet
+from tests.test_scaleout import HAPROXY, startHAProxy
 
 LISTEN = ["--listen", "tcp:0:interface=127.0.0.1"]
 # Small, to keep the tests short; the rules are the same at any scale.
@@ -350,3 +351,79 @@ class StatusPageTests(TestCase):
         self.assertEqual([b["state"] for b in backends], ["up", "down"])
         held.transport.loseConnection()
         await held.untilClosed(DEADLINE)
+
+
+# The README's "Behind HAProxy" example, on loopback, with short intervals.
+HAPROXY_CONFIG = """\
+global
+    maxconn 1000
+
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout check 2s
+    retries 3
+    option redispatch
+
+frontend ready
+    bind 127.0.0.1:{readyPort}
+    tcp-request connection reject
+
+frontend gateway
+    bind 127.0.0.1:{port}
+    default_backend gateways
+
+backend gateways
+    balance roundrobin
+    option httpchk GET /readyz
+    default-server inter 200ms fall 2 rise 2
+    server gw1 127.0.0.1:{first} send-proxy-v2 check port {firstMetrics}
+    server gw2 127.0.0.1:{second} send-proxy-v2 check port {secondMetrics}
+"""
+
+
+class BehindHAProxyTests(TestCase):
+    skip = None if HAPROXY else "haproxy is not installed"
+
+    async def test_readyzTakesGatewayOut(self) -> None:
+        """
+        HAProxy checking each gateway's C{/readyz} over HTTP takes out the
+        gateway whose only backend died: every client is then served by
+        the other one.
+        """
+        dying = await runBackendProcess(self)
+        steady, steadyPort = listenBackend(self)
+        listen = ["--listen", "haproxy:tcp:0:interface=127.0.0.1"]
+        first = await runGateway(
+            self,
+            listen + ["--backend", f"tcp:host=127.0.0.1:port={dying.port}"] + checks(),
+        )
+        second = await runGateway(
+            self,
+            listen + ["--backend", f"tcp:host=127.0.0.1:port={steadyPort}"] + checks(),
+        )
+        port, haproxy = await startHAProxy(
+            self,
+            first.port("proxy+tcp:0"),
+            second.port("proxy+tcp:0"),
+            HAPROXY_CONFIG,
+            firstMetrics=first.ports["metrics"],
+            secondMetrics=second.ports["metrics"],
+        )
+        await dying.kill()
+        await first.logged("of default is down")
+        deadline = reactor.seconds() + DEADLINE
+        while b"Server gateways/gw1 is DOWN" not in haproxy.output:
+            self.assertLess(reactor.seconds(), deadline, haproxy.output.decode())
+            await deferLater(reactor, INTERVAL)
+        self.assertNotIn(b"gw2 is DOWN", haproxy.output)
+        for index in range(4):
+            client = await connect(port)
+            client.send(b"client %d\n" % index)
+            await client.untilLines(1)
+            self.assertEqual(client.received, b"CLIENT %d\n" % index)
+            client.transport.loseConnection()
+            await client.untilClosed()
+        self.assertEqual(len(steady.received), 4)
