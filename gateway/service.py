@@ -287,11 +287,11 @@ class GatewayService(MultiService):
         C{listener tcp:7000: not bound}, then the C{readinessChecks}'
         (C{service default: no backend up}). Empty when it is ready.
         """
-        if not self.running:
-            return ["not started"]
         if self.draining:
             # The listeners close as the drain starts: saying so is noise.
             return ["draining"]
+        if not self.running:
+            return ["not started"]
         problems = [
             f"listener {listener.listenerName}: not bound"
             for listener in self.listeners()

@@ -13,7 +13,7 @@ import trustme
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import PrivateCertificate
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
@@ -30,10 +30,12 @@ from gateway.health import (
     runCheck,
 )
 from gateway.healthservice import HealthCheckService, checkTargets, serviceHealth
+from gateway.proxy import Connections
+from gateway.service import GatewayService, ListenerService
 from gateway.tap import Options, makeService
 from tests.e2e import DEADLINE, BackendFactory, UpperBackend, listenUntilClosed
 from tests.test_headerfirst import TLS_HANDSHAKE_RECORD, HeaderThenTLS
-from tests.test_metrics import get
+from tests.test_metrics import BindsLater, get
 
 
 class RecordingStats:
@@ -319,3 +321,36 @@ class ServiceHealthTests(SynchronousTestCase):
         self.assertEqual(pool.isUp, health.checker.isUp)
         health.checker.states["a"].up = False
         self.assertEqual(pool.candidates(), [])
+
+
+class NotReadyTests(SynchronousTestCase):
+    def test_reasons(self) -> None:
+        """
+        L{GatewayService.notReady} gives C{/readyz} one line per reason:
+        not started, then each unbound listener and each readiness check's
+        lines, then only C{draining} once the drain has begun.
+        """
+        clock = MemoryReactorClock()
+        service = GatewayService(Connections(10), clock, drainTimeout=5)
+        endpoint = BindsLater()
+        ListenerService(
+            "tcp:7000", "--listen", "tcp:7000", endpoint, Factory()
+        ).setServiceParent(service)
+        problems: list[str] = []
+        service.readinessChecks.append(lambda: problems)
+        self.assertEqual(service.notReady(), ["not started"])
+        service.privilegedStartService()
+        service.startService()
+        problems.append("service default: no backend up")
+        self.assertEqual(
+            service.notReady(),
+            ["listener tcp:7000: not bound", "service default: no backend up"],
+        )
+        self.assertFalse(service.ready())
+        endpoint.listening.callback(clock.listenTCP(7000, Factory()))
+        self.assertEqual(service.notReady(), ["service default: no backend up"])
+        problems.clear()
+        self.assertEqual(service.notReady(), [])
+        self.assertTrue(service.ready())
+        self.successResultOf(service.stopService())
+        self.assertEqual(service.notReady(), ["draining"])
