@@ -164,8 +164,11 @@ class StatusSource:
     and C{/metrics} agree.
 
     The active pairs of each backend are counted over the open
-    connections, once per request: a set walk, about a millisecond for
-    10,000 pairs, and nothing on the connections' own path.
+    connections, once per request, so that the connections' own path does
+    nothing for the page. With 100 backends and 10,000 open pairs, on a
+    loaded 2-core test machine, that walk took 6 to 9 ms, and rendering the
+    page 0.5 ms (the JSON 0.7 ms): a pause of the order of one C{/metrics}
+    scrape, once per page load (the page reloads every 5 s while open).
     """
 
     def __init__(
