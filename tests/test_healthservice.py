@@ -354,3 +354,28 @@ class NotReadyTests(SynchronousTestCase):
         self.assertTrue(service.ready())
         self.successResultOf(service.stopService())
         self.assertEqual(service.notReady(), ["draining"])
+
+
+class DemoTests(SynchronousTestCase):
+    def test_demoChecked(self) -> None:
+        """
+        The built-in demo backend is checked like any other: once it
+        listens, its checks pass and it stays up.
+        """
+        options = Options()
+        options.parseOptions(["--metrics", "none", "--health-check-fall", "1"])
+        reactor = MemoryReactorClock()
+        service = makeService(options, reactor=reactor)
+        [health] = [c for c in service if isinstance(c, HealthCheckService)]
+        self.assertEqual(list(health.checker.states), ["demo"])
+        service.privilegedStartService()
+        service.startService()
+        reactor.advance(0)
+        # The demo listens on a port the kernel chose (0 here); the check
+        # connects there, and the connection completes.
+        [(host, port, factory, timeout, bind)] = reactor.tcpClients
+        self.assertEqual(host, "127.0.0.1")
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        protocol.makeConnection(StringTransport())
+        self.assertEqual(health.checker.states["demo"].lastResult, "success")
+        self.assertTrue(health.checker.isUp("demo"))
