@@ -124,7 +124,13 @@ class DeadBackendTests(TestCase):
             await httpGet(metricsPort, b"/readyz"),
             (503, b"service default: no backend up\n"),
         )
-        before = await metrics(metricsPort)
+        # Every pair of the load has ended on the gateway's side too.
+        before = await untilMetric(
+            metricsPort,
+            lambda samples: (
+                value(samples, "gateway_connections_active", listener="tcp:0") == 0
+            ),
+        )
         self.assertEqual(value(before, "gateway_backend_up", backend=name), 0)
         failed = value(
             before, "gateway_backend_checks_total", backend=name, result="failure"
@@ -280,6 +286,14 @@ class StatusPageTests(TestCase):
         held.send(b"held\n")
         await held.untilLines(1)
         self.addCleanup(lambda: held.transport.loseConnection())
+        # The pairs of the clients that left have ended on the gateway's
+        # side too: from here on no count moves.
+        await untilMetric(
+            gateway.ports["metrics"],
+            lambda samples: (
+                value(samples, "gateway_connections_active", listener="tcp:0") == 1
+            ),
+        )
         return gateway, live, dead, held
 
     async def test_page(self) -> None:
