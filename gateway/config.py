@@ -34,6 +34,18 @@ from gateway.endpoints import (
     serverForm,
     split,
 )
+from gateway.health import (
+    CONNECT,
+    DEFAULT_FALL,
+    DEFAULT_INTERVAL,
+    DEFAULT_RISE,
+    DEFAULT_TIMEOUT,
+    MODES,
+    HealthSettings,
+    HealthSettingsError,
+    compileExpect,
+    parseSend,
+)
 from gateway.proxyprotocol import HEADERS
 from gateway.tls import ReloadableServerTLS, TLSError
 
@@ -171,6 +183,15 @@ def _optionalChoice(choices: Iterable[str]) -> Callable[[str, object], str | Non
         return None if raw is None else check(name, raw)
 
     return coerce
+
+
+def _healthMode(name: str, raw: object) -> str:
+    value = _text(name, raw)
+    if value not in MODES:
+        raise SettingError(
+            name, f": unknown mode {value!r} (choose {', '.join(MODES)})"
+        )
+    return value
 
 
 def _optionalText(name: str, raw: object) -> str | None:
@@ -360,6 +381,56 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         unit="seconds",
     ),
     Setting(
+        "health-check",
+        CONNECT,
+        _healthMode,
+        "Active checks of each backend: none, connect (the connection,"
+        " TLS included, completes) or probe (connect, send"
+        " --health-check-send, match the reply with --health-check-expect).",
+    ),
+    Setting(
+        "health-check-interval",
+        f"{DEFAULT_INTERVAL:g}",
+        _number(float, above=0),
+        "Seconds between two checks of one backend.",
+        unit="seconds",
+    ),
+    Setting(
+        "health-check-timeout",
+        f"{DEFAULT_TIMEOUT:g}",
+        _number(float, above=0),
+        "Seconds a check may take before it fails.",
+        unit="seconds",
+    ),
+    Setting(
+        "health-check-rise",
+        str(DEFAULT_RISE),
+        _number(int, minimum=1),
+        "Checks passed in a row that bring a down backend up.",
+    ),
+    Setting(
+        "health-check-fall",
+        str(DEFAULT_FALL),
+        _number(int, minimum=1),
+        "Checks failed in a row that take an up backend down.",
+    ),
+    Setting(
+        "health-check-send",
+        None,
+        _optionalText,
+        "The probe's message, in the backend framing (UTF-8; escapes \\n"
+        " \\r \\t \\\\ \\xHH). [default: none]",
+        metavar="TEXT",
+    ),
+    Setting(
+        "health-check-expect",
+        None,
+        _optionalText,
+        "Python regular expression the probe's first reply must contain."
+        " [default: any reply]",
+        metavar="REGEX",
+    ),
+    Setting(
         "drain-timeout",
         "30",
         _number(float, minimum=0),
@@ -401,12 +472,14 @@ class ServiceSettings:
     @ivar given: the keys given (not defaulted), for messages.
     @ivar tls: the TLS material of its TLS listeners, read when checked;
         None without a TLS listener.
+    @ivar health: how its backends are checked (SPEC section 8).
     """
 
     name: str
     values: dict[str, Any]
     given: frozenset[str] = frozenset()
     tls: ReloadableServerTLS | None = None
+    health: HealthSettings = field(default_factory=HealthSettings)
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -471,6 +544,7 @@ def checkService(
                 ": the service has no listener: give listen or listen-tls",
             )
         values["listen"] = (DEFAULT_LISTEN,)
+    health = _healthSettings(values)
     if reactor is not None:
         _parseEndpoints(values, reactor, binding)
     tls = None
@@ -503,7 +577,30 @@ def checkService(
             else:
                 text = ": " + text
             raise SettingError(key, text)
-    return ServiceSettings(name, values, given, tls)
+    return ServiceSettings(name, values, given, tls, health)
+
+
+def _healthSettings(values: dict[str, Any]) -> HealthSettings:
+    """
+    The C{health-check*} settings as L{HealthSettings} (SPEC section 8),
+    which checks how they fit together and with the backend framing.
+    """
+    send = values["health-check-send"]
+    expect = values["health-check-expect"]
+    try:
+        return HealthSettings(
+            mode=values["health-check"],
+            interval=values["health-check-interval"],
+            timeout=values["health-check-timeout"],
+            rise=values["health-check-rise"],
+            fall=values["health-check-fall"],
+            send=None if send is None else parseSend(send),
+            expect=None if expect is None else compileExpect(expect),
+            backendFraming=values["backend-framing"],
+            maxMessageSize=values["max-message-size"],
+        )
+    except HealthSettingsError as error:
+        raise SettingError(error.option, f": {error.problem}")
 
 
 def _framingsCarry(values: dict[str, Any], given: frozenset[str]) -> None:

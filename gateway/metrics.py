@@ -33,8 +33,10 @@ from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Request, Site
 
 from gateway.codec._base import MALFORMED, TOO_LONG, TRUNCATED, UNENCODABLE
+from gateway.health import RESULTS
 from gateway.proxyprotocol import PROXY_HEADER
 from gateway.stats import BACKEND, CLIENT, CLOSE_REASONS
+from gateway.status import Snapshot, statusRoot
 
 # Connections last from a refused request (milliseconds) to a long-lived
 # session (hours).
@@ -144,8 +146,10 @@ class ListenerMetrics:
         "_tlsFailures",
         "service",
         "_metrics",
-        "open",
         "retired",
+        "acceptedCount",
+        "activeCount",
+        "rejectedCount",
     )
 
     def __init__(
@@ -154,7 +158,6 @@ class ListenerMetrics:
         self._name = name
         self.service = service
         self._metrics = metrics
-        self.open = 0
         self.retired = False
         self._accepted = metrics.connectionsAccepted.labels(service, name)
         self._active = metrics.connectionsActive.labels(service, name)
@@ -177,15 +180,19 @@ class ListenerMetrics:
             for reason in PROTOCOL_ERROR_REASONS
         }
         self._tlsFailures = metrics.tlsHandshakeFailures.labels(service, name)
+        # The same counts as plain integers, for the status page (once per
+        # connection, not per chunk); activeCount also tells when a listener
+        # a reload removed has no connection left.
+        self.acceptedCount = self.activeCount = self.rejectedCount = 0
 
     def accepted(self) -> None:
         self._accepted.inc()
         self._active.inc()
-        self.open += 1
+        self.acceptedCount += 1
+        self.activeCount += 1
 
     def _ended(self) -> None:
-        self.open -= 1
-        if self.retired and not self.open:
+        if self.retired and not self.activeCount:
             self._metrics.removeListener(self)
 
     def remove(self) -> None:
@@ -217,6 +224,8 @@ class ListenerMetrics:
             )
         child.inc()
         self._active.dec()
+        self.rejectedCount += 1
+        self.activeCount -= 1
         self._ended()
 
     def closed(self, reason: str, duration: float) -> None:
@@ -227,6 +236,7 @@ class ListenerMetrics:
             )
         child.inc()
         self._active.dec()
+        self.activeCount -= 1
         self._duration.observe(duration)
         self._ended()
 
@@ -295,10 +305,24 @@ class TrafficCollector:
 
 class BackendMetrics:
     """
-    The L{gateway.stats.BackendStats} of one backend, children bound at once.
+    The L{gateway.stats.BackendStats} of one backend, and the
+    L{gateway.health.HealthStats} its health checks report to, children
+    bound at once: C{gateway_backend_up} starts at 1 (a backend counts as up
+    until its checks say otherwise, SPEC section 8), every check result at 0.
+
+    @ivar connectFailures: the count C{gateway_backend_connect_failures_total}
+        shows, as a plain integer for the status page.
     """
 
-    __slots__ = ("_connect", "_failures", "_metrics", "_labels")
+    __slots__ = (
+        "_connect",
+        "_failures",
+        "_up",
+        "_checks",
+        "connectFailures",
+        "_metrics",
+        "_labels",
+    )
 
     def __init__(
         self, metrics: "GatewayMetrics", name: str, service: str = DEFAULT_SERVICE
@@ -307,22 +331,40 @@ class BackendMetrics:
         self._labels = (service, name)
         self._connect = metrics.backendConnect.labels(service, name)
         self._failures = metrics.backendConnectFailures.labels(service, name)
+        self._up = metrics.backendUp.labels(service, name)
+        self._up.set(1)
+        self._checks = {
+            result: metrics.backendChecks.labels(service, name, result)
+            for result in RESULTS
+        }
+        self.connectFailures = 0
 
     def remove(self) -> None:
         """
         Remove every series of this backend from the registry.
         """
+        metrics = self._metrics
         for family in (
-            self._metrics.backendConnect,
-            self._metrics.backendConnectFailures,
+            metrics.backendConnect,
+            metrics.backendConnectFailures,
+            metrics.backendUp,
         ):
             _removeSeries(family, *self._labels)
+        for result in self._checks:
+            _removeSeries(metrics.backendChecks, *self._labels, result)
 
     def connected(self, seconds: float) -> None:
         self._connect.observe(seconds)
 
     def connectFailed(self) -> None:
         self._failures.inc()
+        self.connectFailures += 1
+
+    def checked(self, result: str) -> None:
+        self._checks[result].inc()
+
+    def setUp(self, up: bool) -> None:
+        self._up.set(1 if up else 0)
 
 
 class GatewayMetrics:
@@ -398,6 +440,18 @@ class GatewayMetrics:
             "gateway_backend_connect_failures",
             "Backend connects that failed or timed out.",
             ["service", "backend"],
+            registry=registry,
+        )
+        self.backendUp = Gauge(
+            "gateway_backend_up",
+            "1 while the backend's health checks say it is up, else 0.",
+            ["service", "backend"],
+            registry=registry,
+        )
+        self.backendChecks = Counter(
+            "gateway_backend_checks",
+            "Active health checks of the backend, by result.",
+            ["service", "backend", "result"],
             registry=registry,
         )
         self.tlsHandshakeFailures = Counter(
@@ -480,7 +534,7 @@ class GatewayMetrics:
         for key, stats in list(self._listeners.items()):
             if key not in listeners:
                 stats.retired = True
-                if not stats.open:
+                if not stats.activeCount:
                     self.removeListener(stats)
         for key, backend in list(self._backends.items()):
             if key not in backends:
@@ -543,20 +597,32 @@ class HealthResource(Resource):
 
 class ReadinessResource(Resource):
     """
-    C{/readyz}: 200 when C{isReady()} says the gateway should get traffic
-    (every listener bound, not draining), else 503.
+    C{/readyz}: 200 when the gateway should get traffic, else 503.
+
+    With C{problems}, the body of a 503 is one line per reason it gives
+    (C{draining}, C{service default: no backend up}, SPEC section 5);
+    without, C{isReady()} decides and the body says C{not ready}.
     """
 
-    def __init__(self, isReady: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        isReady: Callable[[], bool],
+        problems: Callable[[], list[str]] | None = None,
+    ) -> None:
         super().__init__()
         self._isReady = isReady
+        self._problems = problems
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", _PLAIN_TEXT)
-        if self._isReady():
+        if self._problems is not None:
+            lines = self._problems()
+        else:
+            lines = [] if self._isReady() else ["not ready"]
+        if not lines:
             return b"ready\n"
         request.setResponseCode(503)
-        return b"not ready\n"
+        return "".join(f"{line}\n" for line in lines).encode("utf-8")
 
 
 class QuietSite(Site):
@@ -577,15 +643,25 @@ def metricsSite(
     registry: CollectorRegistry,
     isReady: Callable[[], bool],
     reactor: IReactorTime | None = None,
+    problems: Callable[[], list[str]] | None = None,
+    snapshot: Callable[[], Snapshot] | None = None,
 ) -> Site:
     """
-    The site serving C{/metrics}, C{/healthz} and C{/readyz}; any other path
-    is 404. Requests are not logged.
+    The site serving C{/metrics}, C{/healthz} and C{/readyz}, and with
+    C{snapshot} the status page C{/} and C{/status.json} (SPEC section 8);
+    any other path is 404. Requests are not logged.
 
     @param reactor: for the HTTP timeouts; the global reactor when omitted.
+    @param problems: why the gateway is not ready, one line each (see
+        L{ReadinessResource}).
+    @param snapshot: fills the status page's data, once per request.
     """
-    root = NoResource()
+    root: Resource
+    if snapshot is None:
+        root = NoResource()
+    else:
+        root = statusRoot(snapshot)
     root.putChild(b"metrics", MetricsResource(registry))
     root.putChild(b"healthz", HealthResource())
-    root.putChild(b"readyz", ReadinessResource(isReady))
+    root.putChild(b"readyz", ReadinessResource(isReady, problems))
     return QuietSite(root, reactor=reactor)

@@ -36,6 +36,8 @@ from gateway.config import Configuration, ServiceSettings
 from gateway.demo import DemoBackendService
 from gateway.endpoints import withBacklog
 from gateway.headerfirst import backendEndpoint, wrapEndpoint
+from gateway.health import HealthChecker
+from gateway.healthservice import HealthCheckService, ServiceView, serviceHealth
 from gateway.names import backendName, listenerName
 from gateway.proxy import ClientProtocol, Connections, ProxyFactory
 from gateway.proxyprotocol import HEADERS, isBehindProxy, serverEndpoint
@@ -108,11 +110,13 @@ class BuiltService:
 
     @ivar factories: listener key to (listener name, whether TLS, the
         factory its port hands connections to).
+    @ivar health: its backends' health checks (started once it is in use).
     """
 
     settings: ServiceSettings
     pool: BackendPool
     factories: dict[ListenerKey, tuple[str, bool, IProtocolFactory]]
+    health: HealthCheckService
 
     @property
     def name(self) -> str:
@@ -140,6 +144,10 @@ class Services:
         self.listeners: dict[ListenerKey, ListenerService] = {}
         self._serviceConnections: dict[str, ServiceConnections] = {}
         self._demo: DemoBackendService | None = None
+        # Live views, read at each request: /readyz's health problems, and
+        # the status page's services.
+        self.checkers: dict[str, HealthChecker] = {}
+        self.views: dict[str, ServiceView] = {}
 
     # Building.
 
@@ -174,11 +182,14 @@ class Services:
             backends,
             reactor,
             settings["connect-timeout"],
-            Logger(namespace=f"gateway.backends.{name}"),
+            log=Logger(namespace=f"gateway.backends.{name}"),
         )
+        health = serviceHealth(name, pool, settings.health, reactor, proxyVersion)
         previous = self.built.get(name)
         if previous is not None:
+            # A kept backend keeps its passive backoff and its health.
             pool.adopt(previous.pool)
+            health.checker.adopt(previous.health.checker)
         connections = self._serviceConnections.get(name)
         if connections is None:
             # Kept from now on: services built for a reload share one count
@@ -217,7 +228,7 @@ class Services:
                 assert settings.tls is not None
                 served = wrapFactory(settings.tls, factory, reactor)
             factories[key] = (listener, tls, served)
-        return BuiltService(settings, pool, factories)
+        return BuiltService(settings, pool, factories, health)
 
     def _listener(
         self, service: BuiltService, key: ListenerKey, option: str
@@ -249,11 +260,25 @@ class Services:
         self.configuration = configuration
         self._apply(configuration)
         for built in self.built.values():
+            built.health.setServiceParent(self.gateway)
             for key in built.factories:
                 option = self._optionOf(built.name)
                 listener = self._listener(built, key, option)
                 listener.setServiceParent(self.gateway)
                 self.listeners[key] = listener
+        self._refreshViews()
+
+    def _refreshViews(self) -> None:
+        """
+        Point the status page and the readiness checks at the services now
+        in use.
+        """
+        self.checkers.clear()
+        self.views.clear()
+        for name, built in self.built.items():
+            self.checkers[name] = built.health.checker
+            listeners = [self.listeners[key] for key in built.factories]
+            self.views[name] = ServiceView(listeners, built.pool, built.health.checker)
 
     def _buildAll(self, configuration: Configuration) -> dict[str, BuiltService]:
         keys: dict[str, list[ListenerKey]] = {
@@ -351,7 +376,7 @@ class Services:
             [key[0] for key in added],
             [key[0] for key in removed],
         )
-        self._commit(configuration, built)
+        previous = self._commit(configuration, built)
         for key, listener in list(self.listeners.items()):
             if key in removed:
                 del self.listeners[key]
@@ -366,6 +391,12 @@ class Services:
         for key, listener in newListeners.items():
             listener.setServiceParent(self.gateway)
             self.listeners[key] = listener
+        # The old checks stop (their states were adopted), the new start.
+        for service in previous.values():
+            service.health.disownServiceParent()
+        for service in built.values():
+            service.health.setServiceParent(self.gateway)
+        self._refreshViews()
         return summary
 
     def _describe(

@@ -25,6 +25,7 @@ from gateway import reactor as gatewayReactor
 from gateway.config import (
     DEFAULT_LISTEN,
     DEFAULT_METRICS,
+    DEFAULT_SERVICE,
     SETTINGS,
     SETTINGS_TABLE,
     ConfigError,
@@ -35,6 +36,7 @@ from gateway.config import (
 )
 from gateway.daemon import StartupReport, installParentWait
 from gateway.endpoints import withBacklog
+from gateway.healthservice import StatusSource, healthProblems
 from gateway.notify import Notifier, NotifyService
 from gateway.proxy import Connections
 from gateway.service import (
@@ -48,7 +50,13 @@ from gateway.services import ReloadFailed, Services
 from gateway.stats import NoRecorder, Recorder
 from gateway.tls import TLSError
 
-__all__ = ["DEFAULT_LISTEN", "DEFAULT_METRICS", "Options", "makeService"]
+__all__ = [
+    "DEFAULT_LISTEN",
+    "DEFAULT_METRICS",
+    "DEFAULT_SERVICE",
+    "Options",
+    "makeService",
+]
 
 log = Logger(namespace="gateway.tap")
 
@@ -210,6 +218,7 @@ class Options(usage.Options):
             self[key] = list(value) if SETTINGS[key].repeatable else value
         self.update(configuration.process)
         self["tls"] = service.tls
+        self["health"] = service.health
 
 
 # A repeatable setting is an opt_ method (usage.Options collects each value),
@@ -298,16 +307,27 @@ def makeService(
         installParentWait()
     services = Services(gateway, reactor, recorder, connections)
     services.start(configuration)
+    gateway.readinessChecks.append(healthProblems(services.checkers))
     if registry is not None:
         from gateway.metrics import metricsSite
 
+        status = StatusSource(
+            __version__, gateway, connections, recorder, services.views, reactor
+        )
+        gateway.readyHooks.append(status.markStarted)
         metrics = configuration.process["metrics"]
         ListenerService(
             "metrics",
             "--metrics" if configuration.path is None else "metrics",
             metrics,
             serverFromString(reactor, withBacklog(metrics)),
-            metricsSite(registry, gateway.ready, reactor),
+            metricsSite(
+                registry,
+                gateway.ready,
+                reactor,
+                problems=gateway.notReady,
+                snapshot=status,
+            ),
             drains=False,
         ).setServiceParent(gateway)
         gateway.drainingHooks.append(lambda: recorder.setDraining(True))
