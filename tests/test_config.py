@@ -209,6 +209,18 @@ class FileTests(SynchronousTestCase):
                 " array of strings"
             ),
             "colour = 5": "gateway.toml: services.orders: colour: unknown key",
+            'health-check = "probe"': (
+                "gateway.toml: services.orders: health-check-send: health-check"
+                " probe needs a message to send"
+            ),
+            'health-check = "ping"': (
+                "gateway.toml: services.orders: health-check: unknown mode 'ping'"
+                " (choose none, connect, probe)"
+            ),
+            "health-check-rise = 0": (
+                "gateway.toml: services.orders: health-check-rise: 0 is not an"
+                " integer of 1 or more"
+            ),
             "drain-timeout = 5": (
                 "gateway.toml: services.orders: drain-timeout: a process-wide key:"
                 " put it at the top of the file"
@@ -436,6 +448,14 @@ def services(draw: st.DrawFn) -> dict[str, Any]:
         raw["max-connections"] = draw(st.integers(1, 10**6))
     if draw(st.booleans()):
         raw["backend-proxy-protocol"] = draw(st.sampled_from(["v1", "v2"]))
+    if draw(st.booleans()):
+        raw["health-check"] = draw(st.sampled_from(["none", "connect"]))
+    for key in ("health-check-interval", "health-check-timeout"):
+        if draw(st.booleans()):
+            raw[key] = draw(st.floats(0.001, 1e6, allow_nan=False))
+    for key in ("health-check-rise", "health-check-fall"):
+        if draw(st.booleans()):
+            raw[key] = draw(st.integers(1, 100))
     return raw
 
 
@@ -473,6 +493,10 @@ class PropertyTests(SynchronousTestCase):
         self.assertEqual(
             fromFile.services["default"].values,
             fromCommandLine(raw).services["default"].values,
+        )
+        self.assertEqual(
+            fromFile.services["default"].health,
+            fromOptions.services["default"].health,
         )
 
     def test_defaultListener(self) -> None:

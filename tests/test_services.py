@@ -123,6 +123,29 @@ class ReloadTests(SynchronousTestCase):
             ["tcp:7001", "tcp:7003"],
         )
 
+    def test_healthKept(self) -> None:
+        """
+        A backend kept by a reload keeps its health state: the new checker
+        adopts it, the old one stops, and /readyz's check and the status
+        page read the services in use.
+        """
+        old = self.services.built["a"].health
+        old.checker.states["tcp:127.0.0.1:9001"].up = False
+        run(self.services.reload(configuration(TWO)))
+        new = self.services.built["a"].health
+        self.assertIsNot(new, old)
+        self.assertEqual((old.running, old.parent), (0, None))
+        self.assertEqual((new.running, new.parent), (1, self.gateway))
+        self.assertFalse(new.checker.isUp("tcp:127.0.0.1:9001"))
+        self.assertTrue(new.checker.isUp("tcp:127.0.0.1:9002"))
+        self.assertFalse(self.services.built["a"].pool.isUp("tcp:127.0.0.1:9001"))
+        self.assertEqual(sorted(self.services.checkers), ["a", "b"])
+        self.assertIs(self.services.checkers["a"], new.checker)
+        self.assertEqual(
+            [listener.listenerName for listener in self.services.views["b"].listeners],
+            ["tcp:7003"],
+        )
+
     def test_openPairKeepsSettings(self) -> None:
         """
         A connection accepted before the reload was built by the factory of
