@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 
@@ -365,11 +365,16 @@ class Services:
                 bound.append(listener)
         except ListenFailed as error:
             await gatherResults(
-                [listener.port.stopListening() for listener in bound if listener.port]  # type: ignore[misc]
+                [
+                    maybeDeferred(listener.port.stopListening)
+                    for listener in bound
+                    if listener.port is not None
+                ]
             )
             # The series the new services made go again: nothing changed.
             self._keepSeries(self.built)
-            raise ReloadFailed(error.line.removeprefix("gateway: "))
+            line = error.line.removeprefix("gateway: ")
+            raise ReloadFailed(f"{configuration.path}: {line}")
         summary = self._describe(
             old,
             configuration,
