@@ -85,7 +85,8 @@ class Options(usage.Options):
     longdesc = (
         "Translate newline-delimited client messages into length-prefixed "
         "backend frames and back. With no --backend, a built-in echo backend "
-        "is started for trying the gateway out."
+        "is started for trying the gateway out. See gateway(8) (man gateway)"
+        " and the manual in docs/ for every option, signal and log line."
     )
 
     optParameters = [
