@@ -96,13 +96,13 @@ TYPED = gateway/codec gateway/stats.py gateway/backends.py gateway/names.py \
 	gateway/pair.py gateway/refusals.py gateway/progress.py
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check gateway twisted tests benchmarks
-	$(BIN)/ruff format --check gateway twisted tests benchmarks
+	$(BIN)/ruff check gateway twisted tests benchmarks docs
+	$(BIN)/ruff format --check gateway twisted tests benchmarks docs
 	$(BIN)/mypy --strict $(TYPED)
 
 format: $(BIN)/.installed
-	$(BIN)/ruff check --fix gateway twisted tests benchmarks
-	$(BIN)/ruff format gateway twisted tests benchmarks
+	$(BIN)/ruff check --fix gateway twisted tests benchmarks docs
+	$(BIN)/ruff format gateway twisted tests benchmarks docs
 
 # The comparison benchmark (see benchmarks/README.md): a few minutes in full,
 # under a minute with bench-quick. uvloop keeps the load generator cheap.

@@ -22,9 +22,10 @@ and in Markdown (README.md), a comment right before a console fence::
 
 The blocks of one file that name the same SESSION run in order, in one
 scratch directory. In a block, C{$ } starts a command (a line ending in a
-backslash goes on to the next), and the lines up to the next command are
-its expected output (a line starting with C{> } right after a command goes
-on with it, as the shell's secondary prompt shows): stdout and stderr as a terminal shows them. A line
+backslash goes on to the next, and so does a line starting with C{> }
+right after a command, the shell's secondary prompt), and the lines up to
+the next command are its expected output: stdout and stderr as a terminal
+shows them. A line
 C{...} stands for any number of lines, and C{...} inside a line for any
 text. How a session runs is in L{Session} and tests/test_docs.py.
 """
