@@ -470,7 +470,7 @@ def makeService(
             from gateway.metrics import GatewayMetrics
 
             # Process-wide, and the gateway owns its process: no *_created
-            # series (the README's "Metrics and health" says why).
+            # series (docs/metrics.rst says why).
             disable_created_metrics()
             registry = CollectorRegistry()
             recorder = GatewayMetrics(registry, __version__)
