@@ -275,7 +275,22 @@ class GatewayDocstring(SphinxDirective):
         return [nodes.literal_block(text, text)]
 
 
+class ManUnhyphenated(SphinxDirective):
+    """
+    C{.. man-unhyphenated::}: in the man page, no hyphenation and a ragged
+    right edge from here on (C{.nh}, C{.ad l}), so that options and endpoint
+    strings are never split. A raw node of our own, since C{.. raw::}
+    drops the newline that must end a roff request.
+    """
+
+    has_content = False
+
+    def run(self) -> list:
+        return [nodes.raw("", ".nh\n.ad l\n", format="manpage")]
+
+
 def setup(app: Sphinx) -> dict[str, object]:
+    app.add_directive("man-unhyphenated", ManUnhyphenated)
     app.add_directive("gateway-options", GatewayOptions)
     app.add_directive("gateway-modules", GatewayModules)
     app.add_directive("gateway-docstring", GatewayDocstring)
