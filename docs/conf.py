@@ -43,6 +43,8 @@ html_theme = "alabaster"
 html_static_path: list[str] = []
 html_title = f"gateway {__version__}"
 highlight_language = "none"
+# Option names are full of "--", which smart quotes would turn into dashes.
+smartquotes = False
 
 # gateway(8): built from manpage.rst; `make docs` compares it with the copy
 # shipped in the package (gateway/gateway.8).

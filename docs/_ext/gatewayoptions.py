@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from docutils import nodes
-from docutils.statemachine import StringList
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
@@ -227,6 +226,7 @@ class GatewayOptions(SphinxDirective):
 
 
 _ROOT = Path(__file__).resolve().parent.parent.parent
+_EPYTEXT = re.compile(r"[CLIB]\{([^}]*)\}")
 
 
 def _docstring(path: Path) -> str:
@@ -243,20 +243,19 @@ class GatewayModules(SphinxDirective):
     has_content = False
 
     def run(self) -> list:
-        lines: list[str] = []
+        found = nodes.definition_list()
         package = _ROOT / "gateway"
         paths = sorted(package.glob("*.py")) + sorted(package.glob("codec/*.py"))
         for path in paths:
             self.env.note_dependency(str(path))
             summary = " ".join(_docstring(path).split("\n\n")[0].split())
-            lines += [
-                f"``{path.relative_to(_ROOT)}``",
-                f"    {summary or 'No docstring.'}",
-                "",
-            ]
-        node = nodes.container()
-        self.state.nested_parse(StringList(lines, source="gateway"), 0, node)
-        return node.children
+            # Docstrings are pydoctor's epytext: C{x} and L{x} are just x here.
+            summary = _EPYTEXT.sub(r"\1", summary) or "No docstring."
+            name = str(path.relative_to(_ROOT))
+            term = nodes.term("", "", nodes.literal(name, name))
+            definition = nodes.definition("", nodes.paragraph("", summary))
+            found += nodes.definition_list_item("", term, definition)
+        return [found]
 
 
 class GatewayDocstring(SphinxDirective):
