@@ -320,7 +320,9 @@ class ReferenceTests(SynchronousTestCase):
         """
         for option in self.module.optionDefinitions():
             if option.takesValue:
-                command, error = self.module.badValueLine(option)
+                bad = self.module.badValueLine(option)
+                self.assertIsNotNone(bad, f"--{option.name}: no bad value shown")
+                command, error = bad
                 self.assertIn(f"--{option.name}", command)
                 self.assertNotIn("Traceback", error)
 

@@ -49,6 +49,33 @@ BAD_VALUES: dict[str, list[str]] = {
     "idle-timeout": ["--idle-timeout", "-1"],
     "drain-timeout": ["--drain-timeout", "soon"],
     "metrics": ["--metrics", "9180"],
+    "config": ["--config", "/nonexistent/gateway.toml"],
+    "handshake-timeout": ["--handshake-timeout", "-1"],
+    "max-connections-per-source": ["--max-connections-per-source", "-1"],
+    "max-connection-rate-per-source": ["--max-connection-rate-per-source", "-1"],
+    "allow": ["--allow", "10.0.0.0/33"],
+    "deny": ["--deny", "10.0.0.0/33"],
+    "tls-client-name": ["--tls-client-name", "client.example"],
+    "health-check": ["--health-check", "ping"],
+    "health-check-interval": ["--health-check-interval", "0"],
+    "health-check-timeout": ["--health-check-timeout", "0"],
+    "health-check-rise": ["--health-check-rise", "0"],
+    "health-check-fall": ["--health-check-fall", "0"],
+    "health-check-send": ["--health-check-send", "\\xZZ"],
+    "health-check-expect": ["--health-check-expect", "("],
+    "websocket-path": ["--client-framing", "websocket", "--websocket-path", "echo"],
+    "websocket-origin": [
+        "--client-framing",
+        "websocket",
+        "--websocket-origin",
+        "example.com",
+    ],
+    "websocket-message-type": [
+        "--client-framing",
+        "websocket",
+        "--websocket-message-type",
+        "json",
+    ],
 }
 
 # Options left out of the reference: twistd's usual --help.
@@ -123,7 +150,8 @@ def unitOf(option: OptionDoc) -> str | None:
 def badValueLine(option: OptionDoc) -> tuple[str, str] | None:
     """
     C{(command line, error line)} for the option's bad value, from the real
-    parser; C{None} without one in L{BAD_VALUES}.
+    parser; C{None} without one in L{BAD_VALUES}, or when the parser takes
+    it (tests/test_docs.py fails then: the reference would show nothing).
     """
     from twisted.python import usage
 
@@ -136,7 +164,7 @@ def badValueLine(option: OptionDoc) -> tuple[str, str] | None:
         Options().parseOptions(arguments)
     except usage.UsageError as error:
         return " ".join(arguments), str(error)
-    raise ValueError(f"--{option.name}: {arguments!r} was accepted")
+    return None
 
 
 # How the argument is shown after the option's name; an option missing here
