@@ -93,6 +93,10 @@ class OptionDoc:
         configuration key).
     @ivar default: the default as the operator writes it, or C{None}.
     @ivar help: the help text, one paragraph, without its C{[default: ...]}.
+    @ivar unit: of a number (C{seconds}, C{bytes}), when the definitions say.
+    @ivar metavar: the argument's placeholder, when the definitions say.
+    @ivar scope: where the key goes in a configuration file (C{service},
+        C{process}, C{both}), or C{None} for an option that is no key.
     """
 
     name: str
@@ -100,6 +104,9 @@ class OptionDoc:
     repeatable: bool
     default: str | None
     help: str
+    unit: str | None = None
+    metavar: str | None = None
+    scope: str | None = None
 
 
 def optionDefinitions() -> list[OptionDoc]:
@@ -108,9 +115,19 @@ def optionDefinitions() -> list[OptionDoc]:
     read from L{gateway.tap.Options} (its C{optParameters}, C{optFlags} and
     C{opt_*} methods, as Twisted's L{usage.Options} gathers them).
 
+    When the settings table of L{gateway.config} exists (every service
+    setting as an option and a key of the same name), its units, argument
+    names and scopes are added.
+
     This is the only function that knows where the definitions live.
     """
     from gateway.tap import Options
+
+    try:
+        from gateway.config import SETTINGS_TABLE  # type: ignore[attr-defined]
+    except ImportError:
+        SETTINGS_TABLE = ()
+    settings = {setting.name: setting for setting in SETTINGS_TABLE}
 
     options = Options()
     found = []
@@ -131,6 +148,9 @@ def optionDefinitions() -> list[OptionDoc]:
                 repeatable=isinstance(options.get(name), list),
                 default=None if default is None else str(default),
                 help=text,
+                unit=getattr(settings.get(name), "unit", None),
+                metavar=getattr(settings.get(name), "metavar", None),
+                scope=getattr(settings.get(name), "scope", None),
             )
         )
     return found
@@ -138,8 +158,11 @@ def optionDefinitions() -> list[OptionDoc]:
 
 def unitOf(option: OptionDoc) -> str | None:
     """
-    The unit an option's value is in, as its help text says it.
+    The unit an option's value is in, as the definitions or its help text
+    say.
     """
+    if option.unit is not None:
+        return option.unit
     text = option.help.lower()
     for unit in ("seconds", "bytes"):
         if unit in text:
@@ -180,6 +203,7 @@ METAVARS = {
     "tls-alpn": "NAME",
     "backend-proxy-protocol": "VERSION",
     "max-connections": "N",
+    "config": "FILE",
 }
 
 
@@ -187,6 +211,8 @@ def metavarOf(option: OptionDoc) -> str:
     """
     The argument's placeholder: C{ENDPOINT}, C{FILE}, C{SECONDS}, ...
     """
+    if option.metavar is not None:
+        return option.metavar
     if option.name in METAVARS:
         return METAVARS[option.name]
     unit = unitOf(option)
@@ -223,6 +249,12 @@ def renderOption(option: OptionDoc) -> nodes.definition_list_item:
     unit = unitOf(option)
     if unit is not None:
         facts += nodes.Text(f" Unit: {unit}.")
+    places = {"service": "in a service", "process": "at the top level"}
+    if option.scope is not None:
+        facts += nodes.Text(" Configuration file: ")
+        facts += nodes.literal(option.name, option.name)
+        where = places.get(option.scope, "in a service or at the top level")
+        facts += nodes.Text(f", {where}.")
     if facts.children:
         definition += facts
     bad = badValueLine(option)
