@@ -45,7 +45,9 @@ verify-units: $(BIN)/.installed
 # a wheel needs no Sphinx): it is refreshed here when the sources change,
 # and tests/test_docs.py fails when the committed copy is stale (so does
 # `make docs CHECK_MAN=1`, which CI runs, instead of refreshing it).
-SPHINXBUILD = $(BIN)/sphinx-build -W --keep-going -q
+# -E: a fresh build every time, since the reference is read from the code,
+# which Sphinx does not track as a source.
+SPHINXBUILD = $(BIN)/sphinx-build -E -W --keep-going -q
 
 $(BIN)/.docs-installed: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test,docs]' --config-settings editable_mode=compat
