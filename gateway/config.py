@@ -443,7 +443,8 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         "metrics",
         DEFAULT_METRICS,
         _metrics,
-        "Server endpoint for /metrics, /healthz and /readyz, or none.",
+        "Server endpoint for /metrics, /healthz, /readyz and the status"
+        " page (/ and /status.json), or none.",
         scope=PROCESS,
     ),
 )
