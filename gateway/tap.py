@@ -335,9 +335,7 @@ class Options(usage.Options):
         self["connect-timeout"] = _number(self, "connect-timeout", float, above=0)
         self["idle-timeout"] = _number(self, "idle-timeout", float, minimum=0)
         self["drain-timeout"] = _number(self, "drain-timeout", float, minimum=0)
-        self["handshake-timeout"] = _number(
-            self, "handshake-timeout", float, minimum=0
-        )
+        self["handshake-timeout"] = _number(self, "handshake-timeout", float, minimum=0)
         self["admission"] = self._admission()
         self._framingsCarry()
         if self["tls-min-version"] not in TLS_VERSIONS:

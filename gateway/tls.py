@@ -18,8 +18,9 @@ the C{--tls-client-ca} file, a root or an intermediate (OpenSSL's
 C{X509_V_FLAG_PARTIAL_CHAIN}); with C{--tls-client-name}, it must also carry
 one of the names (L{gateway.certnames}), checked in the handshake itself, in
 every certificate's context, across reloads: a refused certificate fails the
-handshake, and L{refusedClient} names its subject for the close line. An ALPN offer is served as if none was made,
-unless C{--tls-alpn} names protocols to select (see L{ServerTLS}).
+handshake, and L{refusedClient} names its subject for the close line. An
+ALPN offer is served as if none was made, unless C{--tls-alpn} names
+protocols to select (see L{ServerTLS}).
 
 L{failureReason} turns the reason a TLS connection ended with into OpenSSL's
 words for it, and L{connectionInfo} reads what a completed handshake
