@@ -436,6 +436,32 @@ class AddressRulesTests(TLSTestCase):
         )
         self.assertEqual(backend.accepted, 2)
 
+    async def test_mappedAddresses(self):
+        """
+        On a dual-stack listener an IPv4 client arrives as ::ffff:a.b.c.d:
+        the IPv4 rules and per-source counts apply to it as to a.b.c.d, and
+        the refusal log names it as IPv4.
+        """
+        backend, backendPort = listenBackend(self)
+        gateway = await runGateway(
+            self,
+            ["--listen", "tcp6:0:interface=\\:\\:"]
+            + backendOption(backendPort)
+            + ["--deny", "127.0.0.3", "--max-connections-per-source", "1"],
+        )
+        port = gateway.port()
+        await self.refusedFrom("127.0.0.3", port)
+        await gateway.logged("denied (the last from 127.0.0.3:")
+        held = await deferToThread(connectFrom, "127.0.0.2", port)
+        self.addCleanup(held.close)
+        await self.roundTrip(held, b"held\n")
+        await self.refusedFrom("127.0.0.2", port)
+        await waitForSample(
+            gateway, 1, "gateway_connections_rejected_total", reason="per_source_limit"
+        )
+        self.assertNotIn("::ffff:", gateway.log())
+        self.assertEqual(backend.accepted, 1)
+
     async def test_deniedBeforeTLS(self):
         """
         On a TLS listener, a denied client is closed at accept: the gateway
