@@ -400,6 +400,12 @@ class ClientProtocol(Protocol):
     L{gateway.pair.Pair}, which holds its life, and does what the pair
     decides (L{gateway.pair.PairIO}).
 
+    Admission (L{gateway.admission}) is asked as the connection is
+    accepted, before anything is read or sent on it, or, behind a PROXY
+    header, as soon as the header names the real client; a refused
+    connection closes at once and counts only as rejected. The preamble's
+    deadline (C{--handshake-timeout}) is the pair's.
+
     The idle timeout is checked lazily: a read chunk only writes down the
     time, and the timer, when it fires, either ends the pair or re-arms
     itself for the rest of the wait. (Moving a timer on every chunk, as
@@ -498,7 +504,8 @@ class ClientProtocol(Protocol):
         pass
 
     def proxyHeaderReceived(self, local: bool) -> None:
-        if self.rejected or self.pair.phase is not Phase.PREAMBLE:
+        if self.rejected or self.pair.phase in (Phase.CLOSING, Phase.CLOSED):
+            # Ended while the header arrived (a timer): nothing to admit.
             return
         admission = self.factory.admission
         # A LOCAL header is the load balancer's own health check, not a
