@@ -9,8 +9,8 @@ A pair goes through these phases, in this order, and never back::
 
   - L{Phase.PREAMBLE}: the client's preamble is under way, one L{Step}
     after the other (an incoming PROXY header, a TLS handshake, the first
-    byte after a PROXY C{LOCAL} header; a WebSocket upgrade would be one
-    more step). Nothing is connected yet.
+    byte after a PROXY C{LOCAL} header, a WebSocket upgrade). Nothing is
+    connected yet.
   - L{Phase.CONNECTING}: every step is done; the backend is being
     connected and the client is not read.
   - L{Phase.RELAYING}: both connections are up and bytes flow both ways;
@@ -88,6 +88,8 @@ TLS_HANDSHAKE = Step("TLS handshake", stats.TLS_ERROR, handshake=True)
 # After a PROXY LOCAL header (HAProxy's health check): no backend until the
 # client sends a byte.
 FIRST_BYTE = Step("first byte", stats.CLIENT_CLOSED, quiet=True)
+# A WebSocket client's HTTP upgrade request (SPEC section 10), inside TLS.
+WEBSOCKET_UPGRADE = Step("WebSocket upgrade", stats.CLIENT_CLOSED)
 
 
 class PairIO(Protocol):
@@ -198,6 +200,17 @@ class Pair:
         self.steps = self.steps[1:] + then
         if not self.steps:
             self._connect()
+
+    def refuse(self, reason: str) -> None:
+        """
+        The gateway refuses the client before its backend is connected, for
+        C{reason}, a C{gateway_connections_rejected_total} reason (a
+        WebSocket origin not allowed: C{denied}); what was written to the
+        client is sent first. PREAMBLE only.
+        """
+        if self._expect("refuse", (Phase.PREAMBLE,), _DONE):
+            return
+        self._close(reason)
 
     def _connect(self) -> None:
         self.phase = Phase.CONNECTING
