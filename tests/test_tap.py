@@ -45,6 +45,9 @@ class DefaultsTests(SynchronousTestCase):
                 "idle-timeout": 300.0,
                 "drain-timeout": 30.0,
                 "metrics": DEFAULT_METRICS,
+                "websocket-path": "/",
+                "websocket-origin": [],
+                "websocket-message-type": "binary",
             },
         )
 
@@ -98,6 +101,9 @@ class DefaultsTests(SynchronousTestCase):
                 "idle-timeout": 0.0,
                 "drain-timeout": 2.0,
                 "metrics": None,
+                "websocket-path": "/",
+                "websocket-origin": [],
+                "websocket-message-type": "binary",
             },
         )
 
@@ -234,6 +240,47 @@ BAD_ARGUMENTS = [
     (["--tls-key", "k.pem"], "--tls-key", "no --listen-tls"),
     (["--tls-client-ca", "ca.pem"], "--tls-client-ca", "no --listen-tls"),
     (["--tls-min-version", "1.3"], "--tls-min-version", "no --listen-tls"),
+    (["--backend-framing", "websocket"], "--backend-framing", "client framing only"),
+    (["--websocket-path", "/ws"], "--websocket-path", "--client-framing websocket"),
+    (
+        ["--websocket-origin", "https://a.example"],
+        "--websocket-origin",
+        "--client-framing websocket",
+    ),
+    (
+        ["--websocket-message-type", "text"],
+        "--websocket-message-type",
+        "--client-framing websocket",
+    ),
+    (
+        ["--client-framing", "websocket", "--websocket-path", "ws"],
+        "--websocket-path 'ws'",
+        "starts with /",
+    ),
+    (
+        ["--client-framing", "websocket", "--websocket-path", "/ws?x=1"],
+        "--websocket-path",
+        "no query",
+    ),
+    (
+        ["--client-framing", "websocket", "--websocket-message-type", "json"],
+        "--websocket-message-type",
+        "is not binary or text",
+    ),
+    *(
+        (
+            ["--client-framing", "websocket", "--websocket-origin", origin],
+            f"--websocket-origin {origin!r}",
+            phrase,
+        )
+        for origin, phrase in [
+            ("app.example.com", "scheme://host"),
+            ("https://app.example.com/", "no path"),
+            ("https://App.Example.com", "lower case"),
+            ("https://app.example.com:99999", "port 99999"),
+            ("*", "scheme://host"),
+        ]
+    ),
 ]
 
 
@@ -286,6 +333,37 @@ class OperatorWordsTests(SynchronousTestCase):
             "int32",
             "--max-message-size",
             str(2**32),
+        )
+
+    def test_webSocket(self) -> None:
+        """
+        WebSocket clients' options, parsed; origins in the forms browsers
+        send them.
+        """
+        origins = ["https://app.example.com", "http://127.0.0.1:8080", "null"]
+        options = parse(
+            "--client-framing",
+            "websocket",
+            "--websocket-path",
+            "/ws/v1",
+            "--websocket-message-type",
+            "text",
+            *[
+                argument
+                for origin in origins
+                for argument in ("--websocket-origin", origin)
+            ],
+            "--websocket-origin",
+            "https://[::1]:8443",
+        )
+        self.assertEqual(
+            (
+                options["client-framing"],
+                options["websocket-path"],
+                options["websocket-origin"],
+                options["websocket-message-type"],
+            ),
+            ("websocket", "/ws/v1", [*origins, "https://[::1]:8443"], "text"),
         )
 
     def test_repeatable(self) -> None:

@@ -159,9 +159,7 @@ class MessagesTests(TestCase):
         gateway's Close 1000; the close line names the code.
         """
         backend, backendPort = listenBackend(self)
-        gateway = await gatewayFor(
-            self, backendPort, "--max-message-size", str(LIMIT)
-        )
+        gateway = await gatewayFor(self, backendPort, "--max-message-size", str(LIMIT))
         port = gateway.port()
         (replies, code, reason), sent = await self.exchangeMessages(
             f"ws://127.0.0.1:{port}/"
@@ -264,9 +262,7 @@ class MessagesTests(TestCase):
         client's C{too_long}.
         """
         backend, backendPort = listenBackend(self)
-        gateway = await gatewayFor(
-            self, backendPort, "--max-message-size", str(LIMIT)
-        )
+        gateway = await gatewayFor(self, backendPort, "--max-message-size", str(LIMIT))
         uri = f"ws://127.0.0.1:{gateway.port()}/"
 
         async def client():
@@ -284,7 +280,10 @@ class MessagesTests(TestCase):
         metrics = await scrape(gateway)
         self.assertEqual(
             total(
-                metrics, "gateway_protocol_errors_total", peer="client", reason="too_long"
+                metrics,
+                "gateway_protocol_errors_total",
+                peer="client",
+                reason="too_long",
             ),
             1,
         )
