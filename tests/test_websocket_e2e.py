@@ -6,15 +6,23 @@ over ws:// and wss://, and a test backend speaking int32.
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import ssl
 
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from zope.interface import implementer
 
+from tests.browser import DOMText, chromiumMissing, dumpDOM
 from tests.e2e import (
     DEADLINE,
     GatewayProcess,
@@ -458,7 +466,6 @@ class ClosingTests(TestCase):
         backend, backendPort = listenBackend(self)
         gateway = await gatewayFor(self, backendPort, "--drain-timeout", "0")
         uri = f"ws://127.0.0.1:{gateway.port()}/"
-        from twisted.internet import reactor
         from twisted.internet.threads import blockingCallFromThread
 
         async def client():
@@ -472,3 +479,137 @@ class ClosingTests(TestCase):
         self.assertEqual(await inClient(client()), ([b"BEFORE"], 1001))
         self.assertIn(await gateway.ended, (0, -15))
         self.assertIn("shutdown (WebSocket close 1001)", gateway.log())
+
+
+# The page the browser loads. Its first script opens the WebSocket and
+# writes each reply into the list; the second, /hold.js, is answered only
+# once the backend has read the page's final message "done" (or the page
+# reported a failure), so the load event, and with it --dump-dom, waits for
+# every reply to be in the page.
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>gateway websocket</title></head>
+<body><ol id="replies"></ol><p id="state">waiting</p>
+<script>
+const sent = SENT;
+const replies = document.getElementById("replies");
+const state = document.getElementById("state");
+const ws = new WebSocket("URI");
+ws.binaryType = "arraybuffer";
+let count = 0;
+ws.onopen = () => { for (const m of sent) ws.send(m); };
+ws.onmessage = (event) => {
+  const item = document.createElement("li");
+  item.textContent = "[" + new TextDecoder().decode(event.data) + "]";
+  replies.appendChild(item);
+  count += 1;
+  if (count === sent.length) {
+    state.textContent = "all replies";
+    ws.send("done");
+  }
+};
+ws.onclose = (event) => {
+  if (count < sent.length) {
+    state.textContent = "closed early " + event.code;
+    fetch("/failed");
+  }
+};
+</script>
+<script src="/hold.js"></script>
+</body></html>
+"""
+
+
+class DoneBackend(UpperBackend):
+    """
+    Answers in upper case; reading C{done}, answers nothing and tells the
+    factory's C{done} Deferred.
+    """
+
+    def stringReceived(self, payload: bytes) -> None:
+        if payload == b"done":
+            if not self.factory.done.called:
+                self.factory.done.callback(None)
+            return
+        super().stringReceived(payload)
+
+
+def servePage(testCase: TestCase, page, release) -> int:
+    """
+    Serve C{page()} at / and the held /hold.js on a free loopback port; the
+    script is answered once C{release} (a Deferred) fires, or /failed is
+    requested.
+    """
+
+    class Page(Resource):
+        isLeaf = True
+
+        def render_GET(self, request):
+            request.setHeader(b"content-type", b"text/html; charset=utf-8")
+            return page().encode("utf-8")
+
+    class Hold(Resource):
+        isLeaf = True
+
+        def render_GET(self, request):
+            request.setHeader(b"content-type", b"text/javascript")
+
+            def answer(_):
+                if not request.finished and not request._disconnected:
+                    request.finish()
+
+            release.addBoth(answer)
+            return NOT_DONE_YET
+
+    class Failed(Resource):
+        isLeaf = True
+
+        def render_GET(self, request):
+            if not release.called:
+                release.callback(None)
+            return b""
+
+    root = Resource()
+    root.putChild(b"", Page())
+    root.putChild(b"hold.js", Hold())
+    root.putChild(b"failed", Failed())
+    port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+    testCase.addCleanup(port.stopListening)
+    return port.getHost().port
+
+
+class BrowserTests(TestCase):
+    """
+    Headless Chromium's own WebSocket client, through the gateway.
+    """
+
+    skip = chromiumMissing()
+    timeout = 300
+
+    async def test_browser(self):
+        """
+        A page opens C{new WebSocket(...)} to the gateway, sends text
+        messages (the empty one and one of several UTF-8 bytes per
+        character included), and every reply shows in the page, in order;
+        the page's origin is the one allowed.
+        """
+        backend, backendPort = listenBackend(self, DoneBackend)
+        backend.done = Deferred()
+        sent = ["hello", "", "caf\u00e9 \u20ac", "x" * 300, "order 5", "order 6"]
+        gatewayPort = []
+
+        def page() -> str:
+            uri = f"ws://127.0.0.1:{gatewayPort[0]}/"
+            return PAGE.replace("SENT", json.dumps(sent)).replace("URI", uri)
+
+        pagePort = servePage(self, page, backend.done)
+        gateway = await gatewayFor(
+            self, backendPort, "--websocket-origin", f"http://127.0.0.1:{pagePort}"
+        )
+        gatewayPort.append(gateway.port())
+        dom = await dumpDOM(
+            os.path.abspath(self.mktemp()), f"http://127.0.0.1:{pagePort}/"
+        )
+        replies = re.findall(r"<li>\[(.*?)\]</li>", dom)
+        self.assertEqual(replies, [m.encode().upper().decode() for m in sent])
+        self.assertIn("all replies", DOMText(dom).text)
+        self.assertEqual(backend.received, [m.encode() for m in sent])
