@@ -439,11 +439,9 @@ class ClientProtocol(Protocol):
     _idleCall: IDelayedCall | None = None
     _lostBecause: Failure | None = None
     _tlsSession = ""
-    # A WebSocket client's: its upgrade request reader until the upgrade
-    # ends, its frames, the side whose protocol error ended the pair (for
-    # the close code), and the timer that aborts a connection whose Close
-    # frame has not gone out in time.
-    upgrade = None
+    # A WebSocket client's: its frames, the side whose protocol error ended
+    # the pair (for the close code), and the timer that aborts a connection
+    # whose Close frame has not gone out in time.
     websocket = None
     _errorPeer = stats.CLIENT
     _closeCall: IDelayedCall | None = None
@@ -505,7 +503,6 @@ class ClientProtocol(Protocol):
                 self._clientCloseFrame,
                 self._sendClose,
             )
-            self.upgrade = webSocket.upgrade()
             self.dataReceived = self._upgradeBytes  # type: ignore[method-assign]
             steps.append(WEBSOCKET_UPGRADE)
         if factory.idleTimeout:
@@ -540,11 +537,12 @@ class ClientProtocol(Protocol):
 
     def _upgradeBytes(self, data: bytes) -> None:
         # A WebSocket client's bytes while its upgrade request is read.
-        outcome = self.upgrade.feed(data)  # type: ignore[union-attr]
-        self.upstream.lastRead = self.clock.seconds()
+        upstream = self.upstream
+        outcome = upstream.upgrade.feed(data)  # type: ignore[attr-defined]
+        upstream.lastRead = self.clock.seconds()
         if outcome is None:
             return
-        self.upgrade = None
+        upstream.upgrade = None  # type: ignore[attr-defined]
         self.transport.write(outcome.response)
         if isinstance(outcome, Refused):
             if outcome.reason == DENIED:

@@ -148,6 +148,7 @@ class WebSocketSettings:
         down = WebSocketDownstream(
             websocket, backendFraming, up.gate, downstream, seconds, failed, sendClose
         )
+        up.upgrade = self.upgrade()
         return websocket, up, down
 
 
@@ -164,16 +165,22 @@ class ReadGate:
 
     def __init__(self, transport: ITransport) -> None:
         self.transport = transport
-        self.reasons: set[str] = set()
+        # A tuple rather than a set: one per open connection, and empty
+        # (the shared empty tuple) nearly always.
+        self.reasons: tuple[str, ...] = ()
 
     def pause(self, reason: str) -> None:
-        if not self.reasons:
+        reasons = self.reasons
+        if reason in reasons:
+            return
+        if not reasons:
             self.transport.pauseProducing()  # type: ignore[attr-defined]
-        self.reasons.add(reason)
+        self.reasons = (*reasons, reason)
 
     def resume(self, reason: str) -> None:
-        if reason in self.reasons:
-            self.reasons.discard(reason)
+        reasons = self.reasons
+        if reason in reasons:
+            self.reasons = tuple(r for r in reasons if r != reason)
             if not self.reasons:
                 self.transport.resumeProducing()  # type: ignore[attr-defined]
 
@@ -236,9 +243,13 @@ class WebSocketUpstream(Direction):
 
     @ivar websocket: the client's frames (shared with the downstream).
     @ivar closedByFrame: whether the client's Close frame has arrived.
+    @ivar upgrade: the client's upgrade request reader until the upgrade
+        has ended, then None (kept here, in a slot, rather than on the
+        client protocol, whose attributes are a dict).
     """
 
     __slots__ = (
+        "upgrade",
         "websocket",
         "encoder",
         "client",
@@ -265,6 +276,7 @@ class WebSocketUpstream(Direction):
         self.gate = ReadGate(client)
         self.clientClosed = clientClosed
         self.closedByFrame = False
+        self.upgrade: WebSocketUpgrade | None = None
 
     def dataReceived(self, data: bytes) -> None:
         """

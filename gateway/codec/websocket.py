@@ -424,6 +424,23 @@ class ClientWebSocket:
     name = "websocket"
     # Frame headers vary with the payload's length (see Framing.overhead).
     overhead = None
+    # One per open WebSocket client: slots keep it small.
+    __slots__ = (
+        "maxSize",
+        "messageType",
+        "_opcode",
+        "_shortHeaders",
+        "_unparsed",
+        "_messages",
+        "_replies",
+        "_fragmented",
+        "_fragmentSize",
+        "_betweenFrames",
+        "_ended",
+        "closeSent",
+        "closeCode",
+        "_parser",
+    )
 
     def __init__(self, maxSize: int, messageType: str = "binary") -> None:
         """
