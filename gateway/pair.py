@@ -164,10 +164,21 @@ class Pair:
     @ivar connected: the sides whose connection is up (the client from the
         start, the backend from L{backendConnected} on), until each is lost.
     @ivar endedFirst: the side whose stream ended first, if one has.
+    @ivar refused: whether the pair ended by L{refuse}, to be reported as
+        a refusal rather than a close.
     """
 
     # One per open connection: slots and tuples keep it small.
-    __slots__ = ("io", "phase", "steps", "connected", "reason", "endedFirst", "_quiet")
+    __slots__ = (
+        "io",
+        "phase",
+        "steps",
+        "connected",
+        "reason",
+        "endedFirst",
+        "refused",
+        "_quiet",
+    )
 
     def __init__(self, io: PairIO, steps: tuple[Step, ...] = ()) -> None:
         self.io = io
@@ -176,6 +187,7 @@ class Pair:
         self.connected: tuple[str, ...] = (stats.CLIENT,)
         self.reason: str | None = None
         self.endedFirst: str | None = None
+        self.refused = False
         self._quiet = False
 
     def start(self) -> None:
@@ -201,16 +213,22 @@ class Pair:
         if not self.steps:
             self._connect()
 
-    def refuse(self, reason: str) -> None:
+    def refuse(self, reason: str, abort: bool = True) -> None:
         """
-        The gateway refuses the client before its backend is connected, for
-        C{reason}, a C{gateway_connections_rejected_total} reason (a
-        WebSocket origin not allowed: C{denied}); what was written to the
-        client is sent first. PREAMBLE only.
+        The gateway refuses the client before its backend is connected (a
+        WebSocket origin not allowed). PREAMBLE: the pair ends for
+        C{reason} (a C{gateway_connections_rejected_total} reason) and
+        L{refused} is set, so that it is reported as refused, not closed
+        (SPEC section 5 counts a refusal only as one); no preamble step is
+        blamed.
+
+        @param abort: whether what was written to the client is dropped;
+            False sends it first (a WebSocket refusal's HTTP response).
         """
         if self._expect("refuse", (Phase.PREAMBLE,), _DONE):
             return
-        self._close(reason)
+        self.refused = True
+        self._close(reason, abort=abort)
 
     def _connect(self) -> None:
         self.phase = Phase.CONNECTING
@@ -310,7 +328,7 @@ class Pair:
         if self.phase is Phase.PREAMBLE:
             step = self.steps[0]
             self._quiet = step.quiet
-            if step.handshake:
+            if step.handshake and not self.refused:
                 self.io.handshakeFailed()
         elif self.phase is Phase.CONNECTING and not connectOver:
             self.io.abandonConnect()

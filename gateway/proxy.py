@@ -550,7 +550,7 @@ class ClientProtocol(Protocol):
                 self.factory.refusals.refused(
                     self.factory.name, DENIED, describe(self.transport.getPeer())
                 )
-                self.pair.refuse(DENIED)
+                self.pair.refuse(DENIED, abort=False)
             else:
                 error = FramingError(
                     MALFORMED, f"WebSocket upgrade: {outcome.status}: {outcome.detail}"
@@ -792,8 +792,9 @@ class ClientProtocol(Protocol):
         if self._closeCall is not None:
             self._closeCall.cancel()
             self._closeCall = None
-        if reason == DENIED:
-            # Refused, not closed: counted and logged as a refusal only.
+        if self.pair.refused:
+            # Refused, not closed: counted as a refusal only (SPEC section
+            # 5), already told to the refusal log.
             self.stats.rejected(reason)
             self.factory.connections.remove(self)
             return

@@ -130,7 +130,7 @@ class PreambleTests(SynchronousTestCase):
         """
         pair, io = makePair(TLS_HANDSHAKE, WEBSOCKET_UPGRADE)
         pair.stepDone(TLS_HANDSHAKE)
-        pair.refuse("denied")
+        pair.refuse("denied", abort=False)
         self.assertEqual(
             io.calls,
             [
@@ -139,7 +139,7 @@ class PreambleTests(SynchronousTestCase):
                 ("ended", "denied", False),
             ],
         )
-        self.assertEqual(pair.reason, "denied")
+        self.assertEqual((pair.reason, pair.refused), ("denied", True))
 
     def test_refusedOnlyInPreamble(self):
         """
