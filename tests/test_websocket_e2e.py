@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.protocols.basic import Int32StringReceiver
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from websockets.asyncio.client import connect
@@ -613,3 +613,25 @@ class BrowserTests(TestCase):
         self.assertEqual(replies, [m.encode().upper().decode() for m in sent])
         self.assertIn("all replies", DOMText(dom).text)
         self.assertEqual(backend.received, [m.encode() for m in sent])
+
+
+class HandshakeTimeoutTests(TestCase):
+    async def test_upgradeUnderHandshakeTimeout(self):
+        """
+        An upgrade request that does not complete within
+        C{--handshake-timeout} (SPEC section 9) ends the connection with
+        reason C{handshake_timeout}; no backend is connected.
+        """
+        from gateway.tap import Options
+
+        if "handshake-timeout" not in {o[0] for o in Options.optParameters}:
+            raise SkipTest("this gateway has no --handshake-timeout yet")
+        backend, backendPort = listenBackend(self)
+        gateway = await gatewayFor(self, backendPort, "--handshake-timeout", "0.5")
+        # The request line and one header, never the blank line that ends it.
+        received = await exchange(
+            gateway.port(), b"GET / HTTP/1.1\r\nHost: gw\r\n", halfClose=False
+        )
+        self.assertEqual(received, b"")
+        await gateway.logged("handshake_timeout")
+        self.assertEqual(backend.accepted, 0)
