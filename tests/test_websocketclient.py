@@ -127,6 +127,23 @@ class UpgradeStepTests(SynchronousTestCase):
         self.assertEqual(h.stats.named("rejected"), [(DENIED,)])
         self.assertEqual(len(h.connections), 0)
 
+    def test_behindProxyLocal(self):
+        """
+        Behind a PROXY header, a C{LOCAL} one (a load balancer's check)
+        adds no first-byte step: the upgrade request is what is waited for,
+        and no backend is connected before it is complete.
+        """
+        h = harness(proxyHeader=True)
+        client, transport = h.connectClient()
+        client.proxyHeaderReceived(True)
+        self.assertEqual(
+            [step.name for step in client.pair.steps], ["WebSocket upgrade"]
+        )
+        client.dataReceived(REQUEST[:20])
+        self.assertEqual(h.attempts, [])
+        client.dataReceived(REQUEST[20:])
+        self.assertEqual(len(h.attempts), 1)
+
     def test_leftDuringUpgrade(self):
         """
         A client that leaves before its request is complete has closed.
