@@ -14,7 +14,7 @@ the default collectors) took about 2 ms as text and 3 ms as OpenMetrics,
 and for 20 listeners and 4 backends (930 samples) about 10 ms and 14 ms:
 a pause the connections can afford once per scrape interval. A thread would
 not take that work off the reactor's interpreter (the GIL), only spread it
-out; README "Metrics and health" has the figures measured under load.
+out; docs/metrics.rst has the figures measured under load.
 
 This module imports neither the reactor nor C{prometheus_client.twisted},
 which imports the reactor when it is imported.

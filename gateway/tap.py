@@ -116,7 +116,8 @@ class Options(usage.Options):
     longdesc = (
         "Translate newline-delimited client messages into length-prefixed "
         "backend frames and back. With no --backend, a built-in echo backend "
-        "is started for trying the gateway out."
+        "is started for trying the gateway out. See gateway(8) (man gateway)"
+        " and the manual in docs/ for every option, signal and log line."
     )
 
     optParameters = [
@@ -633,7 +634,7 @@ def makeService(
             from gateway.metrics import GatewayMetrics
 
             # Process-wide, and the gateway owns its process: no *_created
-            # series (the README's "Metrics and health" says why).
+            # series (docs/metrics.rst says why).
             disable_created_metrics()
             registry = CollectorRegistry()
             recorder = GatewayMetrics(registry, __version__)
