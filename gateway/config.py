@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.admission import AdmissionSettings, InvalidRule, parseNetworks
+from gateway.certnames import InvalidClientName, parseClientNames
 from gateway.codec import FRAMINGS
 from gateway.endpoints import (
     EndpointError,
@@ -48,6 +50,12 @@ from gateway.health import (
 )
 from gateway.proxyprotocol import HEADERS
 from gateway.tls import ReloadableServerTLS, TLSError
+from gateway.websocketclient import (
+    MESSAGE_TYPES,
+    WebSocketSettings,
+    checkOrigin,
+    checkPath,
+)
 
 DEFAULT_SERVICE = "default"
 DEFAULT_LISTEN = "tcp:7000:interface=127.0.0.1"
@@ -55,6 +63,16 @@ DEFAULT_METRICS = "tcp:9180:interface=127.0.0.1"
 TLS_VERSIONS = ("1.2", "1.3")
 # The longest payload each length-prefixed framing can carry, in bytes.
 FRAMING_LIMITS = {"int8": 2**8 - 1, "int16": 2**16 - 1, "int32": 2**32 - 1}
+# The client framing of WebSocket clients (SPEC section 10): not a framing
+# of a byte stream, so not one of FRAMINGS, and a client framing only.
+WEBSOCKET = "websocket"
+CLIENT_FRAMINGS = (*FRAMINGS, WEBSOCKET)
+# Settings that only mean something to WebSocket clients.
+WEBSOCKET_OPTIONS = ("websocket-path", "websocket-origin", "websocket-message-type")
+# --backend-proxy-protocol's values: the headers, and v2 with the client's
+# TLS details (SPEC section 9).
+PROXY_V2_SSL = "v2-ssl"
+PROXY_VERSIONS = (*HEADERS, PROXY_V2_SSL)
 # SPEC section 7: a service's name in the file, in metrics and in logs.
 SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
@@ -124,8 +142,24 @@ def _text(name: str, value: object) -> str:
     return value
 
 
+def _clientFraming(name: str, value: object) -> str:
+    value = _text(name, value)
+    if value not in CLIENT_FRAMINGS:
+        raise SettingError(
+            name,
+            f": unknown framing {value!r}; choose one of {', '.join(CLIENT_FRAMINGS)}",
+        )
+    return value
+
+
 def _framing(name: str, value: object) -> str:
     value = _text(name, value)
+    if value == WEBSOCKET:
+        raise SettingError(
+            name,
+            " websocket: WebSocket is a client framing only; choose one of"
+            f" {', '.join(FRAMINGS)} for the backend",
+        )
     if value not in FRAMINGS:
         raise SettingError(
             name, f": unknown framing {value!r}; choose one of {', '.join(FRAMINGS)}"
@@ -170,7 +204,8 @@ def _choice(choices: Iterable[str]) -> Callable[[str, object], str]:
     def coerce(name: str, raw: object) -> str:
         value = _text(name, raw)
         if value not in options:
-            raise SettingError(name, f": {value!r} is not {' or '.join(options)}")
+            listed = ", ".join(options[:-1]) + f" or {options[-1]}"
+            raise SettingError(name, f": {value!r} is not {listed}")
         return value
 
     return coerce
@@ -329,6 +364,16 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         metavar="NAME",
     ),
     Setting(
+        "tls-client-name",
+        (),
+        _text,
+        "With --tls-client-ca: a name the client certificate must carry as its"
+        " subject CN or a DNS or URI SAN (repeatable; *.example.com matches one"
+        " label). [default: any certificate the CA signed]",
+        repeatable=True,
+        metavar="NAME",
+    ),
+    Setting(
         "backend",
         (),
         _endpoint(checkBackend),
@@ -341,15 +386,83 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
     Setting(
         "backend-proxy-protocol",
         None,
-        _optionalChoice(HEADERS),
-        "v1 or v2: send the client's original address to the backend"
-        " (PROXY protocol) before the first frame. [default: none]",
+        _optionalChoice(PROXY_VERSIONS),
+        "v1, v2 or v2-ssl: send the client's original address to the"
+        " backend (PROXY protocol) before the first frame; v2-ssl adds the"
+        " client's TLS version, cipher, certificate CN and SNI."
+        " [default: none]",
+    ),
+    Setting(
+        "handshake-timeout",
+        "10",
+        _number(float, minimum=0),
+        "Seconds a connection may take before its first byte can reach a"
+        " backend: TLS handshake, incoming PROXY header, WebSocket upgrade"
+        " (0: no limit).",
+        unit="seconds",
+    ),
+    Setting(
+        "max-connections-per-source",
+        "0",
+        _number(int, minimum=0),
+        "Concurrent connections of one client address (IPv6: its /64);"
+        " more are closed at once (0: no limit).",
+    ),
+    Setting(
+        "max-connection-rate-per-source",
+        "0",
+        _number(float, minimum=0),
+        "New connections per second from one client address (a token"
+        " bucket holding that many); more are closed at once (0: no limit).",
+    ),
+    Setting(
+        "allow",
+        (),
+        _text,
+        "Only client addresses inside this network may connect (repeatable),"
+        " e.g. 10.0.0.0/8, 2001:db8::/32. [default: every address]",
+        repeatable=True,
+        metavar="CIDR",
+    ),
+    Setting(
+        "deny",
+        (),
+        _text,
+        "Client addresses inside this network may not connect (repeatable;"
+        " wins over --allow). [default: none]",
+        repeatable=True,
+        metavar="CIDR",
+    ),
+    Setting(
+        "websocket-path",
+        "/",
+        _text,
+        "With --client-framing websocket: the request path that is"
+        " upgraded (others get 404).",
+        metavar="PATH",
+    ),
+    Setting(
+        "websocket-origin",
+        (),
+        _text,
+        "With --client-framing websocket: an Origin allowed to upgrade"
+        " (repeatable), e.g. https://app.example.com; others get 403."
+        " [default: any origin]",
+        repeatable=True,
+        metavar="ORIGIN",
+    ),
+    Setting(
+        "websocket-message-type",
+        "binary",
+        _choice(MESSAGE_TYPES),
+        "With --client-framing websocket: the type of the messages sent"
+        " to clients, binary or text.",
     ),
     Setting(
         "client-framing",
         "lf",
-        _framing,
-        "Framing on the client side: " + ", ".join(FRAMINGS) + ".",
+        _clientFraming,
+        "Framing on the client side: " + ", ".join(CLIENT_FRAMINGS) + ".",
     ),
     Setting("backend-framing", "int32", _framing, "Framing on the backend side."),
     Setting(
@@ -459,6 +572,7 @@ TLS_OPTIONS = (
     "tls-client-ca",
     "tls-min-version",
     "tls-alpn",
+    "tls-client-name",
 )
 
 
@@ -474,6 +588,9 @@ class ServiceSettings:
     @ivar tls: the TLS material of its TLS listeners, read when checked;
         None without a TLS listener.
     @ivar health: how its backends are checked (SPEC section 8).
+    @ivar admission: who may connect, how often (SPEC section 9).
+    @ivar websocket: its WebSocket clients' settings, or None when its
+        clients are not WebSocket clients (SPEC section 10).
     """
 
     name: str
@@ -481,6 +598,8 @@ class ServiceSettings:
     given: frozenset[str] = frozenset()
     tls: ReloadableServerTLS | None = None
     health: HealthSettings = field(default_factory=HealthSettings)
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    websocket: WebSocketSettings | None = None
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -537,6 +656,8 @@ def checkService(
     """
     values = {key: SETTINGS[key].value(raw.get(key)) for key in SERVICE_KEYS}
     given = frozenset(raw)
+    websocket = _webSocket(values, given)
+    admission = _admission(values)
     _framingsCarry(values, given)
     if not values["listen"] and not values["listen-tls"]:
         if not defaultListener:
@@ -561,24 +682,84 @@ def checkService(
     else:
         if not values["tls-cert"]:
             raise SettingError("listen-tls", ": needs at least one --tls-cert")
+        if values["tls-client-name"] and values["tls-client-ca"] is None:
+            raise SettingError(
+                "tls-client-name",
+                ": needs --tls-client-ca (client certificates are only asked"
+                " for with a client CA)",
+            )
         try:
+            clientNames = parseClientNames(values["tls-client-name"])
             tls = ReloadableServerTLS(
                 values["tls-cert"],
                 values["tls-key"],
                 values["tls-client-ca"],
                 values["tls-min-version"],
                 values["tls-alpn"],
+                clientNames,
             )
-        except TLSError as error:
-            text = str(error)
-            match = _OPTION_NAME.match(text)
-            key = match.group(1) if match and match.group(1) in SETTINGS else "tls-cert"
-            if match:
-                text = text[match.end() :]
-            else:
-                text = ": " + text
-            raise SettingError(key, text)
-    return ServiceSettings(name, values, given, tls, health)
+        except (TLSError, InvalidClientName) as error:
+            raise _named(error, "tls-cert")
+    return ServiceSettings(name, values, given, tls, health, admission, websocket)
+
+
+def _named(error: Exception, default: str) -> SettingError:
+    """
+    A L{SettingError} from an error whose message starts with the option it
+    is about (C{--tls-key FILE: ...}), or is about C{default}.
+    """
+    text = str(error)
+    match = _OPTION_NAME.match(text)
+    if match is not None and match.group(1) in SETTINGS:
+        return SettingError(match.group(1), text[match.end() :])
+    return SettingError(default, ": " + text)
+
+
+def _webSocket(
+    values: dict[str, Any], given: frozenset[str]
+) -> WebSocketSettings | None:
+    """
+    The C{websocket-*} settings, checked, and refused without C{client-framing
+    websocket}, for which they would do nothing (SPEC section 10).
+    """
+    if values["client-framing"] != WEBSOCKET:
+        for option in WEBSOCKET_OPTIONS:
+            if option in given:
+                raise SettingError(
+                    option,
+                    ": only WebSocket clients have it: add --client-framing"
+                    f" websocket or leave --{option} out",
+                )
+        return None
+    path = values["websocket-path"]
+    problem = checkPath(path)
+    if problem is not None:
+        raise SettingError("websocket-path", f" {path!r}: {problem}")
+    for origin in values["websocket-origin"]:
+        problem = checkOrigin(origin)
+        if problem is not None:
+            raise SettingError("websocket-origin", f" {origin!r}: {problem}")
+    return WebSocketSettings(
+        path,
+        values["websocket-origin"],
+        values["websocket-message-type"],
+        values["max-message-size"],
+    )
+
+
+def _admission(values: dict[str, Any]) -> AdmissionSettings:
+    """
+    The admission rules of SPEC section 9, checked.
+    """
+    try:
+        return AdmissionSettings(
+            allow=parseNetworks("--allow", values["allow"]),
+            deny=parseNetworks("--deny", values["deny"]),
+            maxConnectionsPerSource=values["max-connections-per-source"],
+            maxConnectionRatePerSource=values["max-connection-rate-per-source"],
+        )
+    except InvalidRule as error:
+        raise _named(error, "allow")
 
 
 def _healthSettings(values: dict[str, Any]) -> HealthSettings:

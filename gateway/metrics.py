@@ -97,10 +97,9 @@ REJECTED_REASONS = (
     REJECTED_RATE_LIMIT,
     REJECTED_DENIED,
 )
-# The close reasons of SPEC section 5: the proxy's own (gateway.stats)
-# and the handshake timeout of SPEC section 9, once each, in SPEC's order.
-HANDSHAKE_TIMEOUT = "handshake_timeout"
-CLOSED_REASONS = tuple(dict.fromkeys((*CLOSE_REASONS, HANDSHAKE_TIMEOUT)))
+# The close reasons of SPEC section 5, the handshake timeout of SPEC
+# section 9 among them (gateway.stats), in SPEC's order.
+CLOSED_REASONS = CLOSE_REASONS
 # The reasons the codecs give, and a malformed incoming PROXY header.
 PROTOCOL_ERROR_REASONS = (TOO_LONG, MALFORMED, UNENCODABLE, TRUNCATED, PROXY_HEADER)
 PEERS = (CLIENT, BACKEND)

@@ -30,9 +30,10 @@ from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 
+from gateway.admission import Admission
 from gateway.backends import Backend, BackendPool
 from gateway.codec import framing
-from gateway.config import Configuration, ServiceSettings
+from gateway.config import PROXY_V2_SSL, Configuration, ServiceSettings
 from gateway.demo import DemoBackendService
 from gateway.endpoints import withBacklog
 from gateway.headerfirst import backendEndpoint, wrapEndpoint
@@ -148,6 +149,14 @@ class Services:
         # the status page's services.
         self.checkers: dict[str, HealthChecker] = {}
         self.views: dict[str, ServiceView] = {}
+        self._admissions: dict[str, Admission] = {}
+        self._refusals: dict[str, RefusalLog] = {}
+        gateway.drainingHooks.append(self._stopRefusals)
+
+    def _stopRefusals(self) -> None:
+        # Draining: the refusal logs' timers must not hold the reactor up.
+        for refusals in self._refusals.values():
+            refusals.stop()
 
     # Building.
 
@@ -198,11 +207,25 @@ class Services:
                 settings["max-connections"], self.connections
             )
         maxSize = settings["max-message-size"]
-        clientFraming = framing(settings["client-framing"], maxSize)
+        # WebSocket clients have no byte-stream framing (SPEC section 10).
+        clientFraming = None
+        if settings.websocket is None:
+            clientFraming = framing(settings["client-framing"], maxSize)
         backendFraming = framing(settings["backend-framing"], maxSize)
-        sendProxyHeader = HEADERS[proxyVersion] if proxyVersion else None
+        sendProxySSL = proxyVersion == PROXY_V2_SSL
+        headerVersion = "v2" if sendProxySSL else proxyVersion
+        sendProxyHeader = HEADERS[headerVersion] if headerVersion else None
         # Every line about one of its connections names the service.
         proxyLog = Logger(namespace=f"gateway.proxy.{name}")
+        # Kept for as long as the service exists, as its connection count:
+        # the per-source counts and the refusal log's rate span reloads;
+        # the new rules apply when the reload does (_commit).
+        admission = self._admissions.get(name)
+        if admission is None:
+            admission = self._admissions[name] = Admission(settings.admission, reactor)
+        refusals = self._refusals.get(name)
+        if refusals is None:
+            refusals = self._refusals[name] = RefusalLog(proxyLog, reactor)
         factories: dict[ListenerKey, tuple[str, bool, IProtocolFactory]] = {}
         for key, (description, tls) in zip(keys, settings.listeners()):
             listener = listenerName(description, tls=tls)
@@ -218,7 +241,11 @@ class Services:
                 tls=tls,
                 proxyHeader=isBehindProxy(description),
                 sendProxyHeader=sendProxyHeader,
-                refusals=RefusalLog(proxyLog, reactor),
+                refusals=refusals,
+                admission=admission,
+                handshakeTimeout=settings["handshake-timeout"],
+                sendProxySSL=sendProxySSL,
+                websocket=settings.websocket,
             )
             factory.log = proxyLog
             served: IProtocolFactory = factory
@@ -308,6 +335,7 @@ class Services:
             serviceConnections = self._serviceConnections[name]
             serviceConnections.limit = service.settings["max-connections"]
             kept[name] = serviceConnections
+            self._admissions[name].configure(service.settings.admission)
         # A removed service's open pairs keep the count they were added to.
         self._serviceConnections = kept
         self._keepSeries(built)

@@ -221,6 +221,7 @@ class Options(usage.Options):
         self.update(configuration.process)
         self["tls"] = service.tls
         self["health"] = service.health
+        self["admission"] = service.admission
 
 
 # A repeatable setting is an opt_ method (usage.Options collects each value),

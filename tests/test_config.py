@@ -184,7 +184,7 @@ class FileTests(SynchronousTestCase):
             ),
             'backend-proxy-protocol = "v3"': (
                 "gateway.toml: services.orders: backend-proxy-protocol: 'v3' is"
-                " not v1 or v2"
+                " not v1, v2 or v2-ssl"
             ),
             'backend = ["tcp:host=10.0.0.5"]': (
                 "gateway.toml: services.orders: backend: 'tcp:host=10.0.0.5':"
@@ -216,6 +216,24 @@ class FileTests(SynchronousTestCase):
             'health-check = "ping"': (
                 "gateway.toml: services.orders: health-check: unknown mode 'ping'"
                 " (choose none, connect, probe)"
+            ),
+            'allow = ["10.0.0.1/8"]': "gateway.toml: services.orders: allow:",
+            'websocket-path = "/ws"': (
+                "gateway.toml: services.orders: websocket-path: only WebSocket"
+                " clients have it: add client-framing websocket or leave"
+                " websocket-path out"
+            ),
+            'backend-framing = "websocket"': (
+                "gateway.toml: services.orders: backend-framing: websocket:"
+                " WebSocket is a client framing only"
+            ),
+            'tls-client-name = ["a.example"]': (
+                "gateway.toml: services.orders: tls-client-name: there is no"
+                " listen-tls listener"
+            ),
+            "handshake-timeout = -1": (
+                "gateway.toml: services.orders: handshake-timeout: -1 is not a"
+                " number of 0 or more"
             ),
             "health-check-rise = 0": (
                 "gateway.toml: services.orders: health-check-rise: 0 is not an"
@@ -450,6 +468,18 @@ def services(draw: st.DrawFn) -> dict[str, Any]:
         raw["backend-proxy-protocol"] = draw(st.sampled_from(["v1", "v2"]))
     if draw(st.booleans()):
         raw["health-check"] = draw(st.sampled_from(["none", "connect"]))
+    if draw(st.booleans()):
+        raw["handshake-timeout"] = draw(st.floats(0, 1e6, allow_nan=False))
+    if draw(st.booleans()):
+        raw["max-connections-per-source"] = draw(st.integers(0, 10**6))
+    if draw(st.booleans()):
+        raw["max-connection-rate-per-source"] = draw(st.floats(0, 1e6, allow_nan=False))
+    for key in ("allow", "deny"):
+        if draw(st.booleans()):
+            raw[key] = [
+                f"10.{n}.0.0/16"
+                for n in draw(st.lists(st.integers(0, 255), max_size=3))
+            ]
     for key in ("health-check-interval", "health-check-timeout"):
         if draw(st.booleans()):
             raw[key] = draw(st.floats(0.001, 1e6, allow_nan=False))
@@ -494,10 +524,11 @@ class PropertyTests(SynchronousTestCase):
             fromFile.services["default"].values,
             fromCommandLine(raw).services["default"].values,
         )
-        self.assertEqual(
-            fromFile.services["default"].health,
-            fromOptions.services["default"].health,
-        )
+        for derived in ("health", "admission", "websocket"):
+            self.assertEqual(
+                getattr(fromFile.services["default"], derived),
+                getattr(fromOptions.services["default"], derived),
+            )
 
     def test_defaultListener(self) -> None:
         """
