@@ -5,6 +5,7 @@ a memory reactor; and the metrics a reload keeps or drops.
 
 from __future__ import annotations
 
+from ipaddress import ip_address
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -145,6 +146,24 @@ class ReloadTests(SynchronousTestCase):
             [listener.listenerName for listener in self.services.views["b"].listeners],
             ["tcp:7003"],
         )
+
+    def test_admissionKept(self) -> None:
+        """
+        A kept service keeps its admission state (one object, its counts),
+        and takes the new rules when the reload applies, not before: a
+        reload that fails leaves the old rules.
+        """
+        old = self.services._admissions["a"]
+        denying = TWO.replace("[services.b]", 'deny = ["127.0.0.0/8"]\n\n[services.b]')
+        failed = run(
+            self.services.reload(configuration('metrics = "tcp:1"\n' + denying))
+        )
+        self.assertIsInstance(failed.value, ReloadFailed)
+        self.assertTrue(old.permitted(ip_address("127.0.0.1")))
+        run(self.services.reload(configuration(denying)))
+        kept = self.services.listeners[("tcp:7001:interface=127.0.0.1", 0)]
+        self.assertIs(kept.factory.current.admission, old)
+        self.assertFalse(old.permitted(ip_address("127.0.0.1")))
 
     def test_openPairKeepsSettings(self) -> None:
         """
