@@ -34,7 +34,7 @@ from zope.interface import alsoProvides, implementer
 from gateway import progress, stats, writethrough
 from gateway.addresses import describe
 from gateway.backends import BackendConnection, BackendConnector
-from gateway.codec import Framing, FramingError, Translator
+from gateway.codec import ChunkTranslator, Framing, FramingError, Translator, translator
 from gateway.pair import FIRST_BYTE, TLS_HANDSHAKE, Pair, Phase
 from gateway.pair import PROXY_HEADER as PROXY_HEADER_STEP
 from gateway.proxyprotocol import PROXY_HEADER, IProxyHeaderReceiver
@@ -204,7 +204,7 @@ class Direction:
     def __init__(
         self,
         peer: str,
-        translator: Translator,
+        translator: ChunkTranslator,
         count: Callable[[int, int], None],
         seconds: Callable[[], float],
         failed: Callable[[str, FramingError], None],
@@ -439,14 +439,14 @@ class ClientProtocol(Protocol):
         seconds, failed = clock.seconds, self._protocolError
         self.upstream = Direction(
             stats.CLIENT,
-            Translator(factory.clientFraming, factory.backendFraming),
+            translator(factory.clientFraming, factory.backendFraming),
             self.stats.upstream,
             seconds,
             failed,
         )
         self.downstream = Direction(
             stats.BACKEND,
-            Translator(factory.backendFraming, factory.clientFraming),
+            translator(factory.backendFraming, factory.clientFraming),
             self.stats.downstream,
             seconds,
             failed,
