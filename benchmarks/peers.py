@@ -6,6 +6,9 @@ echo backend on a loopback port.
 ``gateway-nometrics``  the same with ``--metrics none``, when the option exists
 ``gateway-epoll``      the gateway on Twisted's stock epoll reactor
                        (``twistd --reactor=epoll``; not run by default)
+``gateway-python``     the gateway with GATEWAY_NO_EXTENSIONS=1: the pure-Python
+                       translator instead of the compiled one (not run by
+                       default)
 ``gateway-x2``         two gateway processes on one port: each is handed its own
                        SO_REUSEPORT socket the way systemd socket activation
                        hands one over (LISTEN_FDS), and the kernel spreads
@@ -53,6 +56,7 @@ ALL_PEERS = (
     "gateway-x2",
     "gateway-epoll",
     "direct",
+    "gateway-python",
     "gateway-tls",
     "haproxy-tls",
     "stunnel",
@@ -63,6 +67,7 @@ GATEWAYS = {
     "gateway-nometrics",
     "gateway-x2",
     "gateway-epoll",
+    "gateway-python",
     "gateway-tls",
 }
 # Peers whose clients speak TLS.
@@ -77,6 +82,7 @@ FRAMING = {
     "portforward": "int32",
     "haproxy": "int32",
     "direct": "int32",
+    "gateway-python": "lf",
     "gateway-tls": "lf",
     "haproxy-tls": "int32",
     "stunnel": "int32",
@@ -387,9 +393,10 @@ def _gateway_argv(
 
 def _start_gateway(name: str, backend_port: int, settings: PeerSettings) -> RunningPeer:
     argv = _gateway_argv(name, backend_port, settings, "tcp:0:interface=127.0.0.1")
-    child = Child(
-        name, argv, cwd=str(settings.root), env=gateway_environment(settings.root)
-    )
+    env = gateway_environment(settings.root)
+    if name == "gateway-python":
+        env["GATEWAY_NO_EXTENSIONS"] = "1"
+    child = Child(name, argv, cwd=str(settings.root), env=env)
     try:
         port = int(child.wait_for(GATEWAY_LISTENING, START_TIMEOUT)[1])
     except BaseException:

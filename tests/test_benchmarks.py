@@ -446,6 +446,31 @@ class TLSPeerTests(SynchronousTestCase):
         self.assertServesTLS("stunnel")
 
 
+class TranslatorPeerTests(SynchronousTestCase):
+    """
+    gateway and gateway-python: the same gateway with the compiled and the
+    pure-Python translator, for an A/B comparison in one run.
+    """
+
+    def test_which_translator(self) -> None:
+        """
+        The gateway peer has the compiled translator loaded (when it is
+        built); gateway-python has not, and translates all the same.
+        """
+        from gateway.codec import accelerated
+
+        if accelerated.speedups is None:
+            raise SkipTest("the compiled translator is not built or is turned off")
+        for name, loaded in (("gateway", True), ("gateway-python", False)):
+            peer = startPeer(self, name)
+            message = b"message\n"
+            self.assertEqual(
+                exchange(peer.port, message, len(message), DEADLINE), message
+            )
+            maps = Path(f"/proc/{peer.pid}/maps").read_text()
+            self.assertEqual("_speedups" in maps, loaded, name)
+
+
 class GatewayPairTests(SynchronousTestCase):
     """
     gateway-x2: two real gateways sharing one port.
