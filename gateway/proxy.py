@@ -436,18 +436,21 @@ class ClientProtocol(Protocol):
         self.clock = clock
         self.startedAt = clock.seconds()
         self.clientAddress = describe(self.transport.getPeer())
-        seconds, failed = clock.seconds, self._protocolError
+        # Bound methods made once per listener (each is an object per pair
+        # otherwise), but for the one that names this pair.
+        seconds, countUp, countDown = factory.bound
+        failed = self._protocolError
         self.upstream = Direction(
             stats.CLIENT,
             translator(factory.clientFraming, factory.backendFraming),
-            self.stats.upstream,
+            countUp,
             seconds,
             failed,
         )
         self.downstream = Direction(
             stats.BACKEND,
             translator(factory.backendFraming, factory.clientFraming),
-            self.stats.downstream,
+            countDown,
             seconds,
             failed,
         )
@@ -750,3 +753,4 @@ class ProxyFactory(Factory):
         self.delivered = delivered
         self.refusals = refusals or RefusalLog(self.log, clock)
         self.describeTLS = describeTLS
+        self.bound = (clock.seconds, stats.upstream, stats.downstream)
