@@ -438,6 +438,28 @@ class CompiledTranslationTests(TranslationTestsMixin, SynchronousTestCase):
         self.assertRaises(OverflowError, self.make, "lf", "lf", -1)
         self.assertRaises(OverflowError, self.make, "lf", "lf", 2**64 + 5)
 
+    def test_idleHoldsNoBuffer(self):
+        """
+        Once a long partial message is through, the translator gives its
+        buffer back: an idle pair's translators hold no bytes.
+        """
+        import tracemalloc
+
+        translating = self.make("lf", "int32", 10**6)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            self.assertEqual(translating.feed(b"x" * 200_000).messages, 0)
+            held = tracemalloc.get_traced_memory()[0] - before
+            result = translating.feed(b"\n")
+            self.assertEqual(result.messages, 1)
+            del result
+            idle = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        self.assertGreaterEqual(held, 200_000)
+        self.assertLess(idle, 1000)
+
     def test_largeChunkOfSmallMessages(self):
         """
         Output that outgrows its first allocation many times over (empty
