@@ -87,13 +87,30 @@ async def runHAProxy(testCase: TestCase, first: int, second: int) -> int:
     Start HAProxy in the foreground in front of two gateway ports; return
     its port once it accepts connections.
     """
+    port, process = await startHAProxy(testCase, first, second)
+    return port
+
+
+async def startHAProxy(
+    testCase: TestCase,
+    first: int,
+    second: int,
+    config: str = CONFIG,
+    **more: int,
+) -> tuple[int, HAProxyProcess]:
+    """
+    L{runHAProxy} with a configuration of its own: C{config} has the fields
+    of L{CONFIG} and C{more}. Returns the port and the process (its output).
+    """
     directory = testCase.mktemp()
     os.makedirs(directory)
     port, readyPort = freePort(), freePort()
     path = os.path.join(directory, "haproxy.cfg")
-    with open(path, "w") as config:
-        config.write(
-            CONFIG.format(port=port, readyPort=readyPort, first=first, second=second)
+    with open(path, "w") as file:
+        file.write(
+            config.format(
+                port=port, readyPort=readyPort, first=first, second=second, **more
+            )
         )
     process = HAProxyProcess()
     reactor.spawnProcess(process, HAPROXY, [HAPROXY, "-db", "-f", path], env=None)
@@ -117,10 +134,10 @@ async def runHAProxy(testCase: TestCase, first: int, second: int) -> int:
             await deferLater(reactor, PROBE_INTERVAL)
         except ConnectError:
             # Reset by the reject rule while connecting: it is listening.
-            return port
+            return port, process
         else:
             await probe.untilClosed()
-            return port
+            return port, process
 
 
 async def roundTrip(client: Client, lines: list[bytes]) -> None:
