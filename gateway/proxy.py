@@ -441,7 +441,14 @@ class ClientProtocol(Protocol):
         self.clientAddress = describe(self.transport.getPeer())
         # Bound methods made once per listener (each is an object per pair
         # otherwise), but for the one that names this pair.
-        seconds, countUp, countDown = factory.bound
+        bound = factory.bound
+        if bound is None:
+            bound = factory.bound = (
+                clock.seconds,
+                self.stats.upstream,
+                self.stats.downstream,
+            )
+        seconds, countUp, countDown = bound
         failed = self._protocolError
         self.upstream = Direction(
             stats.CLIENT,
@@ -724,6 +731,14 @@ class ProxyFactory(Factory):
     protocol = ClientProtocol
     noisy = False
     log = Logger(namespace="gateway.proxy")
+    # The clock's and the stats' bound methods every pair calls, made by
+    # the first connection (see ClientProtocol.connectionMade).
+    bound: (
+        tuple[
+            Callable[[], float], Callable[[int, int], None], Callable[[int, int], None]
+        ]
+        | None
+    ) = None
 
     def __init__(
         self,
@@ -756,4 +771,3 @@ class ProxyFactory(Factory):
         self.delivered = delivered
         self.refusals = refusals or RefusalLog(self.log, clock)
         self.describeTLS = describeTLS
-        self.bound = (clock.seconds, stats.upstream, stats.downstream)
