@@ -33,13 +33,15 @@ from zope.interface import alsoProvides, implementer
 
 from gateway import progress, stats, writethrough
 from gateway.addresses import describe
+from gateway.admission import Admission, Refusal, Ticket
 from gateway.backends import BackendConnection, BackendConnector
 from gateway.codec import ChunkTranslator, Framing, FramingError, Translator, translator
 from gateway.pair import FIRST_BYTE, TLS_HANDSHAKE, Pair, Phase
 from gateway.pair import PROXY_HEADER as PROXY_HEADER_STEP
 from gateway.proxyprotocol import PROXY_HEADER, IProxyHeaderReceiver
+from gateway.proxytlv import ClientTLS, clientTLS, v2SSLHeader
 from gateway.refusals import RefusalLog
-from gateway.tls import connectionInfo, failureReason
+from gateway.tls import connectionInfo, failureReason, refusedClient
 
 __all__ = [
     "BackendFactory",
@@ -88,7 +90,12 @@ def describeTLS(
     """
     if not handshakeDone:
         reason = failureReason(lostBecause)
-        return f" ({reason})" if reason else ""
+        detail = f" ({reason})" if reason else ""
+        # A certificate refused for its names (--tls-client-name).
+        subject = refusedClient(transport)
+        if subject is not None:
+            detail += f' client="{subject}"'
+        return detail
     info = connectionInfo(transport)
     return f" {info}" if info is not None else ""
 
@@ -396,6 +403,12 @@ class ClientProtocol(Protocol):
     L{gateway.pair.Pair}, which holds its life, and does what the pair
     decides (L{gateway.pair.PairIO}).
 
+    Admission (L{gateway.admission}) is asked as the connection is
+    accepted, before anything is read or sent on it, or, behind a PROXY
+    header, as soon as the header names the real client; a refused
+    connection closes at once and counts only as rejected. The preamble's
+    deadline (C{--handshake-timeout}) is the pair's.
+
     The idle timeout is checked lazily: a read chunk only writes down the
     time, and the timer, when it fires, either ends the pair or re-arms
     itself for the rest of the wait. (Moving a timer on every chunk, as
@@ -412,6 +425,10 @@ class ClientProtocol(Protocol):
     backend: BackendProtocol | None = None
     backendName = ""
     rejected = False
+    # The client's hold on its source's per-source count (admission).
+    _ticket: Ticket | None = None
+    # The client's TLS session, for a v2-ssl PROXY header.
+    _clientTLS: ClientTLS | None = None
     _connecting: Deferred[BackendConnection] | None = None
     _idleCall: IDelayedCall | None = None
     _lostBecause: Failure | None = None
@@ -426,13 +443,16 @@ class ClientProtocol(Protocol):
         self.stats = factory.stats
         self.stats.accepted()
         if factory.connections.full():
-            self.rejected = True
-            self.stats.rejected()
-            factory.refusals.refused(
-                factory.name, REFUSED_LIMIT, describe(self.transport.getPeer())
-            )
-            self.transport.loseConnection()
+            self._refuseAtOnce(REFUSED_LIMIT)
             return
+        if not factory.proxyHeader and factory.admission is not None:
+            # Checked before anything else happens on the connection: under
+            # TLS, nothing has been read or sent yet.
+            decision = factory.admission.admit(self.transport.getPeer())
+            if isinstance(decision, Refusal):
+                self._refuseAtOnce(decision.reason)
+                return
+            self._ticket = decision
         factory.connections.add(self)
         noDelay(self.transport)
         clock = factory.clock
@@ -473,8 +493,21 @@ class ClientProtocol(Protocol):
             steps.append(PROXY_HEADER_STEP)
         if factory.tls:
             steps.append(TLS_HANDSHAKE)
-        self.pair = Pair(self, tuple(steps))
+        self.pair = Pair(self, tuple(steps), clock, factory.handshakeTimeout)
         self.pair.start()
+
+    def _refuseAtOnce(self, reason: str) -> None:
+        """
+        Refuse the connection as it is accepted, before any pair exists:
+        counted as rejected only, logged by the refusal log, closed.
+        """
+        self.rejected = True
+        self.stats.rejected(reason)
+        factory = self.factory
+        factory.refusals.refused(
+            factory.name, reason, describe(self.transport.getPeer())
+        )
+        self.transport.loseConnection()
 
     # Twisted's events, handed to the pair.
 
@@ -484,8 +517,23 @@ class ClientProtocol(Protocol):
         pass
 
     def proxyHeaderReceived(self, local: bool) -> None:
-        if self.rejected:
+        if self.rejected or self.pair.phase in (Phase.CLOSING, Phase.CLOSED):
+            # Ended while the header arrived (a timer): nothing to admit.
             return
+        admission = self.factory.admission
+        # A LOCAL header is the load balancer's own health check, not a
+        # client: the address rules are for clients.
+        if admission is not None and not local:
+            decision = admission.admit(self.transport.getPeer())
+            if isinstance(decision, Refusal):
+                self.factory.refusals.refused(
+                    self.factory.name,
+                    decision.reason,
+                    describe(self.transport.getPeer()),
+                )
+                self.pair.refuse(decision.reason)
+                return
+            self._ticket = decision
         if local:
             # A load balancer's health check: no backend until a byte comes.
             self.dataReceived = self._firstBytes  # type: ignore[method-assign]
@@ -511,6 +559,14 @@ class ClientProtocol(Protocol):
         if self.factory.describeTLS is not None:
             # Now: Twisted forgets the TLS connection when it is lost.
             self._tlsSession = self.factory.describeTLS(self.transport, True, None)
+        if self.factory.sendProxySSL:
+            # A certificate is asked for only with --tls-client-ca, and then
+            # the handshake fails unless it verified: one presented here was
+            # verified.
+            self._clientTLS = clientTLS(
+                self.transport.getHandle(),  # type: ignore[attr-defined]
+                verified=True,
+            )
         self.pair.stepDone(TLS_HANDSHAKE)
 
     def readConnectionLost(self) -> None:
@@ -619,6 +675,8 @@ class ClientProtocol(Protocol):
             header = self.factory.sendProxyHeader(
                 self.transport.getPeer(), self.transport.getHost()
             )
+            if self.factory.sendProxySSL:
+                header = v2SSLHeader(header, self._clientTLS)
         self._connecting = self.factory.connectBackend(
             BackendFactory(self, proxyHeader=header)
         )
@@ -674,6 +732,15 @@ class ClientProtocol(Protocol):
         if self._idleCall is not None:
             self._idleCall.cancel()
             self._idleCall = None
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            ticket.release()
+        if self.pair.refused:
+            # Refused once the real address was known: a refusal only
+            # (SPEC section 5), already told to the refusal log.
+            self.stats.rejected(reason)
+            self.factory.connections.remove(self)
+            return
         duration = self.clock.seconds() - self.startedAt
         self.stats.closed(reason, duration)
         log = self.factory.log
@@ -726,6 +793,13 @@ class ProxyFactory(Factory):
         line (see L{describeTLS}); None for none.
     @ivar delivered: how many bytes a connection's peer has taken, or None
         when that is not known (L{gateway.progress.delivered}).
+    @ivar admission: the service's admission rules and per-source tables
+        (L{gateway.admission.Admission}), shared by its listeners; None
+        for none.
+    @ivar handshakeTimeout: seconds a connection's preamble (PROXY header,
+        TLS handshake, ...) may take, from accept; C{0} is no limit.
+    @ivar sendProxySSL: whether the PROXY header sent to the backend (a
+        version 2 one) carries the client's TLS details (C{v2-ssl}).
     """
 
     protocol = ClientProtocol
@@ -756,6 +830,9 @@ class ProxyFactory(Factory):
         delivered: Callable[[ITransport], int | None] = progress.delivered,
         refusals: RefusalLog | None = None,
         describeTLS: DescribeTLS | None = describeTLS,
+        admission: Admission | None = None,
+        handshakeTimeout: float = 0,
+        sendProxySSL: bool = False,
     ) -> None:
         self.name = name
         self.clientFraming = clientFraming
@@ -771,3 +848,6 @@ class ProxyFactory(Factory):
         self.delivered = delivered
         self.refusals = refusals or RefusalLog(self.log, clock)
         self.describeTLS = describeTLS
+        self.admission = admission
+        self.handshakeTimeout = handshakeTimeout
+        self.sendProxySSL = sendProxySSL
