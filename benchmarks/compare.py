@@ -121,6 +121,11 @@ NOISY = 15.0
 # Beyond the run's own duration, how long a load generator may take.
 LOADGEN_SLACK = 60.0
 IDLE_OPEN_TIMEOUT = 300.0
+# Peers whose idle pairs are not measured, and why (said in the report).
+NO_IDLE = {
+    "direct": "no proxy",
+    "websockify": "a process forked per connection",
+}
 
 
 @dataclass
@@ -393,7 +398,13 @@ def run_all(
     if plan.idle_pairs > 0:
         settings.max_connections = plan.idle_pairs + 100
         for name in plan.peers:
-            if name == "direct" or name in plan.skipped:
+            if name in plan.skipped:
+                continue
+            if name in NO_IDLE:
+                if name != "direct":
+                    plan.notes.append(
+                        f"idle pairs of {name} not measured: {NO_IDLE[name]}"
+                    )
                 continue
             idle = measure_idle(plan, name, settings)
             idle_runs.append(idle)
@@ -533,37 +544,28 @@ def report(
         out += table(header, rows)
         out.append("")
 
-    header = ["scenario", "peer"] + [f"rep {i + 1}" for i in range(plan.reps)]
-    header.append("median")
-    rows = []
-    baselines = set()
-    for scenario in plan.scenarios:
-        names = plan.peers_of(scenario)
-        baseline = pick_baseline(names)
-        if baseline is None:
-            continue
-        baselines.add(baseline)
-        mine = {r.rep: r for r in cell(scenario, baseline) if r.ok}
-        for name in names:
-            if name == baseline:
-                continue
-            theirs = {r.rep: r for r in cell(scenario, name) if r.ok}
-            clean, noisy, cells = [], [], []
-            for i in range(plan.reps):
-                if i in mine and i in theirs and theirs[i].msg_per_s:
-                    ratio = mine[i].msg_per_s / theirs[i].msg_per_s
-                    suspect = disturbed(mine[i]) or disturbed(theirs[i])
-                    (noisy if suspect else clean).append(ratio)
-                    cells.append(number(ratio, 2) + (" *" if suspect else ""))
-                else:
-                    cells.append("-")
-            summary = number(median(clean or noisy), 2)
-            rows.append([scenario.key, name, *cells, summary])
-    if rows:
-        which = " or ".join(sorted(baselines))
-        out.append(f"## {which} msg/s ÷ peer msg/s, per repetition")
+    def ratios(title: str, compared: list[tuple[Scenario, str, list[str]]]) -> None:
+        out.append(f"## {title} msg/s ÷ peer msg/s, per repetition")
         out.append("")
-        out += table(header, rows)
+        header = ["scenario", "peer"] + [f"rep {i + 1}" for i in range(plan.reps)]
+        header.append("median")
+        rows = []
+        for scenario, baseline, others in compared:
+            mine = {r.rep: r for r in cell(scenario, baseline) if r.ok}
+            for name in others:
+                theirs = {r.rep: r for r in cell(scenario, name) if r.ok}
+                clean, noisy, cells = [], [], []
+                for i in range(plan.reps):
+                    if i in mine and i in theirs and theirs[i].msg_per_s:
+                        ratio = mine[i].msg_per_s / theirs[i].msg_per_s
+                        suspect = disturbed(mine[i]) or disturbed(theirs[i])
+                        (noisy if suspect else clean).append(ratio)
+                        cells.append(number(ratio, 2) + (" *" if suspect else ""))
+                    else:
+                        cells.append("-")
+                summary = number(median(clean or noisy), 2)
+                rows.append([scenario.key, name, *cells, summary])
+        out.extend(table(header, rows))
         out.append("")
         out.append(
             f"\\* other processes used more than {NOISY:g} % CPU during one of "
@@ -572,6 +574,23 @@ def report(
             "of the undisturbed runs when there are any (runs used)."
         )
         out.append("")
+
+    # Each scenario's gateway against its other peers (scenarios h, n and t
+    # name their own, with their own gateway).
+    compared = []
+    for scenario in plan.scenarios:
+        names = plan.peers_of(scenario)
+        baseline = pick_baseline(names)
+        others = [p for p in names if p != baseline]
+        if baseline and others:
+            compared.append((scenario, baseline, others))
+    if compared:
+        ratios(" or ".join(sorted({b for _, b, _ in compared})), compared)
+    # WebSocket clients: the gateway against websockify, both speaking
+    # WebSocket to their clients.
+    if all(name in plan.peers for name in peers.WEBSOCKET_PEERS):
+        first, rest = peers.WEBSOCKET_PEERS[0], list(peers.WEBSOCKET_PEERS[1:])
+        ratios(first, [(s, first, rest) for s in plan.scenarios if not s.peers])
 
     if idle_runs:
         out.append(f"## Idle pairs ({plan.idle_pairs} client+backend pairs)")

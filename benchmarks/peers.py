@@ -17,6 +17,11 @@ echo backend on a loopback port.
 ``asyncio``            benchmarks.asyncio_translator (streams, uvloop when installed)
 ``portforward``        twisted.protocols.portforward: raw bytes, int32 clients
 ``haproxy``            HAProxy in TCP mode: raw bytes, int32 clients
+``gateway-websocket``  the gateway with ``--client-framing websocket``: one
+                       WebSocket message per message (``ws-raw`` clients)
+``websockify``         websockify (PyPI), forwarding the bytes of WebSocket
+                       messages to the echo backend: each message an int32
+                       frame (``ws-int32`` clients)
 ``direct``             no proxy: the load generator talks to the echo backend
                        (the ceiling of the harness itself; not run by default)
 ``gateway-tls``        the gateway with ``--listen-tls`` and an ECDSA P-256
@@ -53,6 +58,8 @@ ALL_PEERS = (
     "asyncio",
     "portforward",
     "haproxy",
+    "gateway-websocket",
+    "websockify",
     "gateway-x2",
     "gateway-epoll",
     "direct",
@@ -61,7 +68,7 @@ ALL_PEERS = (
     "haproxy-tls",
     "stunnel",
 )
-DEFAULT_PEERS = ALL_PEERS[:6]
+DEFAULT_PEERS = ALL_PEERS[:8]
 GATEWAYS = {
     "gateway",
     "gateway-nometrics",
@@ -69,9 +76,12 @@ GATEWAYS = {
     "gateway-epoll",
     "gateway-python",
     "gateway-tls",
+    "gateway-websocket",
 }
 # Peers whose clients speak TLS.
 TLS_PEERS = {"gateway-tls", "haproxy-tls", "stunnel"}
+# The peers whose clients speak WebSocket, and their comparison.
+WEBSOCKET_PEERS = ("gateway-websocket", "websockify")
 FRAMING = {
     "gateway": "lf",
     "gateway-nometrics": "lf",
@@ -86,6 +96,8 @@ FRAMING = {
     "gateway-tls": "lf",
     "haproxy-tls": "int32",
     "stunnel": "int32",
+    "gateway-websocket": "ws-raw",
+    "websockify": "ws-int32",
 }
 PYTHON_PEERS = {
     "naive": "benchmarks.naive_translator",
@@ -201,6 +213,8 @@ def frame(framing: str, payload: bytes) -> bytes:
     """
     if framing == "lf":
         return payload + b"\n"
+    if framing == "ws-raw":
+        return payload
     return struct.pack(">I", len(payload)) + payload
 
 
@@ -305,6 +319,17 @@ def available(
         skipped["stunnel"] = "stunnel4 is not on PATH"
     if TLS_PEERS & set(wanted) and shutil.which("openssl") is None:
         skipped.update(dict.fromkeys(TLS_PEERS, "openssl is not on PATH"))
+    if "websockify" in wanted and websockify_command(settings) is None:
+        skipped["websockify"] = (
+            "websockify is not installed (pip install websockify) beside"
+            f" {settings.python}"
+        )
+    if (
+        "gateway-websocket" in wanted
+        and settings.gateway_options
+        and "websocket" not in settings.gateway_options
+    ):
+        skipped["gateway-websocket"] = "the gateway has no WebSocket client framing"
     runnable = [p for p in wanted if p not in skipped]
     return runnable, {p: r for p, r in skipped.items() if p in wanted}
 
@@ -336,6 +361,8 @@ def start(name: str, backend_port: int, settings: PeerSettings) -> RunningPeer:
         peer = _start_haproxy(backend_port, settings, tls=name == "haproxy-tls")
     elif name == "stunnel":
         peer = _start_stunnel(backend_port, settings)
+    elif name == "websockify":
+        peer = _start_websockify(backend_port, settings)
     elif name == "gateway-x2":
         peer = _start_gateways(backend_port, settings, PROCESSES)
     else:
@@ -375,6 +402,8 @@ def _gateway_argv(
         tls_files(settings)
         argv += ["--tls-cert", str(settings.tls_cert)]
         argv += ["--tls-key", str(settings.tls_key)]
+    if name == "gateway-websocket":
+        argv += ["--client-framing", "websocket"]
     if "--metrics" in settings.gateway_options:
         if name == "gateway-nometrics":
             argv += ["--metrics", "none"]
@@ -546,12 +575,84 @@ def haproxy_maxconn(settings: PeerSettings) -> int:
     return min(settings.max_connections + 1000, (settings.fd_limit - FD_SPARE) // 2)
 
 
+def websockify_command(settings: PeerSettings) -> list[str] | None:
+    """
+    How to run websockify with the benchmark's Python, or None when it is
+    not installed there.
+    """
+    done = subprocess.run(
+        [settings.python, "-c", "import websockify"], capture_output=True, timeout=60
+    )
+    if done.returncode != 0:
+        return None
+    return [settings.python, "-m", "websockify"]
+
+
+# websockify reports no port it was given as 0: a free one is found first.
+WEBSOCKIFY_LISTENING = re.compile(r"proxying from 127\.0\.0\.1:(\d+)")
+
+
+def _start_websockify(backend_port: int, settings: PeerSettings) -> RunningPeer:
+    """
+    websockify as its users run it (a process forked per connection), in
+    front of the echo backend.
+    """
+    command = websockify_command(settings)
+    assert command is not None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    child = Child(
+        "websockify",
+        [*command, f"127.0.0.1:{port}", f"127.0.0.1:{backend_port}"],
+        cwd=str(settings.scratch),
+    )
+    try:
+        child.wait_for(WEBSOCKIFY_LISTENING, START_TIMEOUT)
+    except BaseException:
+        child.stop()
+        raise
+    return RunningPeer("websockify", FRAMING["websockify"], port, child)
+
+
+def websocket_exchange(port: int, payload: bytes, timeout: float) -> bytes:
+    """
+    Send C{payload} as one WebSocket message to 127.0.0.1:C{port} and
+    return the payloads of the messages that come back, joined, once they
+    are as long as it.
+    """
+    from benchmarks.loadgen import UPGRADE_REQUEST, WebSocketClientSide
+
+    side = WebSocketClientSide(len(payload))
+    deadline = time.monotonic() + timeout
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(UPGRADE_REQUEST)
+        received = b""
+        sent = False
+        while len(received) < len(payload):
+            if side.open and not sent:
+                sock.sendall(side.wrap(payload))
+                sent = True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"got {received!r} of {payload!r}")
+            sock.settimeout(remaining)
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed after {received!r}")
+            received += side.feed(chunk)
+        return received
+
+
 def _probe(peer: RunningPeer) -> None:
     message = frame(peer.framing, PROBE_PAYLOAD)
     try:
-        reply = exchange(
-            peer.port, message, len(message), PROBE_TIMEOUT, peer.name in TLS_PEERS
-        )
+        if peer.framing.startswith("ws-"):
+            reply = websocket_exchange(peer.port, message, PROBE_TIMEOUT)
+        else:
+            reply = exchange(
+                peer.port, message, len(message), PROBE_TIMEOUT, peer.name in TLS_PEERS
+            )
     except OSError as e:
         raise ChildError(f"{peer.name} did not echo a probe: {e}\n{_tail(peer)}")
     if reply != message:

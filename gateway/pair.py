@@ -9,8 +9,8 @@ A pair goes through these phases, in this order, and never back::
 
   - L{Phase.PREAMBLE}: the client's preamble is under way, one L{Step}
     after the other (an incoming PROXY header, a TLS handshake, the first
-    byte after a PROXY C{LOCAL} header; a WebSocket upgrade would be one
-    more step). Nothing is connected yet.
+    byte after a PROXY C{LOCAL} header, a WebSocket upgrade). Nothing is
+    connected yet.
   - L{Phase.CONNECTING}: every step is done; the backend is being
     connected and the client is not read.
   - L{Phase.RELAYING}: both connections are up and bytes flow both ways;
@@ -102,6 +102,8 @@ TLS_HANDSHAKE = Step("TLS handshake", stats.TLS_ERROR, handshake=True)
 # After a PROXY LOCAL header (HAProxy's health check): no backend until the
 # client sends a byte.
 FIRST_BYTE = Step("first byte", stats.CLIENT_CLOSED, quiet=True)
+# A WebSocket client's HTTP upgrade request (SPEC section 10), inside TLS.
+WEBSOCKET_UPGRADE = Step("WebSocket upgrade", stats.CLIENT_CLOSED)
 
 
 class PairIO(Protocol):
@@ -176,8 +178,8 @@ class Pair:
     @ivar connected: the sides whose connection is up (the client from the
         start, the backend from L{backendConnected} on), until each is lost.
     @ivar endedFirst: the side whose stream ended first, if one has.
-    @ivar refused: whether the pair ended by L{refuse} (admission), to be
-        reported as a refusal rather than a close.
+    @ivar refused: whether the pair ended by L{refuse} (admission, a
+        WebSocket origin), to be reported as a refusal rather than a close.
     """
 
     # One per open connection: slots and tuples keep it small.
@@ -243,18 +245,6 @@ class Pair:
         if deadline is not None and deadline.active():
             deadline.cancel()
 
-    def refuse(self, reason: str) -> None:
-        """
-        Admission refused the client, once its real address was known.
-        PREAMBLE: the pair ends at once for C{reason} (a
-        C{gateway_connections_rejected_total} reason) and L{refused} is
-        set, so that it is reported as refused; no preamble step is blamed.
-        """
-        if self._expect("refuse", (Phase.PREAMBLE,), _DONE):
-            return
-        self.refused = True
-        self._close(reason, abort=True)
-
     # Preamble
 
     def stepDone(self, step: Step, then: tuple[Step, ...] = ()) -> None:
@@ -269,6 +259,24 @@ class Pair:
         self.steps = self.steps[1:] + then
         if not self.steps:
             self._connect()
+
+    def refuse(self, reason: str, abort: bool = True) -> None:
+        """
+        The gateway refuses the client before its backend is connected:
+        admission, once the client's real address is known, or a WebSocket
+        origin not allowed. PREAMBLE: the pair ends for
+        C{reason} (a C{gateway_connections_rejected_total} reason) and
+        L{refused} is set, so that it is reported as refused, not closed
+        (SPEC section 5 counts a refusal only as one); no preamble step is
+        blamed.
+
+        @param abort: whether what was written to the client is dropped;
+            False sends it first (a WebSocket refusal's HTTP response).
+        """
+        if self._expect("refuse", (Phase.PREAMBLE,), _DONE):
+            return
+        self.refused = True
+        self._close(reason, abort=abort)
 
     def _connect(self) -> None:
         self._preambleOver()

@@ -72,6 +72,12 @@ from gateway.service import (
 )
 from gateway.stats import NoRecorder, Recorder
 from gateway.tls import ReloadableServerTLS, TLSError, wrapFactory
+from gateway.websocketclient import (
+    MESSAGE_TYPES,
+    WebSocketSettings,
+    checkOrigin,
+    checkPath,
+)
 
 DEFAULT_LISTEN = "tcp:7000:interface=127.0.0.1"
 DEFAULT_METRICS = "tcp:9180:interface=127.0.0.1"
@@ -80,6 +86,12 @@ DEFAULT_SERVICE = "default"
 TLS_VERSIONS = ("1.2", "1.3")
 # The longest payload each length-prefixed framing can carry, in bytes.
 FRAMING_LIMITS = {"int8": 2**8 - 1, "int16": 2**16 - 1, "int32": 2**32 - 1}
+# The client framing of WebSocket clients (SPEC section 10): not a framing
+# of a byte stream, so not one of FRAMINGS, and a client framing only.
+WEBSOCKET = "websocket"
+CLIENT_FRAMINGS = (*FRAMINGS, WEBSOCKET)
+# Options that only mean something to WebSocket clients.
+WEBSOCKET_OPTIONS = ("websocket-path", "websocket-origin", "websocket-message-type")
 # Options that only mean something to a TLS listener.
 TLS_OPTIONS = (
     "tls-cert",
@@ -126,7 +138,7 @@ class Options(usage.Options):
             "client-framing",
             None,
             "lf",
-            "Framing on the client side: " + ", ".join(FRAMINGS) + ".",
+            "Framing on the client side: " + ", ".join(CLIENT_FRAMINGS) + ".",
         ],
         ["backend-framing", None, "int32", "Framing on the backend side."],
         [
@@ -177,7 +189,8 @@ class Options(usage.Options):
             None,
             "10",
             "Seconds a connection may take before its first byte can reach a"
-            " backend: TLS handshake, incoming PROXY header (0: no limit).",
+            " backend: TLS handshake, incoming PROXY header, WebSocket upgrade"
+            " (0: no limit).",
         ],
         [
             "max-connections-per-source",
@@ -192,6 +205,20 @@ class Options(usage.Options):
             "0",
             "New connections per second from one client address (a token"
             " bucket holding that many); more are closed at once (0: no limit).",
+        ],
+        [
+            "websocket-path",
+            None,
+            "/",
+            "With --client-framing websocket: the request path that is"
+            " upgraded (others get 404).",
+        ],
+        [
+            "websocket-message-type",
+            None,
+            "binary",
+            "With --client-framing websocket: the type of the messages sent"
+            " to clients, binary or text.",
         ],
         [
             "metrics",
@@ -259,6 +286,7 @@ class Options(usage.Options):
         self["allow"] = []
         self["deny"] = []
         self["backend"] = []
+        self["websocket-origin"] = []
         # Long names of the options given on the command line.
         self.given: set[str] = set()
 
@@ -382,6 +410,14 @@ class Options(usage.Options):
         """
         self["tls-key"].append(path)
 
+    def opt_websocket_origin(self, origin: str) -> None:
+        """
+        With --client-framing websocket: an Origin allowed to upgrade
+        (repeatable), e.g. https://app.example.com; others get 403.
+        [default: any origin]
+        """
+        self["websocket-origin"].append(origin)
+
     def opt_backend(self, description: str) -> None:
         """
         Connect to this Twisted client endpoint (repeatable: round robin,
@@ -391,12 +427,21 @@ class Options(usage.Options):
         self["backend"].append(description)
 
     def postOptions(self) -> None:
-        for option in ("client-framing", "backend-framing"):
-            if self[option] not in FRAMINGS:
+        if self["backend-framing"] == WEBSOCKET:
+            raise usage.UsageError(
+                "--backend-framing websocket: WebSocket is a client framing"
+                f" only; choose one of {', '.join(FRAMINGS)} for the backend"
+            )
+        for option, choices in (
+            ("client-framing", CLIENT_FRAMINGS),
+            ("backend-framing", FRAMINGS),
+        ):
+            if self[option] not in choices:
                 raise usage.UsageError(
                     f"--{option}: unknown framing {self[option]!r};"
-                    f" choose one of {', '.join(FRAMINGS)}"
+                    f" choose one of {', '.join(choices)}"
                 )
+        self._webSocket()
         self["max-message-size"] = _number(self, "max-message-size", int, minimum=1)
         self["max-connections"] = _number(self, "max-connections", int, minimum=1)
         self["connect-timeout"] = _number(self, "connect-timeout", float, above=0)
@@ -487,6 +532,34 @@ class Options(usage.Options):
             )
         except InvalidRule as error:
             raise usage.UsageError(str(error))
+
+    def _webSocket(self) -> None:
+        """
+        The C{--websocket-*} options: checked, and refused without
+        C{--client-framing websocket}, for which they would do nothing.
+        """
+        if self["client-framing"] != WEBSOCKET:
+            for option in WEBSOCKET_OPTIONS:
+                if option in self.given:
+                    raise usage.UsageError(
+                        f"--{option}: only WebSocket clients have it: add"
+                        f" --client-framing websocket or leave --{option} out"
+                    )
+            return
+        problem = checkPath(self["websocket-path"])
+        if problem is not None:
+            raise usage.UsageError(
+                f"--websocket-path {self['websocket-path']!r}: {problem}"
+            )
+        for origin in self["websocket-origin"]:
+            problem = checkOrigin(origin)
+            if problem is not None:
+                raise usage.UsageError(f"--websocket-origin {origin!r}: {problem}")
+        if self["websocket-message-type"] not in MESSAGE_TYPES:
+            raise usage.UsageError(
+                f"--websocket-message-type: {self['websocket-message-type']!r}"
+                f" is not {' or '.join(MESSAGE_TYPES)}"
+            )
 
     def _healthSettings(self) -> HealthSettings:
         """
@@ -686,7 +759,17 @@ def makeService(
     gateway.readinessChecks.append(healthProblems({DEFAULT_SERVICE: health.checker}))
     listeners: list[ListenerService] = []
     maxSize = options["max-message-size"]
-    clientFraming = framing(options["client-framing"], maxSize)
+    webSocket = None
+    if options["client-framing"] == WEBSOCKET:
+        clientFraming = None
+        webSocket = WebSocketSettings(
+            options["websocket-path"],
+            tuple(options["websocket-origin"]),
+            options["websocket-message-type"],
+            maxSize,
+        )
+    else:
+        clientFraming = framing(options["client-framing"], maxSize)
     backendFraming = framing(options["backend-framing"], maxSize)
     tls = options["tls"]
     proxyVersion = options["backend-proxy-protocol"]
@@ -718,6 +801,7 @@ def makeService(
                 admission=admission,
                 handshakeTimeout=options["handshake-timeout"],
                 sendProxySSL=sendProxySSL,
+                websocket=webSocket,
             )
             listener = ListenerService(
                 name,

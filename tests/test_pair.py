@@ -11,6 +11,7 @@ from gateway.pair import (
     FIRST_BYTE,
     PROXY_HEADER,
     TLS_HANDSHAKE,
+    WEBSOCKET_UPGRADE,
     IllegalEvent,
     Pair,
     Phase,
@@ -121,6 +122,32 @@ class PreambleTests(SynchronousTestCase):
         pair.lost(CLIENT)
         self.assertEqual(io.calls[-1], ("ended", stats.CLIENT_CLOSED, False))
         self.assertNotIn("handshakeFailed", io.calls)
+
+    def test_refused(self):
+        """
+        A refusal during the preamble (a WebSocket origin not allowed) ends
+        the pair for the refusal's reason, what was written sent first; it
+        is no failed handshake, and no backend is connected.
+        """
+        pair, io = makePair(TLS_HANDSHAKE, WEBSOCKET_UPGRADE)
+        pair.stepDone(TLS_HANDSHAKE)
+        pair.refuse("denied", abort=False)
+        self.assertEqual(
+            io.calls,
+            [
+                "dropInput",
+                ("close", frozenset({CLIENT}), False),
+                ("ended", "denied", False),
+            ],
+        )
+        self.assertEqual((pair.reason, pair.refused), ("denied", True))
+
+    def test_refusedOnlyInPreamble(self):
+        """
+        Once the backend is being connected, nothing is refused any more.
+        """
+        pair, io = makePair()
+        self.assertRaises(IllegalEvent, pair.refuse, "denied")
 
     def test_leftDuringProxyHeader(self):
         """

@@ -57,6 +57,9 @@ class DefaultsTests(SynchronousTestCase):
                 "max-connections-per-source": 0,
                 "max-connection-rate-per-source": 0.0,
                 "admission": AdmissionSettings(),
+                "websocket-path": "/",
+                "websocket-origin": [],
+                "websocket-message-type": "binary",
                 "health-check": "connect",
                 "health-check-interval": "2",
                 "health-check-timeout": "2",
@@ -156,6 +159,9 @@ class DefaultsTests(SynchronousTestCase):
                     maxConnectionsPerSource=50,
                     maxConnectionRatePerSource=2.5,
                 ),
+                "websocket-path": "/",
+                "websocket-origin": [],
+                "websocket-message-type": "binary",
                 "health-check": "probe",
                 "health-check-interval": "0.5",
                 "health-check-timeout": "0.25",
@@ -366,6 +372,47 @@ BAD_ARGUMENTS = [
     (["--allow", "10.0.0.1/8"], "--allow", "host bits set"),
     (["--deny", "example.com"], "--deny", "not an IP address"),
     (["--backend-proxy-protocol", "v3"], "--backend-proxy-protocol", "v2-ssl"),
+    (["--backend-framing", "websocket"], "--backend-framing", "client framing only"),
+    (["--websocket-path", "/ws"], "--websocket-path", "--client-framing websocket"),
+    (
+        ["--websocket-origin", "https://a.example"],
+        "--websocket-origin",
+        "--client-framing websocket",
+    ),
+    (
+        ["--websocket-message-type", "text"],
+        "--websocket-message-type",
+        "--client-framing websocket",
+    ),
+    (
+        ["--client-framing", "websocket", "--websocket-path", "ws"],
+        "--websocket-path 'ws'",
+        "starts with /",
+    ),
+    (
+        ["--client-framing", "websocket", "--websocket-path", "/ws?x=1"],
+        "--websocket-path",
+        "no query",
+    ),
+    (
+        ["--client-framing", "websocket", "--websocket-message-type", "json"],
+        "--websocket-message-type",
+        "is not binary or text",
+    ),
+    *(
+        (
+            ["--client-framing", "websocket", "--websocket-origin", origin],
+            f"--websocket-origin {origin!r}",
+            phrase,
+        )
+        for origin, phrase in [
+            ("app.example.com", "scheme://host"),
+            ("https://app.example.com/", "no path"),
+            ("https://App.Example.com", "lower case"),
+            ("https://app.example.com:99999", "port 99999"),
+            ("*", "scheme://host"),
+        ]
+    ),
 ]
 
 
@@ -450,6 +497,37 @@ class OperatorWordsTests(SynchronousTestCase):
             "int32",
             "--max-message-size",
             str(2**32),
+        )
+
+    def test_webSocket(self) -> None:
+        """
+        WebSocket clients' options, parsed; origins in the forms browsers
+        send them.
+        """
+        origins = ["https://app.example.com", "http://127.0.0.1:8080", "null"]
+        options = parse(
+            "--client-framing",
+            "websocket",
+            "--websocket-path",
+            "/ws/v1",
+            "--websocket-message-type",
+            "text",
+            *[
+                argument
+                for origin in origins
+                for argument in ("--websocket-origin", origin)
+            ],
+            "--websocket-origin",
+            "https://[::1]:8443",
+        )
+        self.assertEqual(
+            (
+                options["client-framing"],
+                options["websocket-path"],
+                options["websocket-origin"],
+                options["websocket-message-type"],
+            ),
+            ("websocket", "/ws/v1", [*origins, "https://[::1]:8443"], "text"),
         )
 
     def test_repeatable(self) -> None:
