@@ -24,8 +24,15 @@ $(BIN)/.installed: setup.cfg setup.py pyproject.toml gateway/codec/_speedups.c
 run: $(BIN)/.installed
 	$(BIN)/twistd -n --pidfile= gateway $(RUN_ARGS)
 
+# The codec, translator and proxy unit tests run a second time on the
+# pure-Python translator alone (GATEWAY_NO_EXTENSIONS=1), the fallback where
+# the accelerator is not built: a few seconds.
+FALLBACK_TESTS = tests.test_codec tests.test_translator tests.test_speedups tests.test_proxy
+
 test: $(BIN)/.installed
 	$(BIN)/trial --jobs=2 tests
+	GATEWAY_NO_EXTENSIONS=1 $(BIN)/trial --temp-directory=_trial_temp.fallback \
+		$(FALLBACK_TESTS)
 	$(MAKE) lint
 
 # systemd-analyze verify on the units as shipped wants /opt/gateway/bin/twistd

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from functools import partial
 
 from gateway.codec import framing
-from gateway.codec.accelerated import PythonTranslator, Translator, speedups
+from gateway.codec.accelerated import speedups
+from gateway.codec.translator import ChunkTranslator, Translator
 
 # The pairs the gateway's default framings meet, each way.
 PAIRS = [("lf", "int32"), ("int32", "lf")]
@@ -37,7 +38,7 @@ def chunks(source: str, size: int, chunk: int, total: int) -> tuple[list[bytes],
 
 
 def perMessage(
-    make: Callable[[], Translator], pieces: list[bytes], count: int, reps: int
+    make: Callable[[], ChunkTranslator], pieces: list[bytes], count: int, reps: int
 ) -> float:
     """
     The best time over C{reps} runs to translate every piece, in ns per
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         for size in SIZES:
             pieces, count = chunks(source, size, options.chunk, options.total)
             python = perMessage(
-                partial(PythonTranslator, source, target, limit),
+                partial(Translator, framing(source, limit), framing(target, limit)),
                 pieces,
                 count,
                 options.reps,

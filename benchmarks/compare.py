@@ -14,6 +14,15 @@ Scenarios:
 a. 64-byte messages, 32 connections, 256 in flight each (msg/s)
 b. 1 KiB messages, 8 connections, 256 in flight each (msg/s, MB/s)
 c. request/response: 16 connections, 1 in flight each (msg/s, p50, p99, p999)
+h. TLS handshakes: 16 workers, each opening a TLS 1.3 connection (ECDSA P-256
+   certificate), sending one message, reading it back, closing (conn/s);
+   against HAProxy (ssl crt, one thread) and stunnel
+n. connection churn: the same over plain TCP (conn/s); against HAProxy and a
+   direct connection to the echo backend
+t. TLS bulk: 64-byte messages, 8 long-lived TLS connections, 256 in flight
+   each (msg/s); against HAProxy and stunnel
+
+Scenarios h, n and t name their own peers; --peers chooses those of a, b, c.
 
 CPU % of the proxy (and of the echo backend) is read from /proc/PID/stat
 (utime + stime) over exactly the measured window; 100 % is one core. Peak
@@ -66,12 +75,36 @@ class Scenario:
     size: int
     connections: int
     window: int
+    # The peers this scenario compares; empty for the plan's (--peers).
+    peers: tuple[str, ...] = ()
 
 
+TLS_PEERS = ("gateway-tls", "haproxy-tls", "stunnel")
 SCENARIOS = (
     Scenario("a", "64 B, 32 conns x 256 in flight", "throughput", 64, 32, 256),
     Scenario("b", "1 KiB, 8 conns x 256 in flight", "throughput", 1024, 8, 256),
     Scenario("c", "req/resp, 16 conns x 1 in flight", "latency", 64, 16, 1),
+    Scenario(
+        "h",
+        "TLS handshakes, 16 workers x 1 message per connection",
+        "churn",
+        64,
+        16,
+        1,
+        TLS_PEERS,
+    ),
+    Scenario(
+        "n",
+        "new TCP connections, 16 workers x 1 message per connection",
+        "churn",
+        64,
+        16,
+        1,
+        ("gateway", "haproxy", "direct"),
+    ),
+    Scenario(
+        "t", "TLS 64 B, 8 conns x 256 in flight", "throughput", 64, 8, 256, TLS_PEERS
+    ),
 )
 
 FULL = {"reps": 3, "duration": 10.0, "warmup": 1.0, "idle_pairs": 10000}
@@ -156,6 +189,15 @@ class Plan:
     loadgen_procs: int
     python: str = sys.executable
     notes: list[str] = field(default_factory=list)
+    # Peers that cannot run here (and why): left out of every scenario.
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def peers_of(self, scenario: Scenario) -> list[str]:
+        """
+        The peers C{scenario} runs against, those that can run here.
+        """
+        names = list(scenario.peers) or self.peers
+        return [name for name in names if name not in self.skipped]
 
 
 def progress(message: str) -> None:
@@ -221,6 +263,7 @@ def measure(
                 str(plan.warmup),
                 "--procs",
                 str(plan.loadgen_procs),
+                *(["--tls"] if peer_name in peers.TLS_PEERS else []),
             ),
             cwd=str(settings.root),
         )
@@ -345,7 +388,7 @@ def run_all(
         echo_port = echo.wait_port()
         for rep in range(plan.reps):
             for scenario in plan.scenarios:
-                for name in rotated(plan.peers, rep):
+                for name in rotated(plan.peers_of(scenario), rep):
                     run = measure(plan, scenario, name, rep, echo, echo_port, settings)
                     runs.append(run)
                     progress(describe(run, plan.reps))
@@ -355,6 +398,8 @@ def run_all(
     if plan.idle_pairs > 0:
         settings.max_connections = plan.idle_pairs + 100
         for name in plan.peers:
+            if name in plan.skipped:
+                continue
             if name in NO_IDLE:
                 if name != "direct":
                     plan.notes.append(
@@ -425,7 +470,7 @@ def usable(selected: list[Run]) -> list[Run]:
 
 
 def pick_baseline(names: list[str]) -> str | None:
-    for candidate in ("gateway", "gateway-nometrics", "naive"):
+    for candidate in ("gateway", "gateway-tls", "gateway-nometrics", "naive"):
         if candidate in names:
             return candidate
     return None
@@ -462,13 +507,14 @@ def report(
         latency = scenario.mode == "latency"
         out.append(f"## {scenario.key}. {scenario.title}")
         out.append("")
-        header = ["peer", "client framing", "msg/s"]
+        rate = "conn/s" if scenario.mode == "churn" else "msg/s"
+        header = ["peer", "client framing", rate]
         header += ["p50 µs", "p99 µs", "p999 µs"] if latency else ["payload MB/s"]
         header += ["proxy CPU %", "echo CPU %", "loadgen CPU %", "other CPU % (max)"]
         header += ["peak RSS MiB", "runs used"]
         header += ["errors"]
         rows = []
-        for name in plan.peers:
+        for name in plan.peers_of(scenario):
             selected = cell(scenario, name)
             failed = sum(not r.ok for r in selected)
             errors = sum(r.errors for r in selected)
@@ -498,13 +544,13 @@ def report(
         out += table(header, rows)
         out.append("")
 
-    def ratios(baseline: str, others: list[str]) -> None:
-        out.append(f"## {baseline} msg/s ÷ peer msg/s, per repetition")
+    def ratios(title: str, compared: list[tuple[Scenario, str, list[str]]]) -> None:
+        out.append(f"## {title} msg/s ÷ peer msg/s, per repetition")
         out.append("")
         header = ["scenario", "peer"] + [f"rep {i + 1}" for i in range(plan.reps)]
         header.append("median")
         rows = []
-        for scenario in plan.scenarios:
+        for scenario, baseline, others in compared:
             mine = {r.rep: r for r in cell(scenario, baseline) if r.ok}
             for name in others:
                 theirs = {r.rep: r for r in cell(scenario, name) if r.ok}
@@ -529,14 +575,22 @@ def report(
         )
         out.append("")
 
-    baseline = pick_baseline(plan.peers)
-    others = [p for p in plan.peers if p != baseline]
-    if baseline and others:
-        ratios(baseline, others)
+    # Each scenario's gateway against its other peers (scenarios h, n and t
+    # name their own, with their own gateway).
+    compared = []
+    for scenario in plan.scenarios:
+        names = plan.peers_of(scenario)
+        baseline = pick_baseline(names)
+        others = [p for p in names if p != baseline]
+        if baseline and others:
+            compared.append((scenario, baseline, others))
+    if compared:
+        ratios(" or ".join(sorted({b for _, b, _ in compared})), compared)
     # WebSocket clients: the gateway against websockify, both speaking
     # WebSocket to their clients.
     if all(name in plan.peers for name in peers.WEBSOCKET_PEERS):
-        ratios(*peers.WEBSOCKET_PEERS[:1], list(peers.WEBSOCKET_PEERS[1:]))
+        first, rest = peers.WEBSOCKET_PEERS[0], list(peers.WEBSOCKET_PEERS[1:])
+        ratios(first, [(s, first, rest) for s in plan.scenarios if not s.peers])
 
     if idle_runs:
         out.append(f"## Idle pairs ({plan.idle_pairs} client+backend pairs)")
@@ -694,10 +748,15 @@ def main(argv: list[str] | None = None) -> None:
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as scratch:
         settings.scratch = Path(scratch)
-        plan.peers, skipped = peers.available(plan.peers, settings)
+        wanted = list(plan.peers)
+        for scenario in plan.scenarios:
+            wanted += [p for p in scenario.peers if p not in wanted]
+        runnable, skipped = peers.available(wanted, settings)
+        plan.skipped = skipped
+        plan.peers = [p for p in plan.peers if p in runnable]
         for name, reason in skipped.items():
             progress(f"skipping {name}: {reason}")
-        if not plan.peers:
+        if not runnable:
             progress("no peer can run")
             raise SystemExit(1)
         runs, idle_runs = run_all(plan, settings)

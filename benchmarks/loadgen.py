@@ -30,6 +30,11 @@ Modes:
     answered with as many new messages, written as one batch.
 ``latency``
     C connections, one message in flight on each; reports p50/p99/p999.
+``churn``
+    C workers, each opening a new connection, sending one message, reading
+    its reply and closing, over and over: a reply is a connection served
+    (connections per second). With ``--tls``, each is a full TLS 1.3
+    handshake (no session resumption).
 ``idle``
     Opens C connections, makes one round trip on each so that the proxy's
     backend connection exists, prints a ``ready`` line, and holds them until
@@ -49,10 +54,12 @@ import math
 import multiprocessing
 import re
 import signal
+import ssl
 import struct
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import cast
 
 from benchmarks.util import (
@@ -68,7 +75,7 @@ from benchmarks.util import (
 FRAMINGS = ("lf", "int32", "raw")
 WIRE_FRAMINGS = ("lf", "int32", "ws-raw", "ws-int32")
 WEBSOCKET_PREFIX = "ws-"
-MODES = ("throughput", "latency", "idle")
+MODES = ("throughput", "latency", "churn", "idle")
 
 HEADER_SIZE = 16
 MAX_CONNECTION_ID = 0xFFFFFF
@@ -319,6 +326,7 @@ class Config:
     duration: float = 10.0
     warmup: float = 1.0
     procs: int = 1
+    tls: bool = False
 
 
 @dataclass
@@ -480,6 +488,85 @@ class IdleClient(asyncio.Protocol):
             self.transport.abort()
 
 
+def client_tls() -> ssl.SSLContext:
+    """
+    A TLS 1.3 client context that takes any certificate (the benchmark's is
+    self-signed) and keeps no session: every connection is a full handshake.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    return context
+
+
+class ChurnClient(asyncio.Protocol):
+    """
+    One connection of churn mode: one message, its reply, then a close.
+    """
+
+    transport: asyncio.Transport
+
+    def __init__(self, verifier: Verifier, tally: Tally) -> None:
+        self.verifier = verifier
+        self.tally = tally
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.verifier.next_messages(1))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            answered = self.verifier.received(data)
+        except ReplyError as e:
+            self.tally.error(e.kind, e.detail)
+            self.transport.abort()
+            return
+        if answered and not self.done.done():
+            self.done.set_result(None)
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(
+                ConnectionError(f"closed before the reply ({exc or 'end of stream'})")
+            )
+
+
+async def churn(
+    config: Config, conn_ids: list[int], tally: Tally, stop: "asyncio.Future[None]"
+) -> None:
+    """
+    Connections in turn until C{stop}, one message each, on each of
+    C{conn_ids}' workers.
+    """
+    loop = asyncio.get_running_loop()
+    context = client_tls() if config.tls else None
+    hostname = "localhost" if config.tls else None
+
+    async def worker(conn_id: int) -> None:
+        while not stop.done():
+            verifier = Verifier(conn_id, config.size, stream_framing(config.framing))
+            try:
+                _, client = await loop.create_connection(
+                    partial(ChurnClient, verifier, tally),
+                    config.host,
+                    config.port,
+                    ssl=context,
+                    server_hostname=hostname,
+                )
+                await asyncio.wait_for(client.done, IDLE_ROUND_TRIP_TIMEOUT)
+            except (TimeoutError, OSError) as e:
+                if not stop.done():
+                    tally.error(CONNECT, repr(e))
+                    await asyncio.sleep(0.01)
+                continue
+            tally.replies += 1
+
+    await asyncio.gather(*(worker(c) for c in conn_ids))
+
+
 def stream_framing(wire: str) -> str:
     """
     The framing of the messages' byte stream for a wire framing.
@@ -516,12 +603,18 @@ async def drive(
             lambda: LoadClient(verifier, window, tally, timed, websocket),
             config.host,
             config.port,
+            ssl=client_tls() if config.tls else None,
+            server_hostname="localhost" if config.tls else None,
         )
         return client
 
+    if config.mode == "churn":
+        stop: asyncio.Future[None] = loop.create_future()
+        churning = asyncio.ensure_future(churn(config, conn_ids, tally, stop))
     clients = []
+    steady = [] if config.mode == "churn" else conn_ids
     for outcome in await asyncio.gather(
-        *(connect(c) for c in conn_ids), return_exceptions=True
+        *(connect(c) for c in steady), return_exceptions=True
     ):
         if isinstance(outcome, BaseException):
             tally.error(CONNECT, repr(outcome))
@@ -537,6 +630,9 @@ async def drive(
     cpu = time.process_time() - cpu
     for client in clients:
         client.close()
+    if config.mode == "churn":
+        stop.set_result(None)
+        await churning
     await asyncio.sleep(0)
     return {
         "replies": replies,
@@ -723,6 +819,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--duration", "-d", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--procs", type=int, default=1)
+    parser.add_argument(
+        "--tls", action="store_true", help="TLS 1.3, any certificate accepted"
+    )
     args = parser.parse_args(argv)
     if args.size < HEADER_SIZE:
         parser.error(f"--size must be at least {HEADER_SIZE}")

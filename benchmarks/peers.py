@@ -6,6 +6,9 @@ echo backend on a loopback port.
 ``gateway-nometrics``  the same with ``--metrics none``, when the option exists
 ``gateway-epoll``      the gateway on Twisted's stock epoll reactor
                        (``twistd --reactor=epoll``; not run by default)
+``gateway-python``     the gateway with GATEWAY_NO_EXTENSIONS=1: the pure-Python
+                       translator instead of the compiled one (not run by
+                       default)
 ``gateway-x2``         two gateway processes on one port: each is handed its own
                        SO_REUSEPORT socket the way systemd socket activation
                        hands one over (LISTEN_FDS), and the kernel spreads
@@ -21,6 +24,15 @@ echo backend on a loopback port.
                        frame (``ws-int32`` clients)
 ``direct``             no proxy: the load generator talks to the echo backend
                        (the ceiling of the harness itself; not run by default)
+``gateway-tls``        the gateway with ``--listen-tls`` and an ECDSA P-256
+                       certificate: TLS clients, plain backend
+``haproxy-tls``        HAProxy, one thread, ``bind ... ssl crt`` with the same
+                       certificate, TLS 1.3 only: raw bytes, int32 clients
+``stunnel``            stunnel (Debian's stunnel4) with the same certificate,
+                       TLS 1.3 only: raw bytes, int32 clients
+
+The TLS peers are only run by the TLS scenarios, and the scenarios name the
+peers they run (see compare.SCENARIOS).
 
 Raw forwarders do not translate, so their clients speak the backend's
 framing (int32); the translators' clients speak ``lf``.
@@ -51,15 +63,23 @@ ALL_PEERS = (
     "gateway-x2",
     "gateway-epoll",
     "direct",
+    "gateway-python",
+    "gateway-tls",
+    "haproxy-tls",
+    "stunnel",
 )
-DEFAULT_PEERS = ALL_PEERS[:-3]
+DEFAULT_PEERS = ALL_PEERS[:8]
 GATEWAYS = {
     "gateway",
     "gateway-nometrics",
     "gateway-x2",
     "gateway-epoll",
+    "gateway-python",
+    "gateway-tls",
     "gateway-websocket",
 }
+# Peers whose clients speak TLS.
+TLS_PEERS = {"gateway-tls", "haproxy-tls", "stunnel"}
 # The peers whose clients speak WebSocket, and their comparison.
 WEBSOCKET_PEERS = ("gateway-websocket", "websockify")
 FRAMING = {
@@ -72,6 +92,10 @@ FRAMING = {
     "portforward": "int32",
     "haproxy": "int32",
     "direct": "int32",
+    "gateway-python": "lf",
+    "gateway-tls": "lf",
+    "haproxy-tls": "int32",
+    "stunnel": "int32",
     "gateway-websocket": "ws-raw",
     "websockify": "ws-int32",
 }
@@ -80,7 +104,7 @@ PYTHON_PEERS = {
     "asyncio": "benchmarks.asyncio_translator",
     "portforward": "benchmarks.twisted_portforward",
 }
-GATEWAY_LISTENING = re.compile(r"listening on tcp:\d+ at 127\.0\.0\.1:(\d+)")
+GATEWAY_LISTENING = re.compile(r"listening on \S+ at 127\.0\.0\.1:(\d+)")
 GATEWAY_READY = re.compile(r"gateway ready")
 # The gateway processes of gateway-x2.
 PROCESSES = 2
@@ -106,12 +130,30 @@ defaults
     timeout server 1h
 
 frontend benchmark
-    bind fd@{fd}
+    bind fd@{fd}{tls}
     default_backend echo
 
 backend echo
     server echo 127.0.0.1:{backend_port}
 """
+HAPROXY_TLS = " ssl crt {pem} ssl-min-ver TLSv1.3"
+
+# stunnel in the foreground, TLS 1.3 only, one service; it logs errors
+# only (at its notice level it writes lines per connection), to stderr.
+STUNNEL_CONFIG = """\
+foreground = yes
+pid =
+debug = 3
+syslog = no
+
+[benchmark]
+accept = 127.0.0.1:{port}
+connect = 127.0.0.1:{backend_port}
+cert = {cert}
+key = {key}
+sslVersionMin = TLSv1.3
+"""
+STUNNEL_POLL = 0.05
 
 
 @dataclass
@@ -130,6 +172,9 @@ class PeerSettings:
     max_connections: int = GATEWAY_MAX_CONNECTIONS
     # RLIMIT_NOFILE the children inherit.
     fd_limit: int = 1024
+    # The TLS peers' certificate and key (PEM), made by tls_files().
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 @dataclass
@@ -171,6 +216,52 @@ def frame(framing: str, payload: bytes) -> bytes:
     if framing == "ws-raw":
         return payload
     return struct.pack(">I", len(payload)) + payload
+
+
+def stunnel_binary() -> str | None:
+    """
+    stunnel's path (Debian names it stunnel4 too), or None.
+    """
+    return shutil.which("stunnel4") or shutil.which("stunnel")
+
+
+def tls_files(settings: PeerSettings) -> None:
+    """
+    Make the TLS peers' self-signed ECDSA P-256 certificate and its key in
+    the scratch directory, once (with the C{openssl} command).
+
+    @raise ChildError: when it cannot be made.
+    """
+    if settings.tls_cert is not None:
+        return
+    cert = settings.scratch / "bench-cert.pem"
+    key = settings.scratch / "bench-key.pem"
+    done = subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=localhost",
+            "-days",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if done.returncode != 0:
+        raise ChildError(f"openssl could not make a certificate: {done.stderr}")
+    settings.tls_cert, settings.tls_key = cert, key
 
 
 def gateway_help(twistd: str, root: Path) -> str | None:
@@ -221,8 +312,13 @@ def available(
             skipped.update(dict.fromkeys(GATEWAYS, reason))
         elif "--metrics" not in settings.gateway_options:
             skipped["gateway-nometrics"] = "the gateway has no --metrics option"
-    if "haproxy" in wanted and shutil.which("haproxy") is None:
-        skipped["haproxy"] = "haproxy is not on PATH"
+    for name in ("haproxy", "haproxy-tls"):
+        if name in wanted and shutil.which("haproxy") is None:
+            skipped[name] = "haproxy is not on PATH"
+    if "stunnel" in wanted and stunnel_binary() is None:
+        skipped["stunnel"] = "stunnel4 is not on PATH"
+    if TLS_PEERS & set(wanted) and shutil.which("openssl") is None:
+        skipped.update(dict.fromkeys(TLS_PEERS, "openssl is not on PATH"))
     if "websockify" in wanted and websockify_command(settings) is None:
         skipped["websockify"] = (
             "websockify is not installed (pip install websockify) beside"
@@ -261,8 +357,10 @@ def start(name: str, backend_port: int, settings: PeerSettings) -> RunningPeer:
             cwd=str(settings.root),
         )
         peer = _started(name, framing, child, None)
-    elif name == "haproxy":
-        peer = _start_haproxy(backend_port, settings)
+    elif name in ("haproxy", "haproxy-tls"):
+        peer = _start_haproxy(backend_port, settings, tls=name == "haproxy-tls")
+    elif name == "stunnel":
+        peer = _start_stunnel(backend_port, settings)
     elif name == "websockify":
         peer = _start_websockify(backend_port, settings)
     elif name == "gateway-x2":
@@ -295,11 +393,15 @@ def _gateway_argv(
         argv.append("--reactor=epoll")
     argv += [
         "gateway",
-        "--listen",
+        "--listen-tls" if name == "gateway-tls" else "--listen",
         listen,
         "--backend",
         f"tcp:host=127.0.0.1:port={backend_port}",
     ]
+    if name == "gateway-tls":
+        tls_files(settings)
+        argv += ["--tls-cert", str(settings.tls_cert)]
+        argv += ["--tls-key", str(settings.tls_key)]
     if name == "gateway-websocket":
         argv += ["--client-framing", "websocket"]
     if "--metrics" in settings.gateway_options:
@@ -320,9 +422,10 @@ def _gateway_argv(
 
 def _start_gateway(name: str, backend_port: int, settings: PeerSettings) -> RunningPeer:
     argv = _gateway_argv(name, backend_port, settings, "tcp:0:interface=127.0.0.1")
-    child = Child(
-        name, argv, cwd=str(settings.root), env=gateway_environment(settings.root)
-    )
+    env = gateway_environment(settings.root)
+    if name == "gateway-python":
+        env["GATEWAY_NO_EXTENSIONS"] = "1"
+    child = Child(name, argv, cwd=str(settings.root), env=env)
     try:
         port = int(child.wait_for(GATEWAY_LISTENING, START_TIMEOUT)[1])
     except BaseException:
@@ -395,8 +498,17 @@ def _start_gateways(
     return RunningPeer("gateway-x2", "lf", port, children[0], children[1:])
 
 
-def _start_haproxy(backend_port: int, settings: PeerSettings) -> RunningPeer:
+def _start_haproxy(
+    backend_port: int, settings: PeerSettings, tls: bool = False
+) -> RunningPeer:
     # HAProxy cannot report a port 0 listener's port: hand it a bound socket.
+    name = "haproxy-tls" if tls else "haproxy"
+    if tls:
+        tls_files(settings)
+        # HAProxy takes the key in the certificate's file.
+        pem = settings.scratch / "bench-combined.pem"
+        assert settings.tls_cert is not None and settings.tls_key is not None
+        pem.write_text(settings.tls_cert.read_text() + settings.tls_key.read_text())
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         listener.bind(("127.0.0.1", 0))
@@ -408,17 +520,51 @@ def _start_haproxy(backend_port: int, settings: PeerSettings) -> RunningPeer:
             HAPROXY_CONFIG.format(
                 maxconn=haproxy_maxconn(settings),
                 fd=listener.fileno(),
+                tls=HAPROXY_TLS.format(pem=pem) if tls else "",
                 backend_port=backend_port,
             )
         )
         child = Child(
-            "haproxy",
+            name,
             ["haproxy", "-db", "-f", str(config)],
             pass_fds=[listener.fileno()],
         )
     finally:
         listener.close()
-    return _started("haproxy", "int32", child, port)
+    return _started(name, "int32", child, port)
+
+
+def _start_stunnel(backend_port: int, settings: PeerSettings) -> RunningPeer:
+    # stunnel takes no listening socket and reports no port: it is given a
+    # port the kernel just handed out and let go of.
+    tls_files(settings)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = settings.scratch / f"stunnel-{port}.conf"
+    config.write_text(
+        STUNNEL_CONFIG.format(
+            port=port,
+            backend_port=backend_port,
+            cert=settings.tls_cert,
+            key=settings.tls_key,
+        )
+    )
+    binary = stunnel_binary()
+    assert binary is not None
+    child = Child("stunnel", [binary, str(config)])
+    # It says nothing when ready at this log level: ready once it accepts.
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError as e:
+            if time.monotonic() > deadline or child.process.poll() is not None:
+                child.stop()
+                raise ChildError(f"stunnel does not accept: {e}\n{child.tail()}")
+            time.sleep(STUNNEL_POLL)
+    return RunningPeer("stunnel", "int32", port, child)
 
 
 def haproxy_maxconn(settings: PeerSettings) -> int:
@@ -504,7 +650,9 @@ def _probe(peer: RunningPeer) -> None:
         if peer.framing.startswith("ws-"):
             reply = websocket_exchange(peer.port, message, PROBE_TIMEOUT)
         else:
-            reply = exchange(peer.port, message, len(message), PROBE_TIMEOUT)
+            reply = exchange(
+                peer.port, message, len(message), PROBE_TIMEOUT, peer.name in TLS_PEERS
+            )
     except OSError as e:
         raise ChildError(f"{peer.name} did not echo a probe: {e}\n{_tail(peer)}")
     if reply != message:

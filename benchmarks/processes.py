@@ -222,16 +222,29 @@ def memory_kib(pid: int, key: str = "VmRSS") -> int:
     raise KeyError(key)
 
 
-def exchange(port: int, data: bytes, reply_size: int, timeout: float) -> bytes:
+def exchange(
+    port: int, data: bytes, reply_size: int, timeout: float, tls: bool = False
+) -> bytes:
     """
     Send C{data} to 127.0.0.1:C{port} and read C{reply_size} bytes back,
-    within C{timeout} seconds in all.
+    within C{timeout} seconds in all; over TLS 1.3 when C{tls} (any
+    certificate accepted).
 
     @raise OSError: on a connection failure, or C{TimeoutError} when the
         reply did not come in time.
     """
     deadline = time.monotonic() + timeout
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if tls:
+        from benchmarks.loadgen import client_tls
+
+        try:
+            # The plain socket is detached into the TLS one.
+            sock = client_tls().wrap_socket(sock, server_hostname="localhost")
+        except BaseException:
+            sock.close()
+            raise
+    with sock:
         sock.sendall(data)
         received = bytearray()
         while len(received) < reply_size:

@@ -36,7 +36,7 @@ from gateway import progress, stats, writethrough
 from gateway.addresses import describe
 from gateway.admission import Admission, Refusal, Ticket
 from gateway.backends import BackendConnection, BackendConnector
-from gateway.codec import Framing, FramingError, Translator
+from gateway.codec import ChunkTranslator, Framing, FramingError, Translator, translator
 from gateway.codec._base import MALFORMED
 from gateway.codec.websocket import (
     DENIED,
@@ -240,7 +240,7 @@ class Direction:
     def __init__(
         self,
         peer: str,
-        translator: Translator,
+        translator: ChunkTranslator,
         count: Callable[[int, int], None],
         seconds: Callable[[], float],
         failed: Callable[[str, FramingError], None],
@@ -491,7 +491,17 @@ class ClientProtocol(Protocol):
         self.clock = clock
         self.startedAt = clock.seconds()
         self.clientAddress = describe(self.transport.getPeer())
-        seconds, failed = clock.seconds, self._protocolError
+        # Bound methods made once per listener (each is an object per pair
+        # otherwise), but for the one that names this pair.
+        bound = factory.bound
+        if bound is None:
+            bound = factory.bound = (
+                clock.seconds,
+                self.stats.upstream,
+                self.stats.downstream,
+            )
+        seconds, countUp, countDown = bound
+        failed = self._protocolError
         steps = []
         if factory.proxyHeader:
             steps.append(PROXY_HEADER_STEP)
@@ -501,15 +511,15 @@ class ClientProtocol(Protocol):
         if webSocket is None:
             self.upstream = Direction(
                 stats.CLIENT,
-                Translator(factory.clientFraming, factory.backendFraming),
-                self.stats.upstream,
+                translator(factory.clientFraming, factory.backendFraming),
+                countUp,
                 seconds,
                 failed,
             )
             self.downstream = Direction(
                 stats.BACKEND,
-                Translator(factory.backendFraming, factory.clientFraming),
-                self.stats.downstream,
+                translator(factory.backendFraming, factory.clientFraming),
+                countDown,
                 seconds,
                 failed,
             )
@@ -519,8 +529,8 @@ class ClientProtocol(Protocol):
             self.websocket, self.upstream, self.downstream = webSocket.directions(
                 self.transport,
                 factory.backendFraming,
-                self.stats.upstream,
-                self.stats.downstream,
+                countUp,
+                countDown,
                 seconds,
                 failed,
                 self._clientCloseFrame,
@@ -940,6 +950,14 @@ class ProxyFactory(Factory):
     protocol = ClientProtocol
     noisy = False
     log = Logger(namespace="gateway.proxy")
+    # The clock's and the stats' bound methods every pair calls, made by
+    # the first connection (see ClientProtocol.connectionMade).
+    bound: (
+        tuple[
+            Callable[[], float], Callable[[int, int], None], Callable[[int, int], None]
+        ]
+        | None
+    ) = None
 
     def __init__(
         self,

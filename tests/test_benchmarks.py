@@ -9,10 +9,12 @@ sockets that have deadlines; every wait here is bounded.
 import json
 import math
 import re
+import shutil
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -350,6 +352,125 @@ def startGatewayPeer(testcase: SynchronousTestCase, name: str) -> peers.RunningP
     return peer
 
 
+def startPeer(testcase: SynchronousTestCase, name: str) -> peers.RunningPeer:
+    """
+    Start peer C{name} (any kind) in front of a new echo backend, its files
+    in the test's own directory; skipped when its program is not installed.
+    """
+    echo = start(testcase, "echo", "benchmarks.echo_backend")
+    # Short: the gateway's metrics socket goes here (AF_UNIX paths are short).
+    scratch = Path(tempfile.mkdtemp(prefix="bench-test-"))
+    testcase.addCleanup(shutil.rmtree, scratch, True)
+    settings = peers.PeerSettings(
+        python=sys.executable,
+        twistd=str(Path(sys.executable).with_name("twistd")),
+        scratch=scratch,
+    )
+    runnable, skipped = peers.available([name], settings)
+    if name in skipped and name not in peers.GATEWAYS:
+        raise SkipTest(skipped[name])
+    testcase.assertEqual(runnable, [name], skipped)
+    peer = peers.start(name, echo, settings)
+    testcase.addCleanup(peer.stop)
+    testcase.settings = settings  # type: ignore[attr-defined]
+    return peer
+
+
+def run_loadgen(testcase: SynchronousTestCase, port: int, *args: str) -> dict:
+    """
+    A short load generator run: its result line, once it has exited.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE * 3,
+    )
+    lines = done.stdout.splitlines()
+    testcase.assertEqual(json.loads(lines[0])["event"], "window", done.stderr)
+    result = json.loads(lines[-1])
+    testcase.assertEqual(result["event"], "result")
+    testcase.assertEqual(done.returncode, 1 if result["errors"] else 0)
+    return result
+
+
+SHORT = ("-d", "0.3", "--warmup", "0.1")
+
+
+class TLSPeerTests(SynchronousTestCase):
+    """
+    The TLS peers of scenarios h and t: each serves TLS 1.3 with the
+    benchmark's ECDSA P-256 certificate, and echoes through to the backend
+    in both load generator modes that use them.
+    """
+
+    def assertServesTLS(self, name: str) -> None:
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        peer = startPeer(self, name)
+        settings = self.settings  # type: ignore[attr-defined]
+        with socket.create_connection(("127.0.0.1", peer.port), DEADLINE) as plain:
+            context = loadgen.client_tls()
+            with context.wrap_socket(plain, server_hostname="localhost") as sock:
+                self.assertEqual(sock.version(), "TLSv1.3")
+                served = x509.load_der_x509_certificate(sock.getpeercert(True))
+        ours = x509.load_pem_x509_certificate(settings.tls_cert.read_bytes())
+        self.assertEqual(served, ours)
+        key = served.public_key()
+        self.assertIsInstance(key, ec.EllipticCurvePublicKey)
+        self.assertEqual(key.curve.name, "secp256r1")
+        framing = peers.FRAMING[name]
+        churned = run_loadgen(
+            self, peer.port, "--framing", framing, "--mode", "churn", "-c", "2",
+            "--tls", *SHORT,
+        )  # fmt: skip
+        self.assertEqual(churned["errors"], 0, churned["error_details"])
+        self.assertGreater(churned["messages"], 0)
+        bulk = run_loadgen(
+            self, peer.port, "--framing", framing, "-c", "2", "-w", "8", "--tls",
+            *SHORT,
+        )  # fmt: skip
+        self.assertEqual(bulk["errors"], 0, bulk["error_details"])
+        self.assertGreater(bulk["messages"], 0)
+
+    def test_gateway(self) -> None:
+        self.assertServesTLS("gateway-tls")
+
+    def test_haproxy(self) -> None:
+        self.assertServesTLS("haproxy-tls")
+
+    def test_stunnel(self) -> None:
+        self.assertServesTLS("stunnel")
+
+
+class TranslatorPeerTests(SynchronousTestCase):
+    """
+    gateway and gateway-python: the same gateway with the compiled and the
+    pure-Python translator, for an A/B comparison in one run.
+    """
+
+    def test_which_translator(self) -> None:
+        """
+        The gateway peer has the compiled translator loaded (when it is
+        built); gateway-python has not, and translates all the same.
+        """
+        from gateway.codec import accelerated
+
+        if accelerated.speedups is None:
+            raise SkipTest("the compiled translator is not built or is turned off")
+        for name, loaded in (("gateway", True), ("gateway-python", False)):
+            peer = startPeer(self, name)
+            message = b"message\n"
+            self.assertEqual(
+                exchange(peer.port, message, len(message), DEADLINE), message
+            )
+            maps = Path(f"/proc/{peer.pid}/maps").read_text()
+            self.assertEqual("_speedups" in maps, loaded, name)
+
+
 class GatewayPairTests(SynchronousTestCase):
     """
     gateway-x2: two real gateways sharing one port.
@@ -455,6 +576,40 @@ class LoadgenRunTests(SynchronousTestCase):
         self.assertGreater(result["latency_us"]["samples"], 0)
         self.assertLessEqual(result["latency_us"]["p50"], result["latency_us"]["p99"])
 
+    def test_churn(self) -> None:
+        """
+        Churn mode opens a connection per message, each checked: through the
+        gateway (whose log shows one closed pair per connection) and straight
+        to the echo backend.
+        """
+        peer = startPeer(self, "gateway")
+        result = run_loadgen(self, peer.port, "--mode", "churn", "-c", "2", *SHORT)
+        self.assertEqual(result["errors"], 0, result["error_details"])
+        self.assertGreater(result["messages"], 0)
+        closed = re.compile(r"closed tcp:0 \S+ via \S+ after \S+: 1 messages")
+        peer.child.wait_for(closed, DEADLINE)
+        echo = start(self, "echo", "benchmarks.echo_backend")
+        direct = run_loadgen(
+            self, echo, "--framing", "int32", "--mode", "churn", "-c", "2", *SHORT
+        )
+        self.assertEqual(direct["errors"], 0, direct["error_details"])
+        self.assertGreater(direct["messages"], 0)
+
+    def test_churn_counts_connections(self) -> None:
+        """
+        In churn mode a reply is counted once per connection, however many
+        workers: the echo backend sees as many connections as are counted
+        (give or take those in flight at the end of the window).
+        """
+        echo = start(self, "echo", "benchmarks.echo_backend")
+        result = run_loadgen(
+            self, echo, "--framing", "int32", "--mode", "churn", "-c", "3", *SHORT
+        )
+        # One message each: the message count is the connection count, and
+        # no steady connection is opened besides (it would count thousands).
+        self.assertEqual(result["errors"], 0, result["error_details"])
+        self.assertLess(result["messages"], 100_000)
+
     def test_idle(self) -> None:
         """
         Idle mode opens its connections, says so, and holds them until its
@@ -544,6 +699,42 @@ class HarnessTests(SynchronousTestCase):
         text = compare.report(plan, runs, [], {}, peers.PeerSettings())
         self.assertIn("## c. req/resp", text)
         self.assertIn("| a | naive | 3.00 | 3.00 | 3.00 |", text)
+
+    def test_report_scenario_peers(self) -> None:
+        """
+        Scenarios with their own peers (h, n, t) report those, in connections
+        per second for the churn ones, with the TLS gateway as the baseline
+        of the TLS scenarios.
+        """
+        plan = compare.Plan(
+            peers=["gateway", "naive"],
+            scenarios=list(compare.SCENARIOS),
+            reps=1,
+            duration=1.0,
+            warmup=0.1,
+            idle_pairs=0,
+            settle=0.0,
+            loadgen_procs=1,
+        )
+        rates = {"gateway-tls": 80.0, "haproxy-tls": 100.0, "stunnel": 160.0}
+        rates.update({"gateway": 50.0, "haproxy": 100.0, "direct": 200.0})
+        runs = [
+            compare.Run(peer, s.key, 0, msg_per_s=rates.get(peer, 25.0))
+            for s in compare.SCENARIOS
+            for peer in plan.peers_of(s)
+        ]
+        text = compare.report(plan, runs, [], {}, peers.PeerSettings())
+        self.assertIn("## h. TLS handshakes", text)
+        self.assertIn("| peer | client framing | conn/s |", text)
+        self.assertIn("| h | haproxy-tls | 0.80 | 0.80 |", text)
+        self.assertIn("| t | stunnel | 0.50 | 0.50 |", text)
+        self.assertIn("| n | direct | 0.25 | 0.25 |", text)
+        self.assertIn("| a | naive | 2.00 | 2.00 |", text)
+        self.assertNotIn("| h | naive |", text)
+        plan.skipped = {"stunnel": "not installed"}
+        self.assertEqual(
+            plan.peers_of(compare.SCENARIOS[3]), ["gateway-tls", "haproxy-tls"]
+        )
 
     def test_disturbed_runs(self) -> None:
         """

@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import stats
 from gateway.admission import Admission, AdmissionSettings, parseNetworks
-from gateway.codec import framing
+from gateway.codec import Translator, accelerated, framing
 from gateway.proxy import Connections, ProxyFactory
 
 LIMIT = 100
@@ -375,6 +375,21 @@ class TranslationTests(SynchronousTestCase):
             harness.stats.named("protocolError"), [(stats.BACKEND, "unencodable")]
         )
         self.assertEqual(harness.stats.named("closed"), [(stats.PROTOCOL_ERROR, 0.0)])
+
+    def test_compiledTranslatorWhenBuilt(self):
+        """
+        Both directions translate with the compiled translator when it is
+        built and not switched off (C{GATEWAY_NO_EXTENSIONS}), else with the
+        reference.
+        """
+        harness = Harness()
+        client, _, _, _ = harness.pair()
+        expected = accelerated.speedups.Translator if accelerated.ACCELERATED else None
+        for direction in (client.upstream, client.downstream):
+            if expected is None:
+                self.assertIsInstance(direction.translator, Translator)
+            else:
+                self.assertIsInstance(direction.translator, expected)
 
     def test_otherPairsUntouched(self):
         """

@@ -11,19 +11,21 @@ No Twisted imports here: this is plain bytes in, bytes out.
 
 from collections.abc import Callable
 
-from gateway.codec._base import Framing, FramingError
+from gateway.codec._base import Framing, FramingError, Translation
 from gateway.codec.delimited import Delimited
 from gateway.codec.netstring import Netstring
 from gateway.codec.prefixed import LengthPrefixed
-from gateway.codec.translator import Translation, Translator
+from gateway.codec.translator import ChunkTranslator, Translator, translator
 
 __all__ = [
     "FRAMINGS",
+    "ChunkTranslator",
     "Framing",
     "FramingError",
     "Translation",
     "Translator",
     "framing",
+    "translator",
 ]
 
 FRAMINGS: dict[str, Callable[[int], Framing]] = {

@@ -2,7 +2,7 @@
 What every framing offers, and the error a peer's bytes can cause.
 """
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 # Reasons, as used in logs and in the protocol error metric.
 TOO_LONG = "too_long"
@@ -74,3 +74,23 @@ class Framing(Protocol):
         @raise FramingError: with reason L{UNENCODABLE} when a payload cannot
             be carried by this framing; its C{messages} are the ones before it.
         """
+
+
+class Translation(NamedTuple):
+    """
+    What translating one chunk (or the end of a stream) gives.
+
+    @ivar data: the bytes for the other side. After an error, the
+        translation of the good messages that came before the bad bytes (the
+        salvage), which are still to be delivered.
+    @ivar messages: how many messages C{data} holds.
+    @ivar payload: how many payload bytes they hold, framing not counted.
+    @ivar error: the L{FramingError} that stopped the chunk, or None when the
+        whole chunk was good. The compiled translator's has no C{messages}
+        (it makes no Python object per message).
+    """
+
+    data: bytes
+    messages: int
+    payload: int
+    error: FramingError | None
