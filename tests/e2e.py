@@ -1,25 +1,59 @@
 """
-Helpers for end-to-end tests: a real C{twistd gateway} process, real peers.
+Helpers for end-to-end tests: real processes, real peers, one way to wait.
+
+As Twisted keeps C{twisted.internet.testing}, the suite keeps this module:
+
+  - starting processes: L{runGateway} (a C{twistd -n --pidfile= gateway}
+    on port 0, fired once every listener is bound), L{startGateway} (any
+    command line that ends in a gateway, for wrappers such as systemd's),
+    L{runToEnd} (a gateway expected to end by itself) and L{spawn} (any
+    other L{ChildProcess}). Each is stopped when the test ends: SIGTERM,
+    SIGKILL past the deadline, and its end awaited;
+  - waiting for what a process writes: L{ChildProcess.logged}, the only way
+    the suite waits for a log line;
+  - reading C{/metrics}: L{scrape} (a parsed L{Scrape}), L{metrics} and
+    L{value} (a dict of samples), and waiting for a series to reach a value
+    with L{untilMetric} and L{untilSample};
+  - test backends: L{UpperBackend} (int32) and L{NetstringUpperBackend},
+    which answer each message in upper case (or misbehave on the messages
+    of L{MISBEHAVIOURS}), listened on with L{listenBackend}, and the
+    C{--backend} option that names one, L{backendOption};
+  - a client that sends and reads to the end, L{exchange}.
 
 Everything listens on port 0 on the loopback interface; the gateway's ports
 are learnt from the C{listening on} event it logs once a listener is bound.
 Every wait has a deadline, so a broken gateway fails a test instead of
-hanging it.
+hanging it. A metric has no event to wait for: where a log line follows the
+change (the C{closed} line follows the close counters, the C{protocol error}
+line the error counters), wait for the line; otherwise L{untilMetric} asks
+C{/metrics} again until the deadline.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
+import struct
 import sys
+from collections.abc import Callable
+from typing import Any
 
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openMetricsFamilies,
+)
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.task import deferLater
 from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, readBody
+from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 # Generous, for a loaded 2-core CI machine: a deadline, not an expected time.
@@ -30,41 +64,69 @@ TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 _LISTENING = re.compile(r"listening on (\S+) at (\S+):(\d+)")
 _READY = "gateway ready:"
 
+# Runs its arguments as a command whose LISTEN_PID is its own pid, as
+# systemd sets it: the shell exports its pid, then execs, keeping the pid.
+AS_LISTEN_PID = ["/bin/sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh"]
 
-class GatewayProcess(ProcessProtocol):
+# What systemd would put in the environment: none leaks into a child from
+# outside (a test run under systemd, say) unless the test sets it.
+SYSTEMD_VARIABLES = (
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+)
+
+# The gateway's metrics listener, added to every gateway a test starts
+# unless its arguments name one.
+METRICS = ["--metrics", "tcp:0:interface=127.0.0.1"]
+
+# How often untilMetric asks the gateway again, in seconds.
+METRIC_POLL = 0.05
+
+OPENMETRICS = b"application/openmetrics-text; version=1.0.0"
+
+
+class GatewayEnded(AssertionError):
     """
-    One C{twistd -n gateway} process, its output and its end.
+    A process ended before writing what a test waited for.
+    """
 
-    @ivar ports: listener name to bound port, from the gateway's log.
-    @ivar ready: fires once the gateway has logged that every listener is
-        bound.
-    @ivar ended: fires with the exit code (or the signal's negative number).
+
+class ChildProcess(ProcessProtocol):
+    """
+    A process a test started: its output, a way to wait for what it writes,
+    and its end.
+
+    @ivar output: everything it wrote on standard output (a gateway's log).
+    @ivar errors: everything it wrote on standard error.
+    @ivar ended: fires with the exit code, or the negative number of the
+        signal that ended it.
+    @ivar exitCode: that code once it has ended, L{None} before.
     """
 
     def __init__(self) -> None:
-        self.ports: dict[str, int] = {}
         self.output = b""
         self.errors = b""
-        self.ready: Deferred[GatewayProcess] = Deferred()
-        self.ended: Deferred[int] = Deferred()
+        self.ended: Deferred[int | None] = Deferred()
         self.exitCode: int | None = None
-        self._logWaiters: list[tuple[bytes, int, Deferred[None]]] = []
+        self._logWaiters: list[tuple[bytes, bool, int, Deferred[None]]] = []
+
+    @property
+    def running(self) -> bool:
+        return self.exitCode is None and not self.ended.called
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
         self._wakeLogWaiters()
-        if self.ready.called:
-            return
-        text = self.output.decode("utf-8", "replace")
-        if _READY in text:
-            for match in _LISTENING.finditer(text):
-                self.ports[match.group(1)] = int(match.group(3))
-            self.ready.callback(self)
 
     def errReceived(self, data: bytes) -> None:
         self.errors += data
+        self._wakeLogWaiters()
 
-    def processEnded(self, reason) -> None:
+    def processEnded(self, reason: Failure) -> None:
         if reason.check(ProcessDone):
             self.exitCode = 0
         elif reason.check(ProcessTerminated):
@@ -72,6 +134,136 @@ class GatewayProcess(ProcessProtocol):
             self.exitCode = (
                 value.exitCode if value.exitCode is not None else -value.signal
             )
+        # Twisted calls this once every pipe is closed: the output is whole,
+        # so what is still awaited will never come.
+        waiting, self._logWaiters = self._logWaiters, []
+        for text, _, _, waiter in waiting:
+            if not waiter.called:
+                waiter.errback(
+                    GatewayEnded(
+                        f"ended (status {self.exitCode}) before writing {text!r}:\n"
+                        + self.log()
+                        + self.errors.decode("utf-8", "replace")
+                    )
+                )
+        self.ended.callback(self.exitCode)
+
+    def logged(self, text: str, count: int = 1, stderr: bool = False) -> Deferred[None]:
+        """
+        Fires once C{text} has appeared C{count} times in the process's
+        standard output (its log), or standard error with C{stderr}.
+
+        @raise GatewayEnded: (in the L{Deferred}) if the process ends first.
+        @raise AssertionError: (in the L{Deferred}) past L{DEADLINE}, with
+            the log in its message.
+        """
+        waiter: Deferred[None] = Deferred()
+        self._logWaiters.append((text.encode("utf-8"), stderr, count, waiter))
+        self._wakeLogWaiters()
+        if self.ended.called and not waiter.called:
+            self._logWaiters.remove((text.encode("utf-8"), stderr, count, waiter))
+            waiter.errback(
+                GatewayEnded(
+                    f"ended (status {self.exitCode}) without writing {text!r}:\n"
+                    + self.log()
+                )
+            )
+
+        def timedOut(failure: Failure) -> None:
+            failure.trap(defer.TimeoutError)
+            raise AssertionError(
+                f"{text!r} not logged {count} times within {DEADLINE}s:\n" + self.log()
+            )
+
+        return waiter.addTimeout(DEADLINE, reactor).addErrback(timedOut)
+
+    # The name the systemd tests gave it.
+    waitFor = logged
+
+    def _wakeLogWaiters(self) -> None:
+        waiting = []
+        for entry in self._logWaiters:
+            text, stderr, count, waiter = entry
+            if waiter.called:
+                continue
+            if (self.errors if stderr else self.output).count(text) >= count:
+                waiter.callback(None)
+            else:
+                waiting.append(entry)
+        self._logWaiters = waiting
+
+    def log(self) -> str:
+        return self.output.decode("utf-8", "replace")
+
+    def signal(self, name: str | int) -> None:
+        """
+        Send signal C{name} (C{"TERM"}, C{signal.SIGUSR1}...) if it runs.
+        """
+        if self.running:
+            self.transport.signalProcess(name)
+
+    def whenEnded(self, timeout: float = DEADLINE) -> Deferred[int | None]:
+        """
+        Fires with the exit code once the process has ended; fails after
+        C{timeout} seconds. L{ended} itself is left as it is.
+        """
+        waiter: Deferred[int | None] = Deferred()
+
+        def passOn(result: Any) -> Any:
+            if not waiter.called:
+                waiter.callback(result)
+            return result
+
+        self.ended.addCallback(passOn)
+        return waiter.addTimeout(timeout, reactor)
+
+    def stop(self, signal: str = "TERM") -> Deferred[int | None]:
+        """
+        Send C{signal} and wait (up to L{DEADLINE}) for the process to end;
+        fires with its exit code.
+        """
+        self.signal(signal)
+        return self.whenEnded()
+
+    async def stopAtEnd(self) -> None:
+        """
+        What the test's clean-up does: SIGTERM, SIGKILL past the deadline,
+        and the end awaited.
+        """
+        if not self.running:
+            return
+        self.signal("TERM")
+        killer = reactor.callLater(DEADLINE, self.signal, "KILL")
+        await self.ended
+        if killer.active():
+            killer.cancel()
+
+
+class GatewayProcess(ChildProcess):
+    """
+    One C{twistd -n gateway} process, its log, its ports and its end.
+
+    @ivar ports: listener name to bound port, from the gateway's log.
+    @ivar ready: fires once the gateway has logged that every listener is
+        bound.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: dict[str, int] = {}
+        self.ready: Deferred[GatewayProcess] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        super().outReceived(data)
+        if self.ready.called:
+            return
+        text = self.log()
+        if _READY in text:
+            for match in _LISTENING.finditer(text):
+                self.ports[match.group(1)] = int(match.group(3))
+            self.ready.callback(self)
+
+    def processEnded(self, reason: Failure) -> None:
         if not self.ready.called:
             self.ready.errback(
                 RuntimeError(
@@ -80,35 +272,37 @@ class GatewayProcess(ProcessProtocol):
                     + self.errors.decode("utf-8", "replace")
                 )
             )
-        self.ended.callback(self.exitCode)
+        super().processEnded(reason)
 
-    def logged(self, text: str, count: int = 1) -> Deferred[None]:
+    def whenReady(self) -> Deferred[GatewayProcess]:
         """
-        Fires once C{text} has appeared C{count} times in the gateway's
-        standard output (its log), or fails with the log past the deadline.
+        Fires once every listener is bound; fails after L{DEADLINE}.
         """
-        waiter: Deferred[None] = Deferred()
-        self._logWaiters.append((text.encode("utf-8"), count, waiter))
-        self._wakeLogWaiters()
+        waiter: Deferred[GatewayProcess] = Deferred()
 
-        def timedOut(failure):
-            failure.trap(defer.TimeoutError)
-            raise AssertionError(
-                f"{text!r} not logged {count} times within {DEADLINE}s:\n" + self.log()
-            )
+        def passOn(result: Any) -> Any:
+            if not waiter.called:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                    return None
+                waiter.callback(result)
+            return result
 
-        return waiter.addTimeout(DEADLINE, reactor).addErrback(timedOut)
+        self.ready.addBoth(passOn)
+        return waiter.addTimeout(DEADLINE, reactor)
 
-    def _wakeLogWaiters(self) -> None:
-        waiting = []
-        for text, count, waiter in self._logWaiters:
-            if waiter.called:
-                continue
-            if self.output.count(text) >= count:
-                waiter.callback(None)
-            else:
-                waiting.append((text, count, waiter))
-        self._logWaiters = waiting
+    def loggedClosed(self, reason: str | None = None, count: int = 1) -> Deferred[None]:
+        """
+        Fires once the gateway has logged C{count} C{closed} lines (with
+        close C{reason}, or any), in its text log. The line is written after
+        the pair's close is counted (gateway.proxy's C{ended}), and after
+        both of its connections are gone: a client seeing its end comes
+        earlier, so a test reads the log or the metrics of a closed pair
+        only after this.
+        """
+        if reason is None:
+            return self.logged("] closed ", count)
+        return self.logged(f" down, {reason}", count)
 
     def port(self, name: str | None = None) -> int:
         """
@@ -119,20 +313,67 @@ class GatewayProcess(ProcessProtocol):
             return port
         return self.ports[name]
 
-    def log(self) -> str:
-        return self.output.decode("utf-8", "replace")
-
-    def stop(self, signal: str = "TERM") -> Deferred[int]:
-        """
-        Send C{signal} and wait for the process to end.
-        """
-        if self.exitCode is None:
-            self.transport.signalProcess(signal)
-        return self.ended
-
 
 def gatewayCommand(args: list[str], logger: list[str] | None = None) -> list[str]:
+    """
+    The command line of C{twistd -n --pidfile= [logger...] gateway args}.
+    """
     return [TWISTD, "-n", "--pidfile=", *(logger or []), "gateway", *args]
+
+
+def withMetrics(args: list[str]) -> list[str]:
+    """
+    C{args} with a metrics listener on a free port, unless they name one.
+    """
+    return args if "--metrics" in args else [*args, *METRICS]
+
+
+def spawn(
+    testCase: TestCase,
+    process: ChildProcess,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    childFDs: dict[int, int | str] | None = None,
+    path: str | None = None,
+) -> ChildProcess:
+    """
+    Run C{argv} (its first item the executable) for C{process}, with C{env}
+    added to this environment less what systemd would set, and with the
+    listed descriptors of this process as its own. When the test ends the
+    process is stopped (L{ChildProcess.stopAtEnd}).
+    """
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in SYSTEMD_VARIABLES
+    }
+    environment.update(env or {})
+    reactor.spawnProcess(
+        process,
+        argv[0],
+        argv,
+        env=environment,
+        path=path,
+        childFDs={0: "w", 1: "r", 2: "r", **(childFDs or {})},
+    )
+    testCase.addCleanup(lambda: Deferred.fromCoroutine(process.stopAtEnd()))
+    return process
+
+
+def startGateway(
+    testCase: TestCase,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    childFDs: dict[int, int | str] | None = None,
+) -> GatewayProcess:
+    """
+    Run C{argv}, a gateway's command line (L{gatewayCommand}) possibly
+    behind a wrapper (L{AS_LISTEN_PID}, C{systemd-socket-activate}), as
+    L{spawn} does; returns at once (see L{GatewayProcess.whenReady}).
+    """
+    process = GatewayProcess()
+    spawn(testCase, process, argv, env, childFDs)
+    return process
 
 
 def runGateway(
@@ -146,34 +387,10 @@ def runGateway(
     C{args} say otherwise); fires once every listener is bound. The test
     stops it (SIGTERM, then SIGKILL past the deadline) when it ends.
     """
-    if "--metrics" not in args:
-        args = [*args, "--metrics", "tcp:0:interface=127.0.0.1"]
-    process = GatewayProcess()
-    environment = dict(os.environ)
-    environment.update(env or {})
-    reactor.spawnProcess(
-        process,
-        TWISTD,
-        gatewayCommand(args, twistdArgs),
-        env=environment,
+    process = startGateway(
+        testCase, gatewayCommand(withMetrics(args), twistdArgs), env=env
     )
-
-    async def cleanup() -> None:
-        if process.exitCode is None:
-            process.transport.signalProcess("TERM")
-            ended = process.ended
-            killer = reactor.callLater(DEADLINE, _kill, process)
-            await ended
-            if killer.active():
-                killer.cancel()
-
-    testCase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
-    return process.ready.addTimeout(DEADLINE, reactor)
-
-
-def _kill(process: GatewayProcess) -> None:
-    if process.exitCode is None:
-        process.transport.signalProcess("KILL")
+    return process.whenReady()
 
 
 def runToEnd(args: list[str], env: dict[str, str] | None = None) -> Deferred:
@@ -186,8 +403,142 @@ def runToEnd(args: list[str], env: dict[str, str] | None = None) -> Deferred:
     environment = dict(os.environ)
     environment.update(env or {})
     reactor.spawnProcess(process, TWISTD, gatewayCommand(args), env=environment)
-    ended = process.ended.addTimeout(DEADLINE, reactor)
+    ended = process.whenEnded()
     return ended.addCallback(lambda code: process)
+
+
+def backendOption(port: int | IListeningPort) -> list[str]:
+    """
+    The C{--backend} option for a backend on loopback C{port} (a number, or
+    the listening port itself).
+    """
+    if not isinstance(port, int):
+        port = port.getHost().port
+    return ["--backend", f"tcp:host=127.0.0.1:port={port}"]
+
+
+async def httpGet(
+    port: int, path: bytes, accept: bytes | None = None
+) -> tuple[int, bytes]:
+    """
+    GET C{path} from C{127.0.0.1:port}: the status code and the body.
+    """
+    headers = Headers({b"accept": [accept]}) if accept else None
+    url = b"http://127.0.0.1:%d%s" % (port, path)
+    request = Agent(reactor).request(b"GET", url, headers)
+    response = await request.addTimeout(DEADLINE, reactor)
+    body = await readBody(response).addTimeout(DEADLINE, reactor)
+    return response.code, body
+
+
+class Scrape:
+    """
+    One C{/metrics} page, parsed the way a Prometheus client library reads it.
+
+    @ivar text: the page as served.
+    @ivar samples: every sample's value by C{(name, frozenset(labels))}.
+    """
+
+    def __init__(self, text: str, openMetrics: bool = False) -> None:
+        self.text = text
+        parse = openMetricsFamilies if openMetrics else text_string_to_metric_families
+        self.samples: dict[tuple[str, frozenset], float] = {}
+        for family in parse(text):
+            for sample in family.samples:
+                key = (sample.name, frozenset(sample.labels.items()))
+                self.samples[key] = sample.value
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """
+        The sample C{name} with exactly C{labels}; L{None} if it is not served.
+        """
+        return self.samples.get((name, frozenset(labels.items())))
+
+    def series(self, name: str) -> dict[frozenset, float]:
+        """
+        Every sample called C{name}, by its labels.
+        """
+        return {
+            labels: value
+            for (sampleName, labels), value in self.samples.items()
+            if sampleName == name
+        }
+
+
+def _metricsPort(target: GatewayProcess | int) -> int:
+    return target if isinstance(target, int) else target.port("metrics")
+
+
+async def scrape(target: GatewayProcess | int, openMetrics: bool = False) -> Scrape:
+    """
+    Read C{/metrics} from a gateway (or the metrics port C{target}), in the
+    Prometheus text format or, with C{openMetrics}, in OpenMetrics.
+
+    @raise AssertionError: if it does not answer 200.
+    """
+    code, body = await httpGet(
+        _metricsPort(target), b"/metrics", OPENMETRICS if openMetrics else None
+    )
+    assert code == 200, (code, body)
+    return Scrape(body.decode("utf-8"), openMetrics)
+
+
+async def metrics(port: GatewayProcess | int) -> dict[tuple[str, frozenset], float]:
+    """
+    Every sample the gateway's C{/metrics} serves, by name and labels (see
+    L{value}).
+    """
+    return (await scrape(port)).samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    """
+    One sample from L{metrics}' result (0 when the series does not exist).
+    """
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def untilMetric(
+    target: GatewayProcess | int,
+    predicate: Callable[[dict], bool],
+    timeout: float = DEADLINE,
+) -> dict:
+    """
+    Read the gateway's metrics (L{metrics}) until C{predicate} holds for
+    them, every L{METRIC_POLL} seconds; fail after C{timeout}. For states
+    no log line follows; where one does, wait for it with
+    L{ChildProcess.logged} instead.
+
+    @return: the samples C{predicate} accepted.
+    @raise AssertionError: past C{timeout}.
+    """
+    deadline = reactor.seconds() + timeout
+    while True:
+        samples = await metrics(_metricsPort(target))
+        if predicate(samples):
+            return samples
+        if reactor.seconds() > deadline:
+            raise AssertionError("metrics never reached the expected state")
+        await deferLater(reactor, METRIC_POLL)
+
+
+async def untilSample(
+    target: GatewayProcess | int, expected: float, name: str, **labels: str
+) -> dict:
+    """
+    L{untilMetric} for one sample: C{name} with exactly C{labels} is
+    C{expected} (a series not served counts as 0).
+    """
+    try:
+        return await untilMetric(
+            target, lambda samples: value(samples, name, **labels) == expected
+        )
+    except AssertionError:
+        samples = await metrics(_metricsPort(target))
+        raise AssertionError(
+            f"{name}{labels} is {value(samples, name, **labels)}, not {expected},"
+            f" after {DEADLINE}s"
+        ) from None
 
 
 class Exchange(Protocol):
@@ -210,7 +561,7 @@ class Exchange(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.received += data
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: object = None) -> None:
         self.done.callback(self.received)
 
 
@@ -218,6 +569,10 @@ async def exchange(port: int, data: bytes, halfClose: bool = True) -> bytes:
     """
     Send C{data} to the gateway on C{port} and return all it answers
     before it closes the connection.
+
+    The client seeing the end does not mean the gateway is done with the
+    pair: its C{closed} line, and the counters before it, come once both
+    sides are closed. Wait for that line before reading the log or metrics.
     """
     from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
@@ -253,6 +608,10 @@ class BackendFactory(Factory):
                 waiter.callback(None)
 
     def allClosed(self) -> Deferred[None]:
+        """
+        Fires once no connection to this backend is open; fails after
+        L{DEADLINE}.
+        """
         waiter: Deferred[None] = Deferred()
         if self.open:
             self._closedWaiters.append(waiter)
@@ -261,11 +620,23 @@ class BackendFactory(Factory):
         return waiter.addTimeout(DEADLINE, reactor)
 
 
+# What the upper-case backends send back for these messages instead of an
+# answer: with --backend-framing netstring, bytes that are no netstring, a
+# length over the limit, and a payload with a newline, which an lf client
+# cannot be sent.
+MISBEHAVIOURS = {
+    b"send-malformed": b"12x:abc,",
+    b"send-oversized": b"99999999:",
+    b"send-unencodable": b"9:two\nlines,",
+}
+
+
 @implementer(IHalfCloseableProtocol)
 class UpperBackend(Int32StringReceiver):
     """
-    An int32 backend that answers each message with it in upper case, and
-    closes its side once the gateway has closed its own.
+    An int32 backend that answers each message with it in upper case (or,
+    for a message of L{MISBEHAVIOURS}, with those bytes), and closes its
+    side once the gateway has closed its own.
     """
 
     MAX_LENGTH = 2**24
@@ -275,7 +646,11 @@ class UpperBackend(Int32StringReceiver):
 
     def stringReceived(self, payload: bytes) -> None:
         self.factory.received.append(payload)
-        self.sendString(payload.upper())
+        misbehave = MISBEHAVIOURS.get(payload)
+        if misbehave is not None:
+            self.transport.write(misbehave)
+        else:
+            self.sendString(payload.upper())
 
     def readConnectionLost(self) -> None:
         self.transport.loseConnection()
@@ -283,8 +658,40 @@ class UpperBackend(Int32StringReceiver):
     def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: object = None) -> None:
         self.factory.closed(self)
+
+
+class NetstringUpperBackend(UpperBackend):
+    """
+    L{UpperBackend} speaking netstrings (C{--backend-framing netstring}),
+    which can be malformed in more ways than length prefixes.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer = getattr(self, "_buffer", b"") + data
+        while b":" in self._buffer:
+            digits, rest = self._buffer.split(b":", 1)
+            length = int(digits)
+            if len(rest) < length + 1:
+                return
+            self._buffer = rest[length + 1 :]
+            self.stringReceived(rest[:length])
+
+    def sendString(self, payload: bytes) -> None:
+        self.transport.write(b"%d:%s," % (len(payload), payload))
+
+
+# The names the reliability tests knew them by.
+EchoUpper = UpperBackend
+NetstringEchoUpper = NetstringUpperBackend
+
+
+def frame(payload: bytes) -> bytes:
+    """
+    C{payload} as one int32 frame (a 4-byte big-endian length first).
+    """
+    return struct.pack(">I", len(payload)) + payload
 
 
 def listenBackend(
@@ -304,23 +711,42 @@ def listenUntilClosed(testCase: TestCase, factory: BackendFactory) -> int:
     When the test ends, wait for every connection to close, then stop
     listening.
     """
+    return listenPort(testCase, factory).getHost().port
+
+
+def listenPort(testCase: TestCase, factory: BackendFactory) -> IListeningPort:
+    """
+    L{listenUntilClosed}, returning the listening port itself, which the
+    test may stop early (a backend going away).
+    """
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
 
     async def cleanup() -> None:
-        await port.stopListening()
+        await defer.maybeDeferred(port.stopListening)
         await factory.allClosed()
 
     # Registered before the gateway's own cleanup, so it runs after it.
     testCase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
-    return port.getHost().port
+    return port
+
+
+def freePorts(count: int) -> list[int]:
+    """
+    C{count} different loopback ports that nothing listened on a moment ago
+    (bound together, read, and released).
+    """
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def freePort() -> int:
     """
     A loopback port nothing listens on (bound, read, and released).
     """
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return freePorts(1)[0]

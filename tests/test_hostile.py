@@ -38,8 +38,7 @@ from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from tests.e2e import DEADLINE, exchange, runGateway
-from tests.reliability import metrics, value
+from tests.e2e import DEADLINE, exchange, metrics, runGateway, value
 from tests.tlsclient import rawReceiveAll
 
 log = Logger(namespace="tests.hostile")

@@ -21,8 +21,8 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
-from tests.e2e import DEADLINE, listenBackend, runGateway
-from tests.reliability import connect, metrics, peakRss, rss, runBackendProcess, value
+from tests.e2e import DEADLINE, listenBackend, metrics, runGateway, value
+from tests.reliability import connect, peakRss, rss, runBackendProcess
 
 log = Logger(namespace="tests.load")
 

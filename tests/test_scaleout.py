@@ -11,20 +11,26 @@ import socket
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ConnectError, ConnectionRefusedError
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.e2e import (
+    AS_LISTEN_PID,
     DEADLINE,
+    ChildProcess,
     GatewayProcess,
     exchange,
     freePort,
     gatewayCommand,
     listenBackend,
+    metrics,
     runGateway,
+    spawn,
+    startGateway,
+    value,
+    withMetrics,
 )
-from tests.reliability import Client, connect, metrics, untilLogged, value
+from tests.reliability import Client, connect
 
 HAPROXY = shutil.which("haproxy")
 LISTENER = "proxy+tcp:0"
@@ -66,22 +72,6 @@ backend gateways
 """
 
 
-class HAProxyProcess(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: Deferred[None] = Deferred()
-        self.running = True
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason) -> None:
-        self.running = False
-        self.ended.callback(None)
-
-
 async def runHAProxy(testCase: TestCase, first: int, second: int) -> int:
     """
     Start HAProxy in the foreground in front of two gateway ports; return
@@ -95,20 +85,14 @@ async def runHAProxy(testCase: TestCase, first: int, second: int) -> int:
         config.write(
             CONFIG.format(port=port, readyPort=readyPort, first=first, second=second)
         )
-    process = HAProxyProcess()
-    reactor.spawnProcess(process, HAPROXY, [HAPROXY, "-db", "-f", path], env=None)
-
-    async def stop() -> None:
-        if process.running:
-            process.transport.signalProcess("TERM")
-        await process.ended.addTimeout(DEADLINE, reactor)
-
-    testCase.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+    process = spawn(testCase, ChildProcess(), [HAPROXY, "-db", "-f", path])
     # Its frontends are bound together: once "ready" accepts, so does "gateway".
     deadline = reactor.seconds() + DEADLINE
     while True:
         if not process.running:
-            raise RuntimeError("haproxy ended: " + process.output.decode())
+            raise RuntimeError(
+                "haproxy ended: " + process.log() + process.errors.decode()
+            )
         try:
             probe = await connect(readyPort)
         except ConnectionRefusedError:
@@ -175,7 +159,7 @@ class ScaleOutTests(TestCase):
         self.assertEqual(active, [HELD_CLIENTS / 2, HELD_CLIENTS / 2])
 
         first.transport.signalProcess("TERM")
-        await untilLogged(first, "draining 10 connections")
+        await first.logged("draining 10 connections")
 
         newcomers = [await connect(port) for _ in range(NEW_CLIENTS)]
         for i, client in enumerate(newcomers):
@@ -208,7 +192,7 @@ class ScaleOutTests(TestCase):
         for client in held + newcomers:
             text = f"closed {LISTENER} 127.0.0.1:{client.localPort} via"
             if text not in first.log():
-                await untilLogged(second, text)
+                await second.logged(text)
 
 
 async def runSocketActivated(
@@ -219,33 +203,16 @@ async def runSocketActivated(
     one of several instances sharing a socket unit (C{Sockets=}): as
     descriptor 3, named C{gateway}.
     """
-    process = GatewayProcess()
     command = gatewayCommand(
-        [
-            "--listen",
-            "systemd:domain=INET:name=gateway",
-            *args,
-            "--metrics",
-            "tcp:0:interface=127.0.0.1",
-        ]
+        withMetrics(["--listen", "systemd:domain=INET:name=gateway", *args])
     )
-    environment = dict(os.environ, LISTEN_FDS="1", LISTEN_FDNAMES="gateway")
-    # LISTEN_PID must be the gateway's own pid: the shell's, kept by exec.
-    reactor.spawnProcess(
-        process,
-        "/bin/sh",
-        ["sh", "-c", 'LISTEN_PID=$$ exec "$0" "$@"', *command],
-        env=environment,
-        childFDs={0: "w", 1: "r", 2: "r", 3: listening.fileno()},
+    process = startGateway(
+        testCase,
+        AS_LISTEN_PID + command,
+        env={"LISTEN_FDS": "1", "LISTEN_FDNAMES": "gateway"},
+        childFDs={3: listening.fileno()},
     )
-
-    async def stop() -> None:
-        if process.exitCode is None:
-            process.transport.signalProcess("TERM")
-        await process.ended.addTimeout(DEADLINE, reactor)
-
-    testCase.addCleanup(lambda: Deferred.fromCoroutine(stop()))
-    return await process.ready.addTimeout(DEADLINE, reactor)
+    return await process.whenReady()
 
 
 class SharedSocketTests(TestCase):
@@ -272,7 +239,7 @@ class SharedSocketTests(TestCase):
         for i, client in enumerate(held):
             await roundTrip(client, [b"h%d" % i])
         first.transport.signalProcess("TERM")
-        await untilLogged(first, "Received SIGTERM")
+        await first.logged("Received SIGTERM")
         for i in range(NEW_CLIENTS):
             self.assertEqual(await exchange(port, b"after %d\n" % i), b"AFTER %d\n" % i)
         for i, client in enumerate(held):

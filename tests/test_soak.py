@@ -15,8 +15,8 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
-from tests.e2e import DEADLINE, runGateway
-from tests.reliability import connect, rss, runBackendProcess, untilMetric, value
+from tests.e2e import DEADLINE, runGateway, untilMetric, value
+from tests.reliability import connect, rss, runBackendProcess
 
 log = Logger(namespace="tests.soak")
 

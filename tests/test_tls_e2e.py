@@ -13,15 +13,12 @@ import ssl
 import subprocess
 import tempfile
 import time
-import urllib.request
 
 from cryptography import x509
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.ssl import PrivateCertificate
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
@@ -33,9 +30,11 @@ from tests.e2e import (
     BackendFactory,
     GatewayProcess,
     UpperBackend,
+    backendOption,
     listenBackend,
     runGateway,
     runToEnd,
+    untilSample,
 )
 from tests.tlsclient import (
     CLOSE_NOTIFY,
@@ -50,68 +49,11 @@ LISTEN_TLS = ["--listen-tls", "tcp:0:interface=127.0.0.1"]
 LISTENER = "tls:0"
 NAME = "gw.example"
 
-# How often a wait for a log line or a metric looks again; the wait itself
-# is bounded by DEADLINE.
-POLL = 0.05
-
 # testssl makes many connections; a loaded machine can take a while.
 TESTSSL_DEADLINE = 180.0
 
 # A short idle timeout for tests of what it ends, in seconds.
 IDLE_TIMEOUT = "1"
-
-
-def backendOption(port: int) -> list[str]:
-    return ["--backend", f"tcp:host=127.0.0.1:port={port}"]
-
-
-async def waitFor(condition, what: str) -> None:
-    """
-    Look at C{condition()} until it is true, for at most DEADLINE seconds.
-    """
-    for _ in range(int(DEADLINE / POLL)):
-        if await condition():
-            return
-        await deferLater(reactor, POLL, lambda: None)
-    raise AssertionError(f"never happened: {what}")
-
-
-async def waitForLog(gateway: GatewayProcess, text: str) -> None:
-    async def logged() -> bool:
-        return text in gateway.log()
-
-    await waitFor(logged, f"{text!r} in the gateway's log")
-
-
-def _fetchMetrics(port: int) -> str:
-    url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=DEADLINE) as response:
-        return response.read().decode("utf-8")
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """
-    The value of sample C{name} with C{labels} in C{text}; 0 when absent.
-    """
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return 0.0
-
-
-async def waitForSample(
-    gateway: GatewayProcess, value: float, name: str, **labels: str
-) -> None:
-    """
-    Wait until the gateway's /metrics shows C{value} for the sample.
-    """
-
-    async def reached() -> bool:
-        text = await deferToThread(_fetchMetrics, gateway.port("metrics"))
-        return sample(text, name, **labels) == value
-
-    await waitFor(reached, f"{name}{labels} == {value}")
 
 
 class TLSTestCase(TestCase):
@@ -193,7 +135,7 @@ class ListenerTests(TLSTestCase):
         with self.assertRaises(ssl.SSLCertVerificationError):
             await deferToThread(client.handshake)
         client.close()
-        await waitForSample(
+        await untilSample(
             gateway, 1, "gateway_tls_handshake_failures_total", listener=LISTENER
         )
 
@@ -244,10 +186,10 @@ class ListenerTests(TLSTestCase):
         with self.assertRaises(ssl.SSLError) as caught:
             await deferToThread(client.handshake)
         self.assertIn("VERSION", caught.exception.reason or "")
-        await waitForSample(
+        await untilSample(
             gateway, 1, "gateway_tls_handshake_failures_total", listener=LISTENER
         )
-        await waitForSample(
+        await untilSample(
             gateway,
             1,
             "gateway_connections_closed_total",
@@ -281,7 +223,7 @@ class ListenerTests(TLSTestCase):
             gateway.port(),
             context=self.certificates.context(clientCertificate=strangerCert),
         )
-        await waitForSample(
+        await untilSample(
             gateway, 2, "gateway_tls_handshake_failures_total", listener=LISTENER
         )
         self.assertEqual(backend.accepted, 0)
@@ -348,7 +290,7 @@ class ListenerTests(TLSTestCase):
         await deferToThread(client.send, b"via proxy\n")
         self.assertEqual(await deferToThread(client.receive, 10), b"VIA PROXY\n")
         client.close()
-        await waitForLog(gateway, "192.0.2.7:40001")
+        await gateway.logged("192.0.2.7:40001")
 
     async def test_unixSocket(self):
         """
@@ -386,7 +328,7 @@ class ReloadTests(TLSTestCase):
         oldSerial = old.peerCertificate().serial_number
         _, _, renewed = self.certificates.issue("gw", NAME)
         gateway.transport.signalProcess("HUP")
-        await waitForLog(gateway, "TLS reload: certificates")
+        await gateway.logged("TLS reload: certificates")
         new = await self.handshake(gateway.port())
         self.assertEqual(new.peerCertificate().serial_number, renewed.serial_number)
         self.assertNotEqual(renewed.serial_number, oldSerial)
@@ -404,7 +346,7 @@ class ReloadTests(TLSTestCase):
         serial = before.peerCertificate().serial_number
         keyFile = self.certificates.write("gw.key", b"not a key\n")
         gateway.transport.signalProcess("HUP")
-        await waitForLog(gateway, "TLS reload failed")
+        await gateway.logged("TLS reload failed")
         self.assertIn(f"--tls-key {keyFile}: not a PEM file", gateway.log())
         after = await self.handshake(gateway.port())
         self.assertEqual(after.peerCertificate().serial_number, serial)
@@ -446,17 +388,17 @@ class StalledHandshakeTests(TLSTestCase):
         # Closed by its failed handshake (perhaps after an alert), not by the
         # timeout: the reason counted below says which.
         await deferToThread(rawReceiveAll, plain.socket)
-        await waitForSample(
+        await untilSample(
             gateway, 3, "gateway_tls_handshake_failures_total", listener=LISTENER
         )
-        await waitForSample(
+        await untilSample(
             gateway,
             1,
             "gateway_connections_closed_total",
             listener=LISTENER,
             reason="tls_error",
         )
-        await waitForSample(
+        await untilSample(
             gateway,
             2,
             "gateway_connections_closed_total",
@@ -537,7 +479,7 @@ class HalfCloseTests(TLSTestCase):
         received, end = await deferToThread(client.receiveAll)
         self.assertEqual((received, end), (b"A\nB\n", CLOSE_NOTIFY))
         self.assertEqual(backend.received, [b"a", b"b"])
-        await waitForLog(gateway, "2 messages (2 bytes) down, client_closed")
+        await gateway.logged("2 messages (2 bytes) down, client_closed")
 
     async def test_closeNotifyAndFIN(self):
         """
@@ -672,7 +614,7 @@ class BackendTLSTests(TLSTestCase):
         received, end = await deferToThread(client.receiveAll)
         self.assertEqual(received, b"")
         client.close()
-        await waitForLog(gateway, "backend_unavailable")
+        await gateway.logged("backend_unavailable")
         log = gateway.log()
         self.assertIn(
             f"backend tls:127.0.0.1:{mismatchedPort} connect failed: VerificationError",
@@ -758,7 +700,7 @@ class ALPNTests(TLSTestCase):
         refused = await self.sClient(gateway.port(), "-alpn", "h2", "-brief")
         self.assertNotEqual(refused.returncode, 0)
         self.assertIn(b"no application protocol", refused.stderr)
-        await waitForSample(
+        await untilSample(
             gateway, 1, "gateway_tls_handshake_failures_total", listener=LISTENER
         )
         self.assertEqual(backend.accepted, 0)
@@ -841,7 +783,7 @@ class ToolTests(TLSTestCase):
             timeout=DEADLINE,
         )
         self.assertEqual(quiet.stdout, b"A\nB\n")
-        await waitForLog(gateway, "idle_timeout")
+        await gateway.logged("idle_timeout")
 
     async def test_testssl(self):
         """
