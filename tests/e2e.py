@@ -112,14 +112,23 @@ class ChildProcess(ProcessProtocol):
         self.errors = b""
         self.ended: Deferred[int | None] = Deferred()
         self.exitCode: int | None = None
-        self._logWaiters: list[tuple[bytes, bool, int, Deferred[None]]] = []
+        self._lineObservers: list[Callable[[bytes], None]] = []
+        self._logWaiters: list[
+            tuple[Callable[[bytes], Any], bool, str, Deferred[Any]]
+        ] = []
 
     @property
     def running(self) -> bool:
         return self.exitCode is None and not self.ended.called
 
     def outReceived(self, data: bytes) -> None:
+        complete = self.output.rfind(b"\n") + 1
         self.output += data
+        if self._lineObservers:
+            end = self.output.rfind(b"\n") + 1
+            for line in self.output[complete:end].splitlines(True):
+                for observer in self._lineObservers:
+                    observer(line)
         self._wakeLogWaiters()
 
     def errReceived(self, data: bytes) -> None:
@@ -136,61 +145,111 @@ class ChildProcess(ProcessProtocol):
             )
         # Twisted calls this once every pipe is closed: the output is whole,
         # so what is still awaited will never come.
+        self._wakeLogWaiters(final=True)
         waiting, self._logWaiters = self._logWaiters, []
-        for text, _, _, waiter in waiting:
+        for _, _, what, waiter in waiting:
             if not waiter.called:
-                waiter.errback(
-                    GatewayEnded(
-                        f"ended (status {self.exitCode}) before writing {text!r}:\n"
-                        + self.log()
-                        + self.errors.decode("utf-8", "replace")
-                    )
-                )
+                waiter.errback(self._endedBefore(what))
         self.ended.callback(self.exitCode)
 
     def logged(self, text: str, count: int = 1, stderr: bool = False) -> Deferred[None]:
         """
         Fires once C{text} has appeared C{count} times in the process's
-        standard output (its log), or standard error with C{stderr}.
+        standard output (its log), or standard error with C{stderr}, in
+        lines written whole: once it fires, the lines holding C{text} are
+        in L{output} to their end.
 
         @raise GatewayEnded: (in the L{Deferred}) if the process ends first.
         @raise AssertionError: (in the L{Deferred}) past L{DEADLINE}, with
             the log in its message.
         """
-        waiter: Deferred[None] = Deferred()
-        self._logWaiters.append((text.encode("utf-8"), stderr, count, waiter))
-        self._wakeLogWaiters()
-        if self.ended.called and not waiter.called:
-            self._logWaiters.remove((text.encode("utf-8"), stderr, count, waiter))
-            waiter.errback(
-                GatewayEnded(
-                    f"ended (status {self.exitCode}) without writing {text!r}:\n"
-                    + self.log()
-                )
-            )
+        needle = text.encode("utf-8")
 
-        def timedOut(failure: Failure) -> None:
-            failure.trap(defer.TimeoutError)
-            raise AssertionError(
-                f"{text!r} not logged {count} times within {DEADLINE}s:\n" + self.log()
-            )
+        def found(stream: bytes) -> bool | None:
+            return True if stream.count(needle) >= count else None
 
-        return waiter.addTimeout(DEADLINE, reactor).addErrback(timedOut)
+        what = repr(text) if count == 1 else f"{text!r} {count} times"
+        return self._until(found, stderr, what).addCallback(lambda _: None)
 
     # The name the systemd tests gave it.
     waitFor = logged
 
-    def _wakeLogWaiters(self) -> None:
+    def loggedMatch(self, pattern: bytes, stderr: bool = False) -> Deferred[re.Match]:
+        """
+        Fires with the first match of the regular expression C{pattern} in
+        the process's standard output (or standard error), once there is
+        one; fails as L{logged} does. End the pattern where the text ends
+        (C{\\n}, say): output arrives in pieces, and a number cut short
+        matches too.
+        """
+        compiled = re.compile(pattern)
+
+        def found(stream: bytes) -> re.Match | None:
+            return compiled.search(stream)
+
+        return self._until(found, stderr, repr(pattern))
+
+    def _until(
+        self, found: Callable[[bytes], Any], stderr: bool, what: str
+    ) -> Deferred[Any]:
+        """
+        Fires with C{found(output)} (or C{found(errors)}) once it is not
+        L{None}, checked now and whenever the process writes; fails if the
+        process ends first, or past L{DEADLINE}.
+        """
+        waiter: Deferred[Any] = Deferred()
+        entry = (found, stderr, what, waiter)
+        self._logWaiters.append(entry)
+        self._wakeLogWaiters()
+        if self.ended.called and not waiter.called:
+            self._logWaiters.remove(entry)
+            waiter.errback(self._endedBefore(what))
+
+        def timedOut(failure: Failure) -> None:
+            failure.trap(defer.TimeoutError)
+            raise AssertionError(
+                f"{what} not written within {DEADLINE}s:\n" + self._written()
+            )
+
+        return waiter.addTimeout(DEADLINE, reactor).addErrback(timedOut)
+
+    def _wakeLogWaiters(self, final: bool = False) -> None:
+        # Only complete lines count, until the end: a pipe can hand over
+        # half a line, and a test that waited for its start reads the rest.
+        written = {
+            stderr: stream if final else stream[: stream.rfind(b"\n") + 1]
+            for stderr, stream in ((False, self.output), (True, self.errors))
+        }
         waiting = []
         for entry in self._logWaiters:
-            text, stderr, count, waiter = entry
+            found, stderr, what, waiter = entry
             if waiter.called:
                 continue
-            if (self.errors if stderr else self.output).count(text) >= count:
-                waiter.callback(None)
+            result = found(written[stderr])
+            if result is not None:
+                waiter.callback(result)
             else:
                 waiting.append(entry)
         self._logWaiters = waiting
+
+    def _endedBefore(self, what: str) -> GatewayEnded:
+        return GatewayEnded(
+            f"ended (status {self.exitCode}) before writing {what}:\n" + self._written()
+        )
+
+    def _written(self) -> str:
+        return self.log() + self.errors.decode("utf-8", "replace")
+
+    def followLines(self, observer: Callable[[bytes], None]) -> None:
+        """
+        Call C{observer} with every complete line of standard output, each
+        with its C{\\n}: those written so far at once, then each as it
+        arrives. For tests that watch the log from other threads; in the
+        reactor's thread, wait with L{logged}.
+        """
+        self._lineObservers.append(observer)
+        for line in self.output[: self.output.rfind(b"\n") + 1].splitlines(True):
+            observer(line)
 
     def log(self) -> str:
         return self.output.decode("utf-8", "replace")

@@ -13,7 +13,6 @@ Every wait has a deadline (L{tests.e2e.DEADLINE}).
 from __future__ import annotations
 
 import os
-import re
 import socket
 import struct
 import sys
@@ -197,10 +196,8 @@ async def runBackendProcess(testCase: TestCase, port: int = 0) -> BackendProcess
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     argv = [sys.executable, "-m", "tests.backendprocess", str(port)]
     spawn(testCase, process, argv, env={"PYTHONPATH": root}, path=root)
-    await process.logged("listening ")
-    await process.logged("\n")
-    (found,) = re.findall(r"listening (\d+)", process.log())
-    process.port = int(found)
+    listening = await process.loggedMatch(rb"listening (\d+)\n")
+    process.port = int(listening.group(1))
     return process
 
 

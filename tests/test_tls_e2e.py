@@ -56,6 +56,17 @@ TESTSSL_DEADLINE = 180.0
 IDLE_TIMEOUT = "1"
 
 
+# The names other modules first imported from here, kept as the same waits.
+waitForSample = untilSample
+
+
+def waitForLog(gateway: GatewayProcess, text: str) -> Deferred[None]:
+    """
+    L{GatewayProcess.logged}.
+    """
+    return gateway.logged(text)
+
+
 class TLSTestCase(TestCase):
     """
     Certificates in a temporary directory, and clients that are closed when
