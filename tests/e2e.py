@@ -36,7 +36,7 @@ import re
 import socket
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client.openmetrics.parser import (
@@ -557,6 +557,32 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+async def poll(
+    check: Callable[[], Awaitable[Any]],
+    what: str,
+    timeout: float = DEADLINE,
+    interval: float = METRIC_POLL,
+) -> Any:
+    """
+    Await C{check()} every C{interval} seconds until it gives something
+    other than L{None} (or L{False}), and return that; fail after
+    C{timeout} seconds. Only for a state that announces itself nowhere
+    (a counter, another program's port): what a process writes is waited
+    for with L{ChildProcess.logged}.
+
+    @param what: the state, for the failure's message.
+    @raise AssertionError: past C{timeout}.
+    """
+    deadline = reactor.seconds() + timeout
+    while True:
+        result = await check()
+        if result is not None and result is not False:
+            return result
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await deferLater(reactor, interval)
+
+
 async def untilMetric(
     target: GatewayProcess | int,
     predicate: Callable[[dict], bool],
@@ -571,14 +597,12 @@ async def untilMetric(
     @return: the samples C{predicate} accepted.
     @raise AssertionError: past C{timeout}.
     """
-    deadline = reactor.seconds() + timeout
-    while True:
+
+    async def check() -> dict | None:
         samples = await metrics(_metricsPort(target))
-        if predicate(samples):
-            return samples
-        if reactor.seconds() > deadline:
-            raise AssertionError("metrics never reached the expected state")
-        await deferLater(reactor, METRIC_POLL)
+        return samples if predicate(samples) else None
+
+    return await poll(check, "metrics never reached the expected state", timeout)
 
 
 async def untilSample(
@@ -654,10 +678,30 @@ class BackendFactory(Factory):
         self.accepted = 0
         self.open: set[Protocol] = set()
         self._closedWaiters: list[Deferred[None]] = []
+        self._acceptedWaiters: list[tuple[int, Deferred[None]]] = []
 
     def opened(self, connection: Protocol) -> None:
         self.accepted += 1
         self.open.add(connection)
+        waiting = []
+        for count, waiter in self._acceptedWaiters:
+            if self.accepted >= count:
+                waiter.callback(None)
+            else:
+                waiting.append((count, waiter))
+        self._acceptedWaiters = waiting
+
+    def whenAccepted(self, count: int = 1) -> Deferred[None]:
+        """
+        Fires once this backend has accepted C{count} connections in all;
+        fails after L{DEADLINE}.
+        """
+        waiter: Deferred[None] = Deferred()
+        if self.accepted >= count:
+            waiter.callback(None)
+        else:
+            self._acceptedWaiters.append((count, waiter))
+        return waiter.addTimeout(DEADLINE, reactor)
 
     def closed(self, connection: Protocol) -> None:
         self.open.discard(connection)

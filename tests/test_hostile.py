@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from tests.e2e import DEADLINE, exchange, metrics, runGateway, value
+from tests.e2e import DEADLINE, backendOption, exchange, metrics, runGateway, value
 from tests.tlsclient import rawReceiveAll
 
 log = Logger(namespace="tests.hostile")
@@ -335,8 +335,7 @@ class HostileTests(TestCase):
             [
                 "--listen",
                 "tcp:0:interface=127.0.0.1",
-                "--backend",
-                f"tcp:host=127.0.0.1:port={listening.getHost().port}",
+                *backendOption(listening.getHost().port),
                 "--backend-proxy-protocol",
                 "v1",
                 "--max-message-size",

@@ -18,7 +18,6 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectError, ConnectionRefusedError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import eventFromJSON, formatEvent
 from twisted.trial.unittest import TestCase
@@ -36,6 +35,7 @@ from tests.e2e import (
     freePort,
     httpGet,
     listenPort,
+    poll,
     runGateway,
     scrape,
     spawn,
@@ -60,34 +60,6 @@ PROMETHEUS_DEADLINE = 25.0
 POLL_INTERVAL = 0.25
 
 
-class Backend(BackendFactory):
-    """
-    L{BackendFactory} that can also say when it has accepted a connection.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(BadFrameBackend)
-        self._acceptedWaiters: list[tuple[int, Deferred[None]]] = []
-
-    def opened(self, connection: Protocol) -> None:
-        super().opened(connection)
-        waiting = []
-        for count, waiter in self._acceptedWaiters:
-            if self.accepted >= count:
-                waiter.callback(None)
-            else:
-                waiting.append((count, waiter))
-        self._acceptedWaiters = waiting
-
-    def whenAccepted(self, count: int) -> Deferred[None]:
-        waiter: Deferred[None] = Deferred()
-        if self.accepted >= count:
-            waiter.callback(None)
-        else:
-            self._acceptedWaiters.append((count, waiter))
-        return waiter.addTimeout(DEADLINE, reactor)
-
-
 class BadFrameBackend(UpperBackend):
     """
     L{UpperBackend}, except that it answers C{bad} with the header of a
@@ -102,12 +74,12 @@ class BadFrameBackend(UpperBackend):
             super().stringReceived(payload)
 
 
-def listenBackend(testCase: TestCase) -> tuple[Backend, IListeningPort]:
+def listenBackend(testCase: TestCase) -> tuple[BackendFactory, IListeningPort]:
     """
     A backend on a free loopback port, which the test may stop listening
     early; at the end its connections must all have closed.
     """
-    factory = Backend()
+    factory = BackendFactory(BadFrameBackend)
     return factory, listenPort(testCase, factory)
 
 
@@ -539,24 +511,29 @@ class PrometheusTests(TestCase):
         expected = (1.0, float(sum(map(len, sent))))
 
         server = startPrometheus(self, prometheus, gateway.port("metrics"))
-        deadline = reactor.seconds() + PROMETHEUS_DEADLINE
-        while True:
+        seen = None
+
+        async def scraped() -> bool | None:
+            nonlocal seen
+            if server.exitCode is not None:
+                raise AssertionError("Prometheus ended")
             seen = (
                 await server.query('up{job="gateway"}'),
                 await server.query(
                     'sum(gateway_messages_total{job="gateway",direction="upstream"})'
                 ),
             )
-            if seen == expected:
-                break
-            if server.exitCode is not None or reactor.seconds() > deadline:
-                self.fail(
-                    f"Prometheus saw (up, upstream messages) = {seen}, not"
-                    f" {expected}, within {PROMETHEUS_DEADLINE}s:\n"
-                    + server.log()
-                    + server.errors.decode("utf-8", "replace")
-                )
-            await deferLater(reactor, POLL_INTERVAL)
+            return True if seen == expected else None
+
+        try:
+            await poll(scraped, "Prometheus saw", PROMETHEUS_DEADLINE, POLL_INTERVAL)
+        except AssertionError:
+            self.fail(
+                f"Prometheus saw (up, upstream messages) = {seen}, not"
+                f" {expected}, within {PROMETHEUS_DEADLINE}s:\n"
+                + server.log()
+                + server.errors.decode("utf-8", "replace")
+            )
         self.assertEqual(await server.stop(), 0)
 
 

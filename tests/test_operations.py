@@ -26,13 +26,11 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
-from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
-from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
-from zope.interface import implementer
 
 from gateway.endpoints import LISTEN_BACKLOG
 from tests.e2e import (
@@ -42,6 +40,7 @@ from tests.e2e import (
     BackendFactory,
     GatewayEnded,
     GatewayProcess,
+    UpperBackend,
     backendOption,
     freePorts,
     gatewayCommand,
@@ -503,8 +502,7 @@ class SocketActivationTests(TestCase):
         )
 
 
-@implementer(IHalfCloseableProtocol)
-class HoldingBackend(Int32StringReceiver):
+class HoldingBackend(UpperBackend):
     """
     An int32 backend that answers each message in upper case, but only when
     the test releases the answers.
@@ -512,20 +510,8 @@ class HoldingBackend(Int32StringReceiver):
 
     factory: HoldingFactory
 
-    def connectionMade(self) -> None:
-        self.factory.opened(self)
-
     def stringReceived(self, payload: bytes) -> None:
         self.factory.hold(self, payload)
-
-    def readConnectionLost(self) -> None:
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self.factory.closed(self)
 
 
 class HoldingFactory(BackendFactory):

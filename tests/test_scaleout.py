@@ -11,7 +11,6 @@ import socket
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ConnectError, ConnectionRefusedError
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.e2e import (
@@ -19,11 +18,13 @@ from tests.e2e import (
     DEADLINE,
     ChildProcess,
     GatewayProcess,
+    backendOption,
     exchange,
     freePort,
     gatewayCommand,
     listenBackend,
     metrics,
+    poll,
     runGateway,
     spawn,
     startGateway,
@@ -86,9 +87,9 @@ async def runHAProxy(testCase: TestCase, first: int, second: int) -> int:
             CONFIG.format(port=port, readyPort=readyPort, first=first, second=second)
         )
     process = spawn(testCase, ChildProcess(), [HAPROXY, "-db", "-f", path])
+
     # Its frontends are bound together: once "ready" accepts, so does "gateway".
-    deadline = reactor.seconds() + DEADLINE
-    while True:
+    async def accepting() -> bool | None:
         if not process.running:
             raise RuntimeError(
                 "haproxy ended: " + process.log() + process.errors.decode()
@@ -96,15 +97,15 @@ async def runHAProxy(testCase: TestCase, first: int, second: int) -> int:
         try:
             probe = await connect(readyPort)
         except ConnectionRefusedError:
-            if reactor.seconds() > deadline:
-                raise
-            await deferLater(reactor, PROBE_INTERVAL)
+            return None
         except ConnectError:
             # Reset by the reject rule while connecting: it is listening.
-            return port
-        else:
-            await probe.untilClosed()
-            return port
+            return True
+        await probe.untilClosed()
+        return True
+
+    await poll(accepting, "haproxy accepts connections", interval=PROBE_INTERVAL)
+    return port
 
 
 async def roundTrip(client: Client, lines: list[bytes]) -> None:
@@ -131,8 +132,7 @@ class ScaleOutTests(TestCase):
         args = [
             "--listen",
             "haproxy:tcp:0:interface=127.0.0.1",
-            "--backend",
-            f"tcp:host=127.0.0.1:port={backendPort}",
+            *backendOption(backendPort),
             "--drain-timeout",
             str(DEADLINE),
         ]
@@ -229,7 +229,7 @@ class SharedSocketTests(TestCase):
         listening.bind(("127.0.0.1", 0))
         listening.listen(128)
         port = listening.getsockname()[1]
-        args = ["--backend", f"tcp:host=127.0.0.1:port={backendPort}"]
+        args = backendOption(backendPort)
         first = await runSocketActivated(self, listening, args)
         second = await runSocketActivated(self, listening, args)
         for gateway in (first, second):

@@ -17,13 +17,10 @@ import time
 from cryptography import x509
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.ssl import PrivateCertificate
 from twisted.internet.threads import deferToThread
-from twisted.protocols.basic import Int32StringReceiver
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.trial.unittest import SkipTest, TestCase
-from zope.interface import implementer
 
 from tests.e2e import (
     DEADLINE,
@@ -419,8 +416,7 @@ class StalledHandshakeTests(TLSTestCase):
         self.assertEqual(backend.accepted, 0)
 
 
-@implementer(IHalfCloseableProtocol)
-class LateBackend(Int32StringReceiver):
+class LateBackend(UpperBackend):
     """
     An int32 backend that answers nothing until the gateway shuts its write
     side; then it answers every message (in upper case) and closes. Its
@@ -428,7 +424,7 @@ class LateBackend(Int32StringReceiver):
     """
 
     def connectionMade(self) -> None:
-        self.factory.opened(self)
+        super().connectionMade()
         self.pending: list[bytes] = []
 
     def stringReceived(self, payload: bytes) -> None:
@@ -439,12 +435,6 @@ class LateBackend(Int32StringReceiver):
         for payload in self.pending:
             self.sendString(payload.upper())
         self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason=None) -> None:
-        self.factory.closed(self)
 
 
 class GreetingBackend(UpperBackend):
