@@ -4,29 +4,43 @@ Helpers for end-to-end tests: real processes, real peers, one way to wait.
 As Twisted keeps C{twisted.internet.testing}, the suite keeps this module:
 
   - starting processes: L{runGateway} (a C{twistd -n --pidfile= gateway}
-    on port 0, fired once every listener is bound), L{startGateway} (any
-    command line that ends in a gateway, for wrappers such as systemd's),
-    L{runToEnd} (a gateway expected to end by itself) and L{spawn} (any
-    other L{ChildProcess}). Each is stopped when the test ends: SIGTERM,
-    SIGKILL past the deadline, and its end awaited;
-  - waiting for what a process writes: L{ChildProcess.logged}, the only way
-    the suite waits for a log line;
+    on port 0, fired once every listener is bound), L{startGateway} (a
+    gateway's command line, possibly behind a wrapper such as
+    L{AS_LISTEN_PID} or systemd's), L{runToEnd} (a gateway expected to end
+    by itself) and L{spawn} (any other L{ChildProcess}: a backend process,
+    Prometheus, HAProxy, openssl). Each is stopped when the test ends:
+    SIGTERM, SIGKILL past the deadline, and its end awaited;
+    L{ChildProcess.stop} does the same in the test, with its exit code;
+  - waiting for what a process writes: L{ChildProcess.logged} (text, a
+    number of times), L{ChildProcess.loggedMatch} (a regular expression)
+    and L{GatewayProcess.loggedClosed} (a pair's C{closed} line), the only
+    way the suite waits for a log line; L{ChildProcess.followLines} hands
+    the lines to a test's threads;
   - reading C{/metrics}: L{scrape} (a parsed L{Scrape}), L{metrics} and
     L{value} (a dict of samples), and waiting for a series to reach a value
-    with L{untilMetric} and L{untilSample};
+    with L{untilMetric} and L{untilSample}; L{httpGet} for the other paths;
   - test backends: L{UpperBackend} (int32) and L{NetstringUpperBackend},
     which answer each message in upper case (or misbehave on the messages
-    of L{MISBEHAVIOURS}), listened on with L{listenBackend}, and the
-    C{--backend} option that names one, L{backendOption};
-  - a client that sends and reads to the end, L{exchange}.
+    of L{MISBEHAVIOURS}), counted by a L{BackendFactory} and listened on
+    with L{listenBackend}; the C{--backend} option that names one,
+    L{backendOption};
+  - a client that sends and reads to the end, L{exchange}; free ports,
+    L{freePort} and L{freePorts}.
 
 Everything listens on port 0 on the loopback interface; the gateway's ports
 are learnt from the C{listening on} event it logs once a listener is bound.
 Every wait has a deadline, so a broken gateway fails a test instead of
-hanging it. A metric has no event to wait for: where a log line follows the
-change (the C{closed} line follows the close counters, the C{protocol error}
-line the error counters), wait for the line; otherwise L{untilMetric} asks
-C{/metrics} again until the deadline.
+hanging it.
+
+What a client sees is not what the gateway has logged or counted: a client
+sees its connection end as soon as the gateway closes it, while the pair's
+C{closed} line (and the close counters, updated just before it) come once
+both of its connections are gone; and a pipe from the gateway is read apart
+from its sockets. A test that reads the log or the metrics after such an
+event first waits for the line that follows what it reads (the C{closed}
+line for the close counters, the C{protocol error} line for the error
+counters). A state no line follows is polled with a deadline
+(L{untilMetric}, L{poll}).
 """
 
 from __future__ import annotations

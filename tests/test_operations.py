@@ -455,7 +455,7 @@ class SocketActivationTests(TestCase):
                 ],
             )
             try:
-                await process.waitFor("Listening on", stderr=True, count=2)
+                await process.logged("Listening on", stderr=True, count=2)
             except GatewayEnded:
                 process.ready.addErrback(lambda failure: None)
                 if attempt == 0 and b"Address already in use" in process.errors:
@@ -606,7 +606,7 @@ class DrainTests(TestCase):
         signalledAt = reactor.seconds()
         process.signal(signalName)
         # Logged once every proxy listener has closed.
-        await process.waitFor("draining 1 connections for up to 60.0s")
+        await process.logged("draining 1 connections for up to 60.0s")
         with self.assertRaises(ConnectionRefusedError):
             await converse(self, tcp(process.port()))
         self.assertLess(reactor.seconds() - signalledAt, REFUSED_WITHIN)
@@ -675,7 +675,7 @@ class SecondSignalTests(TestCase):
         )
         reply.addErrback(lambda failure: None)
         process.signal(first)
-        await process.waitFor("draining 1 connections for up to 60.0s")
+        await process.logged("draining 1 connections for up to 60.0s")
         process.signal(second)
         # Far sooner than the 60 s drain, or the deadline fails the test.
         reason = await client.lost.addTimeout(DEADLINE, reactor)
@@ -718,9 +718,9 @@ class SIGUSR1Tests(TestCase):
         process = startGateway(self, gateway([*LISTEN, *backendOption(backendPort)]))
         await process.whenReady()
         process.signal(signal.SIGUSR1)
-        await process.waitFor("SIGUSR1: twistd writes no log file to reopen; ignored")
+        await process.logged("SIGUSR1: twistd writes no log file to reopen; ignored")
         process.signal(signal.SIGUSR1)
-        await process.waitFor(
+        await process.logged(
             "SIGUSR1: twistd writes no log file to reopen; ignored", count=2
         )
         client = await converse(self, tcp(process.port()))
