@@ -8,7 +8,6 @@ import os
 import shutil
 import socket
 
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ConnectError, ConnectionRefusedError
 from twisted.trial.unittest import TestCase
@@ -174,7 +173,7 @@ class ScaleOutTests(TestCase):
             client.halfClose()
         for client in held:
             await client.untilClosed()
-        code = await first.ended.addTimeout(DEADLINE, reactor)
+        code = await first.whenEnded()
 
         for i, client in enumerate(held):
             expected = [b"C%d-%d" % (i, j) for j in range(LATE_MESSAGES + 1)]
@@ -248,7 +247,7 @@ class SharedSocketTests(TestCase):
         for i, client in enumerate(held):
             await client.untilClosed()
             self.assertEqual(client.received, b"H%d\nBYE %d\n" % (i, i))
-        self.assertIn(await first.ended.addTimeout(DEADLINE, reactor), (0, -15))
+        self.assertIn(await first.whenEnded(), (0, -15))
         self.assertNotIn("drain timeout", first.log())
         await backend.allClosed()
         self.assertEqual(len(backend.received), 2 * HELD_CLIENTS + NEW_CLIENTS)
