@@ -415,6 +415,40 @@ def spawn(
     listed descriptors of this process as its own. When the test ends the
     process is stopped (L{ChildProcess.stopAtEnd}).
     """
+    _spawn(process, argv, env, childFDs, path)
+    testCase.addCleanup(lambda: Deferred.fromCoroutine(process.stopAtEnd()))
+    return process
+
+
+async def runChildToEnd(
+    process: ChildProcess,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    timeout: float = DEADLINE,
+) -> int | None:
+    """
+    Run C{argv} for C{process} as L{spawn} does, expecting it to end by
+    itself; returns its exit code.
+
+    @raise TimeoutError: if it runs past C{timeout} seconds; it is then
+        killed (SIGKILL) and its end awaited.
+    """
+    _spawn(process, argv, env)
+    killer = reactor.callLater(timeout, process.signal, "KILL")
+    code = await process.ended
+    if not killer.active():
+        raise TimeoutError(f"{argv[0]} ran past {timeout}s: {argv[1:]}")
+    killer.cancel()
+    return code
+
+
+def _spawn(
+    process: ChildProcess,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    childFDs: dict[int, int | str] | None = None,
+    path: str | None = None,
+) -> None:
     environment = {
         name: value
         for name, value in os.environ.items()
@@ -429,8 +463,6 @@ def spawn(
         path=path,
         childFDs={0: "w", 1: "r", 2: "r", **(childFDs or {})},
     )
-    testCase.addCleanup(lambda: Deferred.fromCoroutine(process.stopAtEnd()))
-    return process
 
 
 def startGateway(
@@ -469,15 +501,13 @@ def runGateway(
 def runToEnd(args: list[str], env: dict[str, str] | None = None) -> Deferred:
     """
     Run C{twistd gateway args} expecting it to end by itself; fires with the
-    process (its C{exitCode}, C{output}, C{errors}).
+    process (its C{exitCode}, C{output}, C{errors}), or fails with
+    L{TimeoutError} past L{DEADLINE} (see L{runChildToEnd}).
     """
     process = GatewayProcess()
     process.ready.addErrback(lambda failure: None)
-    environment = dict(os.environ)
-    environment.update(env or {})
-    reactor.spawnProcess(process, TWISTD, gatewayCommand(args), env=environment)
-    ended = process.whenEnded()
-    return ended.addCallback(lambda code: process)
+    ended = runChildToEnd(process, gatewayCommand(args), env)
+    return Deferred.fromCoroutine(ended).addCallback(lambda code: process)
 
 
 def backendOption(port: int | IListeningPort) -> list[str]:
