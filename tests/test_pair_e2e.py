@@ -405,13 +405,7 @@ class CloseLineTests(TLSTestCase):
         A TLS connection's close line names the TLS version, cipher and
         SNI name; a failed handshake's, OpenSSL's reason.
         """
-        backend, backendPort = listenBackend(self)
-        gateway = await runGateway(
-            self,
-            ["--listen-tls", "tcp:0:interface=127.0.0.1"]
-            + self.gatewayCertificate()
-            + backendOption(backendPort),
-        )
+        backend, gateway = await self.tlsGateway()
         client = await self.handshake(gateway.port())
         await deferToThread(client.send, b"hi\n")
         self.assertEqual(await deferToThread(client.receive, 3), b"HI\n")

@@ -13,10 +13,12 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 
 from cryptography import x509
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import PrivateCertificate
 from twisted.internet.threads import deferToThread
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
@@ -69,6 +71,23 @@ class TLSTestCase(TestCase):
     Certificates in a temporary directory, and clients that are closed when
     the test ends.
     """
+
+    async def tlsGateway(
+        self, extra: Sequence[str] = (), protocol: type[Protocol] = UpperBackend
+    ) -> tuple[BackendFactory, GatewayProcess]:
+        """
+        A gateway on a TLS listener with a certificate for L{NAME}, in front
+        of a test backend speaking C{protocol}, with C{extra} arguments.
+        """
+        backend, backendPort = listenBackend(self, protocol)
+        gateway = await runGateway(
+            self,
+            LISTEN_TLS
+            + self.gatewayCertificate()
+            + backendOption(backendPort)
+            + list(extra),
+        )
+        return backend, gateway
 
     def setUp(self) -> None:
         self.certificates = Certificates(self.mktemp())
@@ -123,10 +142,7 @@ class ListenerTests(TLSTestCase):
         A client that trusts the CA verifies the gateway's chain and name,
         and messages go through.
         """
-        backend, backendPort = listenBackend(self)
-        gateway = await runGateway(
-            self, LISTEN_TLS + self.gatewayCertificate() + backendOption(backendPort)
-        )
+        backend, gateway = await self.tlsGateway()
         client = await self.handshake(gateway.port())
         await deferToThread(client.send, b"hello\n")
         self.assertEqual(await deferToThread(client.receive, 6), b"HELLO\n")
@@ -181,14 +197,7 @@ class ListenerTests(TLSTestCase):
         a failed handshake, and never reaches the backend; a TLS 1.3 client
         is served.
         """
-        backend, backendPort = listenBackend(self)
-        gateway = await runGateway(
-            self,
-            LISTEN_TLS
-            + self.gatewayCertificate()
-            + backendOption(backendPort)
-            + ["--tls-min-version", "1.3"],
-        )
+        backend, gateway = await self.tlsGateway(["--tls-min-version", "1.3"])
         old = self.certificates.context(maximumVersion=ssl.TLSVersion.TLSv1_2)
         client = await self.connect(gateway.port(), context=old)
         with self.assertRaises(ssl.SSLError) as caught:
@@ -328,10 +337,7 @@ class ReloadTests(TLSTestCase):
         gets the new certificate, and a connection opened before goes on
         working.
         """
-        backend, backendPort = listenBackend(self)
-        gateway = await runGateway(
-            self, LISTEN_TLS + self.gatewayCertificate() + backendOption(backendPort)
-        )
+        backend, gateway = await self.tlsGateway()
         old = await self.handshake(gateway.port())
         oldSerial = old.peerCertificate().serial_number
         _, _, renewed = self.certificates.issue("gw", NAME)
@@ -368,14 +374,7 @@ class StalledHandshakeTests(TLSTestCase):
         close reason idle_timeout, and never reach the backend. One that
         does not speak TLS at all is closed at once, reason tls_error.
         """
-        backend, backendPort = listenBackend(self)
-        gateway = await runGateway(
-            self,
-            LISTEN_TLS
-            + self.gatewayCertificate()
-            + backendOption(backendPort)
-            + ["--idle-timeout", IDLE_TIMEOUT],
-        )
+        backend, gateway = await self.tlsGateway(["--idle-timeout", IDLE_TIMEOUT])
         started = time.monotonic()
         silent = await self.connect(gateway.port())
         hello = ssl.create_default_context().wrap_bio(
@@ -460,11 +459,7 @@ class HalfCloseTests(TLSTestCase):
     async def gateway(
         self, protocol=LateBackend
     ) -> tuple[BackendFactory, GatewayProcess]:
-        backend, backendPort = listenBackend(self, protocol)
-        gateway = await runGateway(
-            self, LISTEN_TLS + self.gatewayCertificate() + backendOption(backendPort)
-        )
-        return backend, gateway
+        return await self.tlsGateway(protocol=protocol)
 
     async def test_closeNotify(self):
         """
@@ -666,14 +661,7 @@ class ALPNTests(TLSTestCase):
         Without --tls-alpn, an ALPN offer is served as if none was made:
         openssl s_client -alpn and a Python client offering h2 and http/1.1.
         """
-        backend, backendPort = listenBackend(self)
-        gateway = await runGateway(
-            self,
-            LISTEN_TLS
-            + self.gatewayCertificate()
-            + backendOption(backendPort)
-            + ["--idle-timeout", IDLE_TIMEOUT],
-        )
+        backend, gateway = await self.tlsGateway(["--idle-timeout", IDLE_TIMEOUT])
         run = await self.sClient(gateway.port(), "-alpn", "http/1.1", "-quiet")
         self.assertEqual(run.stdout, b"A\nB\n", run.stderr)
         context = self.certificates.context()
@@ -689,14 +677,9 @@ class ALPNTests(TLSTestCase):
         selected; a client offering none of them is refused with the
         no_application_protocol alert, and never reaches the backend.
         """
-        backend, backendPort = listenBackend(self)
-        gateway = await runGateway(
-            self,
-            LISTEN_TLS
-            + self.gatewayCertificate()
-            + backendOption(backendPort)
-            + ["--tls-alpn", "x-gateway", "--tls-alpn", "http/1.1"]
-            + ["--idle-timeout", IDLE_TIMEOUT],
+        backend, gateway = await self.tlsGateway(
+            ["--tls-alpn", "x-gateway", "--tls-alpn", "http/1.1"]
+            + ["--idle-timeout", IDLE_TIMEOUT]
         )
         refused = await self.sClient(gateway.port(), "-alpn", "h2", "-brief")
         self.assertNotEqual(refused.returncode, 0)
@@ -748,14 +731,7 @@ class ToolTests(TLSTestCase):
         the gateway's idle timeout ends the connection.
         """
         openssl = _which("openssl")
-        backend, backendPort = listenBackend(self)
-        gateway = await runGateway(
-            self,
-            LISTEN_TLS
-            + self.gatewayCertificate()
-            + backendOption(backendPort)
-            + ["--idle-timeout", IDLE_TIMEOUT],
-        )
+        backend, gateway = await self.tlsGateway(["--idle-timeout", IDLE_TIMEOUT])
         command = [
             openssl,
             "s_client",
