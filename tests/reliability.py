@@ -154,11 +154,7 @@ def rss(pid: int) -> int:
     """
     The resident set size of process C{pid}, in bytes (C{VmRSS}).
     """
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    return _memory(pid, "VmRSS")
 
 
 def peakRss(pid: int) -> int:
@@ -166,11 +162,16 @@ def peakRss(pid: int) -> int:
     The highest resident set size process C{pid} has had, in bytes
     (C{VmHWM}).
     """
+    return _memory(pid, "VmHWM")
+
+
+def _memory(pid: int, field: str) -> int:
+    # /proc/PID/status gives these in kB.
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmHWM for process {pid}")
+    raise RuntimeError(f"no {field} for process {pid}")
 
 
 class BackendProcess(ChildProcess):
