@@ -4,10 +4,16 @@ Choosing a backend: round robin over the configured ones, skipping failures.
 A backend whose connection attempt fails or times out is skipped by later
 attempts until its backoff has passed (passive health checking); the
 attempt that saw it fail moves straight on to the next backend.
+
+Given the active health checks' verdict (L{gateway.health.HealthChecker.isUp}),
+the pool also leaves out the backends they say are down, and when every
+backend is down it fails a client at once, without trying to connect
+(SPEC section 8); the passive backoff applies among those up.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -59,8 +65,12 @@ class BackendConnector(Protocol):
 
 class NoBackendAvailable(Exception):
     """
-    Every backend tried for one client failed.
+    Every backend tried for one client failed, or every backend is down.
     """
+
+
+# Why a client got no backend when the health checks say none is up.
+ALL_DOWN = "every backend is down (health checks)"
 
 
 @dataclass
@@ -93,26 +103,43 @@ class BackendPool:
     log = Logger(namespace="gateway.backends")
 
     def __init__(
-        self, backends: list[Backend], clock: IReactorTime, connectTimeout: float
+        self,
+        backends: list[Backend],
+        clock: IReactorTime,
+        connectTimeout: float,
+        isUp: Callable[[str], bool] | None = None,
     ) -> None:
+        """
+        @param isUp: whether the backend of that name is up by its health
+            checks (L{gateway.health.HealthChecker.isUp}); without it every
+            backend counts as up.
+        """
         if not backends:
             raise ValueError("a backend pool needs at least one backend")
         self.backends = backends
         self._clock = clock
         self._connectTimeout = connectTimeout
         self._next = 0
+        self.isUp = isUp
 
     def candidates(self) -> list[Backend]:
         """
         The backends to try for the next client, in order.
 
-        Healthy backends in round-robin order; when none is healthy, the one
-        whose backoff ends first, so that a recovered backend is found.
+        Of the backends up by their health checks, those not in backoff in
+        round-robin order; when all of them are in backoff, the one whose
+        backoff ends first, so that a recovered backend is found. None when
+        every backend is down.
         """
         backends = self.backends
         start = self._next
         self._next = (start + 1) % len(backends)
         rotated = backends[start:] + backends[:start]
+        isUp = self.isUp
+        if isUp is not None:
+            rotated = [backend for backend in rotated if isUp(backend.name)]
+            if not rotated:
+                return []
         now = self._clock.seconds()
         healthy = [backend for backend in rotated if backend.retryAt <= now]
         return healthy or [min(rotated, key=lambda backend: backend.retryAt)]
@@ -149,7 +176,10 @@ class BackendPool:
         self, connector: BackendConnector, abandoned: _Abandoned
     ) -> BackendConnection:
         tried = []
-        for backend in self.candidates():
+        candidates = self.candidates()
+        if not candidates:
+            raise NoBackendAvailable(ALL_DOWN)
+        for backend in candidates:
             started = self._clock.seconds()
             connected = backend.endpoint.connect(connector.factoryFor(backend.name))
             attempt: Deferred[BackendConnection] = connected.addCallback(_whenReady)

@@ -33,6 +33,7 @@ state of the backends it shares, by name, with the checker it replaces.
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -376,7 +377,12 @@ def describeFailure(error: BaseException | None) -> str:
         ]
         return "TLS: " + (reasons[-1] if reasons else "handshake failed")
     if isinstance(error, netError.ConnectError):
-        text = re.sub(r"^\d+:\s*", "", str(error.osError or "")).strip().rstrip(".")
+        if isinstance(error.osError, int):
+            # A UNIX socket's connect gives the errno alone (2: no such file).
+            text = os.strerror(error.osError)
+        else:
+            text = str(error.osError or "")
+        text = re.sub(r"^\d+:\s*", "", text).strip().rstrip(".")
         if not text:
             return (error.__doc__ or type(error).__name__).strip().splitlines()[0]
         return text[:1].lower() + text[1:]

@@ -33,8 +33,10 @@ from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Request, Site
 
 from gateway.codec._base import MALFORMED, TOO_LONG, TRUNCATED, UNENCODABLE
+from gateway.health import RESULTS
 from gateway.proxyprotocol import PROXY_HEADER
 from gateway.stats import BACKEND, CLIENT, CLOSE_REASONS
+from gateway.status import Snapshot, statusRoot
 
 # Connections last from a refused request (milliseconds) to a long-lived
 # session (hours).
@@ -130,6 +132,9 @@ class ListenerMetrics:
         "_protocolErrors",
         "_protocolErrorFamily",
         "_tlsFailures",
+        "acceptedCount",
+        "activeCount",
+        "rejectedCount",
     )
 
     def __init__(self, metrics: "GatewayMetrics", name: str) -> None:
@@ -155,10 +160,15 @@ class ListenerMetrics:
             for reason in PROTOCOL_ERROR_REASONS
         }
         self._tlsFailures = metrics.tlsHandshakeFailures.labels(name)
+        # The same counts as plain integers, for the status page (once per
+        # connection, not per chunk).
+        self.acceptedCount = self.activeCount = self.rejectedCount = 0
 
     def accepted(self) -> None:
         self._accepted.inc()
         self._active.inc()
+        self.acceptedCount += 1
+        self.activeCount += 1
 
     def rejected(self, reason: str = REJECTED_LIMIT) -> None:
         child = self._rejected.get(reason)
@@ -169,6 +179,8 @@ class ListenerMetrics:
             )
         child.inc()
         self._active.dec()
+        self.rejectedCount += 1
+        self.activeCount -= 1
 
     def closed(self, reason: str, duration: float) -> None:
         child = self._closed.get(reason)
@@ -176,6 +188,7 @@ class ListenerMetrics:
             child = self._closed[reason] = self._closedFamily.labels(self._name, reason)
         child.inc()
         self._active.dec()
+        self.activeCount -= 1
         self._duration.observe(duration)
 
     # A prometheus_client Counter takes a lock and makes three calls per
@@ -241,20 +254,39 @@ class TrafficCollector:
 
 class BackendMetrics:
     """
-    The L{gateway.stats.BackendStats} of one backend, children bound at once.
+    The L{gateway.stats.BackendStats} of one backend, and the
+    L{gateway.health.HealthStats} its health checks report to, children
+    bound at once: C{gateway_backend_up} starts at 1 (a backend counts as up
+    until its checks say otherwise, SPEC section 8), every check result at 0.
+
+    @ivar connectFailures: the count C{gateway_backend_connect_failures_total}
+        shows, as a plain integer for the status page.
     """
 
-    __slots__ = ("_connect", "_failures")
+    __slots__ = ("_connect", "_failures", "_up", "_checks", "connectFailures")
 
     def __init__(self, metrics: "GatewayMetrics", name: str) -> None:
         self._connect = metrics.backendConnect.labels(name)
         self._failures = metrics.backendConnectFailures.labels(name)
+        self._up = metrics.backendUp.labels(name)
+        self._up.set(1)
+        self._checks = {
+            result: metrics.backendChecks.labels(name, result) for result in RESULTS
+        }
+        self.connectFailures = 0
 
     def connected(self, seconds: float) -> None:
         self._connect.observe(seconds)
 
     def connectFailed(self) -> None:
         self._failures.inc()
+        self.connectFailures += 1
+
+    def checked(self, result: str) -> None:
+        self._checks[result].inc()
+
+    def setUp(self, up: bool) -> None:
+        self._up.set(1 if up else 0)
 
 
 class GatewayMetrics:
@@ -330,6 +362,18 @@ class GatewayMetrics:
             "gateway_backend_connect_failures",
             "Backend connects that failed or timed out.",
             ["backend"],
+            registry=registry,
+        )
+        self.backendUp = Gauge(
+            "gateway_backend_up",
+            "1 while the backend's health checks say it is up, else 0.",
+            ["backend"],
+            registry=registry,
+        )
+        self.backendChecks = Counter(
+            "gateway_backend_checks",
+            "Active health checks of the backend, by result.",
+            ["backend", "result"],
             registry=registry,
         )
         self.tlsHandshakeFailures = Counter(
@@ -410,20 +454,32 @@ class HealthResource(Resource):
 
 class ReadinessResource(Resource):
     """
-    C{/readyz}: 200 when C{isReady()} says the gateway should get traffic
-    (every listener bound, not draining), else 503.
+    C{/readyz}: 200 when the gateway should get traffic, else 503.
+
+    With C{problems}, the body of a 503 is one line per reason it gives
+    (C{draining}, C{service default: no backend up}, SPEC section 5);
+    without, C{isReady()} decides and the body says C{not ready}.
     """
 
-    def __init__(self, isReady: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        isReady: Callable[[], bool],
+        problems: Callable[[], list[str]] | None = None,
+    ) -> None:
         super().__init__()
         self._isReady = isReady
+        self._problems = problems
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", _PLAIN_TEXT)
-        if self._isReady():
+        if self._problems is not None:
+            lines = self._problems()
+        else:
+            lines = [] if self._isReady() else ["not ready"]
+        if not lines:
             return b"ready\n"
         request.setResponseCode(503)
-        return b"not ready\n"
+        return "".join(f"{line}\n" for line in lines).encode("utf-8")
 
 
 class QuietSite(Site):
@@ -444,15 +500,25 @@ def metricsSite(
     registry: CollectorRegistry,
     isReady: Callable[[], bool],
     reactor: IReactorTime | None = None,
+    problems: Callable[[], list[str]] | None = None,
+    snapshot: Callable[[], Snapshot] | None = None,
 ) -> Site:
     """
-    The site serving C{/metrics}, C{/healthz} and C{/readyz}; any other path
-    is 404. Requests are not logged.
+    The site serving C{/metrics}, C{/healthz} and C{/readyz}, and with
+    C{snapshot} the status page C{/} and C{/status.json} (SPEC section 8);
+    any other path is 404. Requests are not logged.
 
     @param reactor: for the HTTP timeouts; the global reactor when omitted.
+    @param problems: why the gateway is not ready, one line each (see
+        L{ReadinessResource}).
+    @param snapshot: fills the status page's data, once per request.
     """
-    root = NoResource()
+    root: Resource
+    if snapshot is None:
+        root = NoResource()
+    else:
+        root = statusRoot(snapshot)
     root.putChild(b"metrics", MetricsResource(registry))
     root.putChild(b"healthz", HealthResource())
-    root.putChild(b"readyz", ReadinessResource(isReady))
+    root.putChild(b"readyz", ReadinessResource(isReady, problems))
     return QuietSite(root, reactor=reactor)

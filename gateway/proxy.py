@@ -14,7 +14,7 @@ that cannot keep up stops the gateway reading from the side that feeds it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
@@ -124,6 +124,9 @@ class Connections:
 
     def __len__(self) -> int:
         return len(self._open)
+
+    def __iter__(self) -> Iterator[ClientProtocol]:
+        return iter(self._open)
 
     def full(self) -> bool:
         return len(self._open) >= self.limit

@@ -209,6 +209,8 @@ class GatewayService(MultiService):
         # fails to bind after the reactor started (the gateway then stops).
         self.startingHooks: list[Callable[[], None]] = []
         self.lateFailureHooks: list[Callable[[str], None]] = []
+        # More reasons not to be ready (backend health), one line each.
+        self.readinessChecks: list[Callable[[], list[str]]] = []
         self._drainEnded = False
         self._drainWaiter: Deferred[None] | None = None
 
@@ -273,13 +275,31 @@ class GatewayService(MultiService):
 
     def ready(self) -> bool:
         """
-        Whether every listener is bound and the gateway is not draining.
+        Whether every listener is bound, the gateway is not draining, and
+        no readiness check has a problem.
         """
-        return (
-            self.running
-            and not self.draining
-            and all(listener.port is not None for listener in self.listeners())
-        )
+        return not self.notReady()
+
+    def notReady(self) -> list[str]:
+        """
+        Why the gateway should not get traffic, one line per reason, as
+        C{/readyz} shows them (SPEC section 5): C{not started}, C{draining},
+        C{listener tcp:7000: not bound}, then the C{readinessChecks}'
+        (C{service default: no backend up}). Empty when it is ready.
+        """
+        if self.draining:
+            # The listeners close as the drain starts: saying so is noise.
+            return ["draining"]
+        if not self.running:
+            return ["not started"]
+        problems = [
+            f"listener {listener.listenerName}: not bound"
+            for listener in self.listeners()
+            if listener.port is None
+        ]
+        for check in self.readinessChecks:
+            problems.extend(check())
+        return problems
 
     def whenBound(self) -> Deferred[list[None]]:
         """

@@ -90,6 +90,17 @@ class BackendStats(Protocol):
         A connection attempt to the backend failed or timed out.
         """
 
+    def checked(self, result: str) -> None:
+        """
+        An active health check ended with C{result}, C{success} or
+        C{failure} (L{gateway.health.HealthStats}).
+        """
+
+    def setUp(self, up: bool) -> None:
+        """
+        The backend's health checks say it is now up (C{True}) or down.
+        """
+
 
 class Recorder(Protocol):
     """
@@ -140,6 +151,12 @@ class _Nothing:
         pass
 
     def connectFailed(self) -> None:
+        pass
+
+    def checked(self, result: str) -> None:
+        pass
+
+    def setUp(self, up: bool) -> None:
         pass
 
 

@@ -34,6 +34,23 @@ from gateway.endpoints import (
     withBacklog,
 )
 from gateway.headerfirst import backendEndpoint, wrapEndpoint
+from gateway.health import (
+    CONNECT,
+    DEFAULT_FALL,
+    DEFAULT_INTERVAL,
+    DEFAULT_RISE,
+    DEFAULT_TIMEOUT,
+    HealthSettings,
+    HealthSettingsError,
+    compileExpect,
+    parseSend,
+)
+from gateway.healthservice import (
+    ServiceView,
+    StatusSource,
+    healthProblems,
+    serviceHealth,
+)
 from gateway.names import backendName, listenerName
 from gateway.notify import Notifier, NotifyService
 from gateway.proxy import Connections, ProxyFactory
@@ -50,6 +67,8 @@ from gateway.tls import ReloadableServerTLS, TLSError, wrapFactory
 
 DEFAULT_LISTEN = "tcp:7000:interface=127.0.0.1"
 DEFAULT_METRICS = "tcp:9180:interface=127.0.0.1"
+# The name of the one service the command line describes (SPEC section 7).
+DEFAULT_SERVICE = "default"
 TLS_VERSIONS = ("1.2", "1.3")
 # The longest payload each length-prefixed framing can carry, in bytes.
 FRAMING_LIMITS = {"int8": 2**8 - 1, "int16": 2**16 - 1, "int32": 2**32 - 1}
@@ -141,7 +160,54 @@ class Options(usage.Options):
             "metrics",
             None,
             DEFAULT_METRICS,
-            "Server endpoint for /metrics, /healthz and /readyz, or none.",
+            "Server endpoint for /metrics, /healthz, /readyz and the status"
+            " page (/ and /status.json), or none.",
+        ],
+        [
+            "health-check",
+            None,
+            CONNECT,
+            "Active checks of each backend: none, connect (the connection,"
+            " TLS included, completes) or probe (connect, send"
+            " --health-check-send, match the reply with --health-check-expect).",
+        ],
+        [
+            "health-check-interval",
+            None,
+            f"{DEFAULT_INTERVAL:g}",
+            "Seconds between two checks of one backend.",
+        ],
+        [
+            "health-check-timeout",
+            None,
+            f"{DEFAULT_TIMEOUT:g}",
+            "Seconds a check may take before it fails.",
+        ],
+        [
+            "health-check-rise",
+            None,
+            str(DEFAULT_RISE),
+            "Checks passed in a row that bring a down backend up.",
+        ],
+        [
+            "health-check-fall",
+            None,
+            str(DEFAULT_FALL),
+            "Checks failed in a row that take an up backend down.",
+        ],
+        [
+            "health-check-send",
+            None,
+            None,
+            "The probe's message, in the backend framing (UTF-8; escapes \\n"
+            " \\r \\t \\\\ \\xHH). [default: none]",
+        ],
+        [
+            "health-check-expect",
+            None,
+            None,
+            "Python regular expression the probe's first reply must contain."
+            " [default: any reply]",
         ],
     ]
 
@@ -285,6 +351,7 @@ class Options(usage.Options):
                 f"--backend-proxy-protocol: {proxyVersion!r} is not "
                 + " or ".join(HEADERS)
             )
+        self["health"] = self._healthSettings()
         if not self["listen"] and not self["listen-tls"]:
             self["listen"] = [DEFAULT_LISTEN]
         for option in ("listen", "listen-tls"):
@@ -327,6 +394,31 @@ class Options(usage.Options):
                 )
             except TLSError as error:
                 raise usage.UsageError(str(error))
+
+    def _healthSettings(self) -> HealthSettings:
+        """
+        The C{--health-check*} options as L{HealthSettings} (SPEC section 8).
+        """
+        interval = _number(self, "health-check-interval", float, above=0)
+        timeout = _number(self, "health-check-timeout", float, above=0)
+        rise = _number(self, "health-check-rise", int, minimum=1)
+        fall = _number(self, "health-check-fall", int, minimum=1)
+        try:
+            send = self["health-check-send"]
+            expect = self["health-check-expect"]
+            return HealthSettings(
+                mode=self["health-check"],
+                interval=interval,
+                timeout=timeout,
+                rise=rise,
+                fall=fall,
+                send=None if send is None else parseSend(send),
+                expect=None if expect is None else compileExpect(expect),
+                backendFraming=self["backend-framing"],
+                maxMessageSize=self["max-message-size"],
+            )
+        except HealthSettingsError as error:
+            raise usage.UsageError(str(error))
 
     def _framingsCarry(self) -> None:
         """
@@ -490,6 +582,16 @@ def makeService(
         reactor,
         options["connect-timeout"],
     )
+    health = serviceHealth(
+        DEFAULT_SERVICE,
+        pool,
+        options["health"],
+        reactor,
+        options["backend-proxy-protocol"],
+    )
+    health.setServiceParent(gateway)
+    gateway.readinessChecks.append(healthProblems({DEFAULT_SERVICE: health.checker}))
+    listeners: list[ListenerService] = []
     maxSize = options["max-message-size"]
     clientFraming = framing(options["client-framing"], maxSize)
     backendFraming = framing(options["backend-framing"], maxSize)
@@ -512,22 +614,39 @@ def makeService(
                 proxyHeader=isBehindProxy(description),
                 sendProxyHeader=sendProxyHeader,
             )
-            ListenerService(
+            listener = ListenerService(
                 name,
                 f"--{option}",
                 description,
                 serverEndpoint(reactor, withBacklog(description)),
                 wrapFactory(tls, factory, reactor) if tlsOn else factory,
-            ).setServiceParent(gateway)
+            )
+            listener.setServiceParent(gateway)
+            listeners.append(listener)
     if registry is not None:
         from gateway.metrics import metricsSite
 
+        status = StatusSource(
+            __version__,
+            gateway,
+            connections,
+            recorder,
+            {DEFAULT_SERVICE: ServiceView(listeners, pool, health.checker)},
+            reactor,
+        )
+        gateway.readyHooks.append(status.markStarted)
         ListenerService(
             "metrics",
             "--metrics",
             options["metrics"],
             serverFromString(reactor, withBacklog(options["metrics"])),
-            metricsSite(registry, gateway.ready, reactor),
+            metricsSite(
+                registry,
+                gateway.ready,
+                reactor,
+                problems=gateway.notReady,
+                snapshot=status,
+            ),
             drains=False,
         ).setServiceParent(gateway)
         gateway.drainingHooks.append(lambda: recorder.setDraining(True))

@@ -119,11 +119,17 @@ class ChildProcess(ProcessProtocol):
     @ivar ended: fires with the exit code, or the negative number of the
         signal that ended it.
     @ivar exitCode: that code once it has ended, L{None} before.
+
+    @param mergeErrors: keep standard error in L{output} too.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, mergeErrors: bool = False) -> None:
         self.output = b""
         self.errors = b""
+        # For a program whose log goes to either stream: kept in order in
+        # output, as a terminal shows them.
+        if mergeErrors:
+            self.errReceived = self.outReceived  # type: ignore[method-assign]
         self.ended: Deferred[int | None] = Deferred()
         self.exitCode: int | None = None
         self._lineObservers: list[Callable[[bytes], None]] = []
@@ -488,10 +494,15 @@ def runGateway(
     twistdArgs: list[str] | None = None,
 ) -> Deferred[GatewayProcess]:
     """
-    Start a gateway with C{args} (and metrics on a free port, unless
-    C{args} say otherwise); fires once every listener is bound. The test
-    stops it (SIGTERM, then SIGKILL past the deadline) when it ends.
+    Start a gateway with C{args} (and metrics on a free port, and no health
+    checks, unless C{args} say otherwise); fires once every listener is
+    bound. The test stops it (SIGTERM, then SIGKILL past the deadline) when
+    it ends.
     """
+    if "--health-check" not in args:
+        # The suite's test backends count the connections they accept; a
+        # health check is one more. Tests of the checks ask for them.
+        args = [*args, "--health-check", "none"]
     process = startGateway(
         testCase, gatewayCommand(withMetrics(args), twistdArgs), env=env
     )

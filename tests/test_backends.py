@@ -11,6 +11,7 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.backends import (
+    ALL_DOWN,
     FIRST_BACKOFF,
     MAX_BACKOFF,
     Backend,
@@ -331,3 +332,60 @@ class ContractTests(SynchronousTestCase):
         self.assertIsInstance(protocol, ReadyProtocol)
         self.assertEqual(connector.asked, ["a", "b"])
         self.assertEqual(vars(connector), {"asked": ["a", "b"]})
+
+
+class ActiveHealthTests(SynchronousTestCase):
+    """
+    With the health checks' verdict (SPEC section 8), down backends get no
+    new clients, and when all are down a client fails without a connect.
+    """
+
+    def harness(self, *behaviours):
+        harness = PoolHarness(*behaviours)
+        harness.down = set()
+        harness.pool.isUp = lambda name: name not in harness.down
+        return harness
+
+    def test_downSkipped(self):
+        """
+        A backend the checks say is down is never tried, whatever its turn;
+        once up again it takes its turns again.
+        """
+        harness = self.harness("accept", "accept", "accept")
+        harness.down.add("b")
+        self.assertEqual([harness.served(self) for _ in range(4)], list("acca"))
+        self.assertNotIn("b", harness.log)
+        harness.down.clear()
+        self.assertEqual([harness.served(self) for _ in range(3)], list("bca"))
+
+    def test_allDownNoConnect(self):
+        """
+        Every backend down: the client fails at once with
+        L{NoBackendAvailable}, no endpoint is asked to connect, and no
+        backend counts a connect failure or goes into backoff.
+        """
+        harness = self.harness("accept", "refuse")
+        harness.down.update("ab")
+        factory, attempt = harness.connect()
+        failure = self.failureResultOf(attempt, NoBackendAvailable)
+        self.assertEqual(str(failure.value), ALL_DOWN)
+        self.assertEqual(harness.log, [])
+        self.assertEqual([stats.failures for stats in harness.stats], [0, 0])
+        self.assertEqual([backend.retryAt for backend in harness.backends], [0, 0])
+
+    def test_backoffAmongUp(self):
+        """
+        The passive backoff stays: among the backends up, one that refused
+        is skipped while it backs off; one that is down is not tried even
+        when every up one backs off.
+        """
+        harness = self.harness("refuse", "accept", "accept")
+        harness.down.add("c")
+        self.assertEqual(harness.served(self), "b")
+        self.assertEqual([harness.served(self) for _ in range(3)], list("bbb"))
+        self.assertEqual(harness.log.count("a"), 1)
+        harness.behave("b", "refuse")
+        harness.log.clear()
+        factory, attempt = harness.connect()
+        self.failureResultOf(attempt, NoBackendAvailable)
+        self.assertNotIn("c", harness.log)

@@ -830,3 +830,19 @@ class RealConnectionTests(TestCase):
         self.assertEqual(state.failures, 2)
         self.assertIn("does not match 'PONG'", state.lastReason or "")
         self.assertGreaterEqual(len(backend.received), 2)
+
+
+class DescribeFailureTests(SynchronousTestCase):
+    def test_unixErrno(self) -> None:
+        """
+        A UNIX socket's connect error carries a bare errno; the reason is
+        its words, not the number.
+        """
+        from twisted.internet.error import ConnectError
+
+        from gateway.health import describeFailure
+
+        self.assertEqual(
+            describeFailure(ConnectError(2, "No such file or directory")),
+            "no such file or directory",
+        )

@@ -59,6 +59,8 @@ SPEC_METRICS = {
     "gateway_protocol_errors_total": ("counter", {"listener", "peer", "reason"}),
     "gateway_backend_connect_seconds": ("histogram", {"backend"}),
     "gateway_backend_connect_failures_total": ("counter", {"backend"}),
+    "gateway_backend_up": ("gauge", {"backend"}),
+    "gateway_backend_checks_total": ("counter", {"backend", "result"}),
     "gateway_tls_handshake_failures_total": ("counter", {"listener"}),
     "gateway_draining": ("gauge", set()),
 }
@@ -123,6 +125,38 @@ class GatewayMetricsTests(SynchronousTestCase):
             sampleName = name + "_count" if kind == "histogram" else name
             labelNames[sampleName].discard("le")
             self.assertEqual(labelNames[sampleName], labels, name)
+
+    def test_backendHealth(self) -> None:
+        """
+        A backend's C{gateway_backend_up} is 1 and each check result of
+        C{gateway_backend_checks_total} is at 0 as soon as it exists (SPEC
+        sections 5 and 8); the checker's reports move them.
+        """
+        backend = self.metrics.backend(BACKEND_NAME)
+        self.assertEqual(self.value("gateway_backend_up", backend=BACKEND_NAME), 1)
+        for result in ["success", "failure"]:
+            self.assertEqual(
+                self.value(
+                    "gateway_backend_checks_total", backend=BACKEND_NAME, result=result
+                ),
+                0,
+            )
+        backend.checked("failure")
+        backend.checked("failure")
+        backend.checked("success")
+        backend.setUp(False)
+        self.assertEqual(self.value("gateway_backend_up", backend=BACKEND_NAME), 0)
+        self.assertEqual(
+            [
+                self.value(
+                    "gateway_backend_checks_total", backend=BACKEND_NAME, result=result
+                )
+                for result in ["success", "failure"]
+            ],
+            [1, 2],
+        )
+        backend.setUp(True)
+        self.assertEqual(self.value("gateway_backend_up", backend=BACKEND_NAME), 1)
 
     def test_noReactorImport(self) -> None:
         """
@@ -591,6 +625,24 @@ class MetricsSiteTests(SynchronousTestCase):
         self.assertEqual(
             response.headers[b"content-type"], b"text/plain; charset=utf-8"
         )
+
+    def test_readyzReasons(self) -> None:
+        """
+        Given the reasons, C{/readyz} is 503 with one line per reason while
+        there are any (SPEC section 5), 200 C{ready} once there are none.
+        """
+        problems = ["listener tcp:7000: not bound", "service default: no backend up"]
+        site = metricsSite(
+            self.registry, lambda: not problems, Clock(), problems=lambda: problems
+        )
+        response = get(site, b"/readyz")
+        self.assertEqual(
+            (response.code, response.body),
+            (503, b"listener tcp:7000: not bound\nservice default: no backend up\n"),
+        )
+        problems.clear()
+        response = get(site, b"/readyz")
+        self.assertEqual((response.code, response.body), (200, b"ready\n"))
 
     def test_noAccessLog(self) -> None:
         """

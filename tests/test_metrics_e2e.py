@@ -560,7 +560,7 @@ class DrainingTests(TestCase):
 
         gateway.transport.signalProcess("TERM")
         await gateway.logged("draining 1 connections")
-        self.assertEqual(await httpGet(metricsPort, b"/readyz"), (503, b"not ready\n"))
+        self.assertEqual(await httpGet(metricsPort, b"/readyz"), (503, b"draining\n"))
         self.assertEqual(await httpGet(metricsPort, b"/healthz"), (200, b"ok\n"))
         during = await scrape(gateway)
         self.assertEqual(during.value("gateway_draining"), 1)

@@ -77,22 +77,39 @@ async def runHAProxy(testCase: TestCase, first: int, second: int) -> int:
     Start HAProxy in the foreground in front of two gateway ports; return
     its port once it accepts connections.
     """
+    port, process = await startHAProxy(testCase, first, second)
+    return port
+
+
+async def startHAProxy(
+    testCase: TestCase,
+    first: int,
+    second: int,
+    config: str = CONFIG,
+    **more: int,
+) -> tuple[int, ChildProcess]:
+    """
+    L{runHAProxy} with a configuration of its own: C{config} has the fields
+    of L{CONFIG} and C{more}. Returns the port and the process (its output).
+    """
     directory = testCase.mktemp()
     os.makedirs(directory)
     port, readyPort = freePort(), freePort()
     path = os.path.join(directory, "haproxy.cfg")
-    with open(path, "w") as config:
-        config.write(
-            CONFIG.format(port=port, readyPort=readyPort, first=first, second=second)
+    with open(path, "w") as file:
+        file.write(
+            config.format(
+                port=port, readyPort=readyPort, first=first, second=second, **more
+            )
         )
-    process = spawn(testCase, ChildProcess(), [HAPROXY, "-db", "-f", path])
+    process = spawn(
+        testCase, ChildProcess(mergeErrors=True), [HAPROXY, "-db", "-f", path]
+    )
 
     # Its frontends are bound together: once "ready" accepts, so does "gateway".
     async def accepting() -> bool | None:
         if not process.running:
-            raise RuntimeError(
-                "haproxy ended: " + process.log() + process.errors.decode()
-            )
+            raise RuntimeError("haproxy ended: " + process.log())
         try:
             probe = await connect(readyPort)
         except ConnectionRefusedError:
@@ -104,7 +121,7 @@ async def runHAProxy(testCase: TestCase, first: int, second: int) -> int:
         return True
 
     await poll(accepting, "haproxy accepts connections", interval=PROBE_INTERVAL)
-    return port
+    return port, process
 
 
 async def roundTrip(client: Client, lines: list[bytes]) -> None:

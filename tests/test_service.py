@@ -27,6 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway import stats
 from gateway.demo import DemoBackendService, Echo
 from gateway.endpoints import LISTEN_BACKLOG
+from gateway.healthservice import HealthCheckService
 from gateway.metrics import QuietSite
 from gateway.notify import NotifyService
 from gateway.proxy import ProxyFactory
@@ -125,6 +126,7 @@ class MakeServiceTests(SynchronousTestCase):
             children,
             [
                 (DemoBackendService, None, None),
+                (HealthCheckService, None, None),
                 (ListenerService, "tcp:7001", True),
                 (ListenerService, "tcp6:7002", True),
                 (ListenerService, "tls:7443", True),
@@ -233,6 +235,7 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(
             [type(child) for child in service],
             [
+                HealthCheckService,
                 ListenerService,
                 NotifyService,
                 SignalService,
@@ -307,6 +310,7 @@ class MakeServiceTests(SynchronousTestCase):
                 "StopSignals",
                 "SignalService",
                 "metrics",
+                "HealthCheckService",
                 "DemoBackendService",
             ],
         )

@@ -2,9 +2,12 @@
 Tests for L{gateway.tap.Options}: every value checked before anything runs.
 """
 
+import re
+
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.health import HealthSettings
 from gateway.tap import DEFAULT_LISTEN, DEFAULT_METRICS, Options
 
 
@@ -45,6 +48,14 @@ class DefaultsTests(SynchronousTestCase):
                 "idle-timeout": 300.0,
                 "drain-timeout": 30.0,
                 "metrics": DEFAULT_METRICS,
+                "health-check": "connect",
+                "health-check-interval": "2",
+                "health-check-timeout": "2",
+                "health-check-rise": "2",
+                "health-check-fall": "3",
+                "health-check-send": None,
+                "health-check-expect": None,
+                "health": HealthSettings(),
             },
         )
 
@@ -74,6 +85,20 @@ class DefaultsTests(SynchronousTestCase):
             "2",
             "--metrics",
             "none",
+            "--health-check",
+            "probe",
+            "--health-check-interval",
+            "0.5",
+            "--health-check-timeout",
+            "0.25",
+            "--health-check-rise",
+            "1",
+            "--health-check-fall",
+            "4",
+            "--health-check-send",
+            r"ping\n",
+            "--health-check-expect",
+            "^pong",
         )
         self.assertEqual(
             settings(options),
@@ -98,6 +123,24 @@ class DefaultsTests(SynchronousTestCase):
                 "idle-timeout": 0.0,
                 "drain-timeout": 2.0,
                 "metrics": None,
+                "health-check": "probe",
+                "health-check-interval": "0.5",
+                "health-check-timeout": "0.25",
+                "health-check-rise": "1",
+                "health-check-fall": "4",
+                "health-check-send": r"ping\n",
+                "health-check-expect": "^pong",
+                "health": HealthSettings(
+                    mode="probe",
+                    interval=0.5,
+                    timeout=0.25,
+                    rise=1,
+                    fall=4,
+                    send=b"ping\n",
+                    expect=re.compile("^pong"),
+                    backendFraming="netstring",
+                    maxMessageSize=1024,
+                ),
             },
         )
 
@@ -144,6 +187,51 @@ class BadValueTests(SynchronousTestCase):
             ("--drain-timeout", "-5"),
         ]:
             self.check(option, option, value)
+
+    def test_healthChecks(self):
+        """
+        Each C{--health-check*} mistake is one line naming the option
+        (SPEC section 8), in an operator's words.
+        """
+        for option, args in [
+            ("--health-check", ["--health-check", "ping"]),
+            ("--health-check-interval", ["--health-check-interval", "0"]),
+            ("--health-check-timeout", ["--health-check-timeout", "-1"]),
+            ("--health-check-rise", ["--health-check-rise", "0"]),
+            ("--health-check-fall", ["--health-check-fall", "1.5"]),
+            # A probe needs its message; send and expect need a probe.
+            ("--health-check-send", ["--health-check", "probe"]),
+            ("--health-check-send", ["--health-check-send", "x"]),
+            ("--health-check-expect", ["--health-check-expect", "x"]),
+            (
+                "--health-check-send",
+                ["--health-check", "probe", "--health-check-send", "a\\q"],
+            ),
+            (
+                "--health-check-expect",
+                [
+                    "--health-check",
+                    "probe",
+                    "--health-check-send",
+                    "x",
+                    "--health-check-expect",
+                    "(",
+                ],
+            ),
+            # An lf backend cannot carry a probe holding a line end.
+            (
+                "--health-check-send",
+                [
+                    "--backend-framing",
+                    "lf",
+                    "--health-check",
+                    "probe",
+                    "--health-check-send",
+                    "a\\nb",
+                ],
+            ),
+        ]:
+            self.check(option, *args)
 
     def test_endpoints(self):
         self.check("--listen", "--listen", "tcp:port=notanumber")
