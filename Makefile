@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN_ARGS ?=
 
-.PHONY: run test check lint format bench bench-quick clean load soak fuzz verify-units
+.PHONY: run test check lint format bench bench-quick clean load soak fuzz verify-units docs
 
 # A development install: editable, in setuptools' "compat" mode so the
 # checkout itself is on sys.path and Twisted's plugin scan finds
@@ -39,6 +39,31 @@ verify-units: $(BIN)/.installed
 	done && \
 	systemd-analyze verify "$$dir"/*.service "$$dir"/*.socket && \
 	echo "systemd units: ok"
+
+# The manual (docs/) as HTML and the gateway(8) man page, warnings as
+# errors. The man page ships in the package as gateway/gateway.8 (building
+# a wheel needs no Sphinx): it is refreshed here when the sources change,
+# and tests/test_docs.py fails when the committed copy is stale (so does
+# `make docs CHECK_MAN=1`, which CI runs, instead of refreshing it).
+# -E: a fresh build every time, since the reference is read from the code,
+# which Sphinx does not track as a source.
+SPHINXBUILD = $(BIN)/sphinx-build -E -W --keep-going -q
+
+$(BIN)/.docs-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]' --config-settings editable_mode=compat
+	touch $@
+
+docs: $(BIN)/.docs-installed
+	$(SPHINXBUILD) -b html docs docs/_build/html
+	$(SPHINXBUILD) -b man docs docs/_build/man
+	@if ! cmp -s docs/_build/man/gateway.8 gateway/gateway.8; then \
+		if [ -n "$(CHECK_MAN)" ]; then \
+			echo "gateway/gateway.8 is stale: run make docs and commit it" >&2; exit 1; \
+		fi; \
+		cp docs/_build/man/gateway.8 gateway/gateway.8; \
+		echo "gateway/gateway.8 updated from docs/: commit it"; \
+	fi
+	@echo "manual: docs/_build/html/index.html; man page: man -l gateway/gateway.8"
 
 # The long suites, outside `make test` (which runs small versions of load
 # and soak). Each keeps its own trial directory, whose test.log holds the
@@ -73,23 +98,23 @@ TYPED = gateway/codec gateway/stats.py gateway/backends.py gateway/names.py \
 	gateway/pair.py gateway/refusals.py gateway/progress.py
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check gateway twisted tests benchmarks
-	$(BIN)/ruff format --check gateway twisted tests benchmarks
+	$(BIN)/ruff check gateway twisted tests benchmarks docs
+	$(BIN)/ruff format --check gateway twisted tests benchmarks docs
 	$(BIN)/mypy --strict $(TYPED)
 
 format: $(BIN)/.installed
-	$(BIN)/ruff check --fix gateway twisted tests benchmarks
-	$(BIN)/ruff format gateway twisted tests benchmarks
+	$(BIN)/ruff check --fix gateway twisted tests benchmarks docs
+	$(BIN)/ruff format gateway twisted tests benchmarks docs
 
 # The comparison benchmark (see benchmarks/README.md): a few minutes in full,
 # under a minute with bench-quick. uvloop keeps the load generator cheap.
 bench: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet uvloop
+	$(BIN)/python -m pip install --quiet uvloop websockify
 	$(BIN)/python -m benchmarks.compare --twistd $(BIN)/twistd
 
 bench-quick: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet uvloop
+	$(BIN)/python -m pip install --quiet uvloop websockify
 	$(BIN)/python -m benchmarks.compare --twistd $(BIN)/twistd --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info _trial_temp* twisted/plugins/dropin.cache gateway/codec/*.so
+	rm -rf $(VENV) build *.egg-info _trial_temp* twisted/plugins/dropin.cache gateway/codec/*.so docs/_build

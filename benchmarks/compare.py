@@ -88,6 +88,11 @@ NOISY = 15.0
 # Beyond the run's own duration, how long a load generator may take.
 LOADGEN_SLACK = 60.0
 IDLE_OPEN_TIMEOUT = 300.0
+# Peers whose idle pairs are not measured, and why (said in the report).
+NO_IDLE = {
+    "direct": "no proxy",
+    "websockify": "a process forked per connection",
+}
 
 
 @dataclass
@@ -350,7 +355,11 @@ def run_all(
     if plan.idle_pairs > 0:
         settings.max_connections = plan.idle_pairs + 100
         for name in plan.peers:
-            if name == "direct":
+            if name in NO_IDLE:
+                if name != "direct":
+                    plan.notes.append(
+                        f"idle pairs of {name} not measured: {NO_IDLE[name]}"
+                    )
                 continue
             idle = measure_idle(plan, name, settings)
             idle_runs.append(idle)
@@ -489,9 +498,7 @@ def report(
         out += table(header, rows)
         out.append("")
 
-    baseline = pick_baseline(plan.peers)
-    others = [p for p in plan.peers if p != baseline]
-    if baseline and others:
+    def ratios(baseline: str, others: list[str]) -> None:
         out.append(f"## {baseline} msg/s ÷ peer msg/s, per repetition")
         out.append("")
         header = ["scenario", "peer"] + [f"rep {i + 1}" for i in range(plan.reps)]
@@ -512,7 +519,7 @@ def report(
                         cells.append("-")
                 summary = number(median(clean or noisy), 2)
                 rows.append([scenario.key, name, *cells, summary])
-        out += table(header, rows)
+        out.extend(table(header, rows))
         out.append("")
         out.append(
             f"\\* other processes used more than {NOISY:g} % CPU during one of "
@@ -521,6 +528,15 @@ def report(
             "of the undisturbed runs when there are any (runs used)."
         )
         out.append("")
+
+    baseline = pick_baseline(plan.peers)
+    others = [p for p in plan.peers if p != baseline]
+    if baseline and others:
+        ratios(baseline, others)
+    # WebSocket clients: the gateway against websockify, both speaking
+    # WebSocket to their clients.
+    if all(name in plan.peers for name in peers.WEBSOCKET_PEERS):
+        ratios(*peers.WEBSOCKET_PEERS[:1], list(peers.WEBSOCKET_PEERS[1:]))
 
     if idle_runs:
         out.append(f"## Idle pairs ({plan.idle_pairs} client+backend pairs)")

@@ -7,6 +7,15 @@ hex) padded to the message size with a fixed pattern, then framed: ``lf``
 (payload + newline, the gateway's client side) or ``int32`` (what raw
 forwarders such as HAProxy pass to the echo backend untouched).
 
+WebSocket clients: ``ws-raw`` sends each message as one WebSocket message
+(the gateway's ``--client-framing websocket``), ``ws-int32`` sends each
+int32-framed message as one WebSocket message (what websockify forwards to
+the echo backend as raw bytes, and answers with messages cut wherever its
+reads cut them). Either way the replies' payloads, joined, must be the
+stream sent. Client frames are masked with a key of zeros, which RFC 6455
+allows a server no way to tell from any other key, so that the load
+generator spends nothing on masking.
+
 Replies must come back as the exact byte stream that was sent, so each chunk
 read is compared in one go (a memcmp) against the bytes still awaited; only
 when that fails is the chunk parsed to say what went wrong (a reply out of
@@ -54,7 +63,11 @@ from benchmarks.util import (
     run_async,
 )
 
-FRAMINGS = ("lf", "int32")
+# The framings of the messages' byte stream (Verifier), and what clients
+# can speak on the wire: those, or WebSocket messages carrying them.
+FRAMINGS = ("lf", "int32", "raw")
+WIRE_FRAMINGS = ("lf", "int32", "ws-raw", "ws-int32")
+WEBSOCKET_PREFIX = "ws-"
 MODES = ("throughput", "latency", "idle")
 
 HEADER_SIZE = 16
@@ -79,6 +92,102 @@ MAX_DETAILS = 10
 # Idle mode: connections being opened at once (Twisted's listen backlog is 50).
 IDLE_CONNECT_CONCURRENCY = 40
 IDLE_ROUND_TRIP_TIMEOUT = 30.0
+
+
+# The upgrade request of every WebSocket client (RFC 6455 section 1.3's
+# example key: the server's answer is not checked beyond its status).
+UPGRADE_REQUEST = (
+    b"GET / HTTP/1.1\r\n"
+    b"Host: 127.0.0.1\r\n"
+    b"Upgrade: websocket\r\n"
+    b"Connection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n"
+    b"\r\n"
+)
+END_OF_HEAD = b"\r\n\r\n"
+OPCODE_CLOSE = 0x8
+
+
+def client_frame_header(length: int) -> bytes:
+    """
+    The header of a final binary client frame of C{length} payload bytes,
+    masked with a key of zeros (RFC 6455 section 5.2).
+    """
+    if length < 126:
+        size = bytes([0x80 | length])
+    elif length < 1 << 16:
+        size = bytes([0x80 | 126]) + length.to_bytes(2, "big")
+    else:
+        size = bytes([0x80 | 127]) + length.to_bytes(8, "big")
+    return b"\x82" + size + b"\x00\x00\x00\x00"
+
+
+class WebSocketClientSide:
+    """
+    A WebSocket client's wire, for the load generator: the upgrade, frames
+    out, and the payloads of the server's frames in.
+
+    @ivar open: whether the server's 101 has been read.
+    """
+
+    def __init__(self, message_size: int) -> None:
+        self.header = client_frame_header(message_size)
+        self.message_size = message_size
+        self.open = False
+        self.closed = False
+        self._buffer = bytearray()
+
+    def wrap(self, data: bytes) -> bytes:
+        """
+        C{data}, whole messages of C{message_size} bytes, as client frames.
+        """
+        size, header = self.message_size, self.header
+        return b"".join(
+            [header + data[i : i + size] for i in range(0, len(data), size)]
+        )
+
+    def feed(self, data: bytes) -> bytes:
+        """
+        The payload bytes of every complete server frame so far, joined.
+
+        @raise ConnectionError: the upgrade was refused.
+        """
+        buffer = self._buffer
+        buffer += data
+        if not self.open:
+            end = buffer.find(END_OF_HEAD)
+            if end == -1:
+                return b""
+            status = bytes(buffer[: buffer.find(b"\r\n")])
+            if b" 101 " not in status:
+                raise ConnectionError(f"upgrade refused: {status!r}")
+            del buffer[: end + len(END_OF_HEAD)]
+            self.open = True
+        payloads = []
+        at, end = 0, len(buffer)
+        while end - at >= 2:
+            length = buffer[at + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if end - at < 4:
+                    break
+                length = int.from_bytes(buffer[at + 2 : at + 4], "big")
+                head = 4
+            elif length == 127:
+                if end - at < 10:
+                    break
+                length = int.from_bytes(buffer[at + 2 : at + 10], "big")
+                head = 10
+            if end - at < head + length:
+                break
+            if buffer[at] & 0x0F == OPCODE_CLOSE:
+                self.closed = True
+            else:
+                payloads.append(buffer[at + head : at + head + length])
+            at += head + length
+        del buffer[:at]
+        return b"".join(payloads)
 
 
 class ReplyError(Exception):
@@ -113,6 +222,8 @@ class Verifier:
         prefix = b"%06x" % conn_id
         if framing == "lf":
             self._head, self._tail, self._header_at = prefix, padding + b"\n", 0
+        elif framing == "raw":
+            self._head, self._tail, self._header_at = prefix, padding, 0
         else:
             self._head, self._tail, self._header_at = (
                 INT32.pack(size) + prefix,
@@ -235,22 +346,52 @@ class LoadClient(asyncio.Protocol):
 
     transport: asyncio.Transport
 
-    def __init__(self, verifier: Verifier, window: int, tally: Tally, timed: bool):
+    def __init__(
+        self,
+        verifier: Verifier,
+        window: int,
+        tally: Tally,
+        timed: bool,
+        websocket: WebSocketClientSide | None = None,
+    ):
         self.verifier = verifier
         self.window = window
         self.tally = tally
         self.timed = timed
+        self.websocket = websocket
         self.closing = False
         self._sent_at = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if self.websocket is not None:
+            self.transport.write(UPGRADE_REQUEST)
+            return
+        self._start()
+
+    def _start(self) -> None:
         self._sent_at = time.perf_counter_ns()
-        self.transport.write(self.verifier.next_messages(self.window))
+        self.write(self.verifier.next_messages(self.window))
+
+    def write(self, data: bytes) -> None:
+        if self.websocket is not None:
+            data = self.websocket.wrap(data)
+        self.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
+        websocket = self.websocket
+        if websocket is not None:
+            opened = websocket.open
+            try:
+                data = websocket.feed(data)
+            except ConnectionError as e:
+                self.tally.error(CONNECT, str(e))
+                self.close()
+                return
+            if not opened and websocket.open:
+                self._start()
         try:
-            done = self.verifier.received(data)
+            done = self.verifier.received(data) if data else 0
         except ReplyError as e:
             self.tally.error(e.kind, e.detail)
             self.close()
@@ -263,7 +404,7 @@ class LoadClient(asyncio.Protocol):
                 if tally.measuring:
                     tally.latencies.append(now - self._sent_at)
                 self._sent_at = now
-            self.transport.write(self.verifier.next_messages(done))
+            self.write(self.verifier.next_messages(done))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closing:
@@ -287,22 +428,43 @@ class IdleClient(asyncio.Protocol):
 
     transport: asyncio.Transport
 
-    def __init__(self, verifier: Verifier, tally: Tally) -> None:
+    def __init__(
+        self,
+        verifier: Verifier,
+        tally: Tally,
+        websocket: WebSocketClientSide | None = None,
+    ) -> None:
         self.verifier = verifier
         self.tally = tally
+        self.websocket = websocket
         self.closing = False
         self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.transport.write(self.verifier.next_messages(1))
+        if self.websocket is None:
+            self.transport.write(self.verifier.next_messages(1))
+        else:
+            self.transport.write(UPGRADE_REQUEST)
 
     def data_received(self, data: bytes) -> None:
+        websocket = self.websocket
         try:
+            if websocket is not None:
+                opened = websocket.open
+                data = websocket.feed(data)
+                if not opened and websocket.open:
+                    message = self.verifier.next_messages(1)
+                    self.transport.write(websocket.wrap(message))
+            if not data:
+                return
             if self.verifier.received(data) and not self.answered.done():
                 self.answered.set_result(None)
         except ReplyError as e:
             self.tally.error(e.kind, e.detail)
+            self.close()
+        except ConnectionError as e:
+            self.tally.error(CONNECT, str(e))
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -318,6 +480,23 @@ class IdleClient(asyncio.Protocol):
             self.transport.abort()
 
 
+def stream_framing(wire: str) -> str:
+    """
+    The framing of the messages' byte stream for a wire framing.
+    """
+    return wire.removeprefix(WEBSOCKET_PREFIX)
+
+
+def websocket_side(wire: str, verifier: Verifier) -> WebSocketClientSide | None:
+    """
+    A WebSocket client's wire for C{verifier}'s messages, when C{wire} is a
+    WebSocket framing.
+    """
+    if not wire.startswith(WEBSOCKET_PREFIX):
+        return None
+    return WebSocketClientSide(verifier.frame_size)
+
+
 async def drive(
     config: Config, conn_ids: list[int], start_at: float, end_at: float
 ) -> dict:
@@ -331,9 +510,12 @@ async def drive(
     window = 1 if timed else config.window
 
     async def connect(conn_id: int) -> LoadClient:
-        verifier = Verifier(conn_id, config.size, config.framing)
+        verifier = Verifier(conn_id, config.size, stream_framing(config.framing))
+        websocket = websocket_side(config.framing, verifier)
         _, client = await loop.create_connection(
-            lambda: LoadClient(verifier, window, tally, timed), config.host, config.port
+            lambda: LoadClient(verifier, window, tally, timed, websocket),
+            config.host,
+            config.port,
         )
         return client
 
@@ -484,9 +666,10 @@ async def hold_idle(config: Config) -> dict:
 
     async def open_one(conn_id: int) -> IdleClient:
         async with gate:
-            verifier = Verifier(conn_id, config.size, config.framing)
+            verifier = Verifier(conn_id, config.size, stream_framing(config.framing))
+            websocket = websocket_side(config.framing, verifier)
             _, client = await loop.create_connection(
-                lambda: IdleClient(verifier, tally), config.host, config.port
+                lambda: IdleClient(verifier, tally, websocket), config.host, config.port
             )
             await asyncio.wait_for(client.answered, IDLE_ROUND_TRIP_TIMEOUT)
             return client
@@ -532,7 +715,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     )
     parser.add_argument("--host", type=loopback_host, default=LOOPBACK)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--framing", choices=FRAMINGS, default="lf")
+    parser.add_argument("--framing", choices=WIRE_FRAMINGS, default="lf")
     parser.add_argument("--mode", choices=MODES, default="throughput")
     parser.add_argument("--connections", "-c", type=int, default=32)
     parser.add_argument("--window", "-w", type=int, default=256, help="in flight")

@@ -14,6 +14,11 @@ echo backend on a loopback port.
 ``asyncio``            benchmarks.asyncio_translator (streams, uvloop when installed)
 ``portforward``        twisted.protocols.portforward: raw bytes, int32 clients
 ``haproxy``            HAProxy in TCP mode: raw bytes, int32 clients
+``gateway-websocket``  the gateway with ``--client-framing websocket``: one
+                       WebSocket message per message (``ws-raw`` clients)
+``websockify``         websockify (PyPI), forwarding the bytes of WebSocket
+                       messages to the echo backend: each message an int32
+                       frame (``ws-int32`` clients)
 ``direct``             no proxy: the load generator talks to the echo backend
                        (the ceiling of the harness itself; not run by default)
 
@@ -28,6 +33,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,12 +46,22 @@ ALL_PEERS = (
     "asyncio",
     "portforward",
     "haproxy",
+    "gateway-websocket",
+    "websockify",
     "gateway-x2",
     "gateway-epoll",
     "direct",
 )
 DEFAULT_PEERS = ALL_PEERS[:-3]
-GATEWAYS = {"gateway", "gateway-nometrics", "gateway-x2", "gateway-epoll"}
+GATEWAYS = {
+    "gateway",
+    "gateway-nometrics",
+    "gateway-x2",
+    "gateway-epoll",
+    "gateway-websocket",
+}
+# The peers whose clients speak WebSocket, and their comparison.
+WEBSOCKET_PEERS = ("gateway-websocket", "websockify")
 FRAMING = {
     "gateway": "lf",
     "gateway-nometrics": "lf",
@@ -56,6 +72,8 @@ FRAMING = {
     "portforward": "int32",
     "haproxy": "int32",
     "direct": "int32",
+    "gateway-websocket": "ws-raw",
+    "websockify": "ws-int32",
 }
 PYTHON_PEERS = {
     "naive": "benchmarks.naive_translator",
@@ -150,6 +168,8 @@ def frame(framing: str, payload: bytes) -> bytes:
     """
     if framing == "lf":
         return payload + b"\n"
+    if framing == "ws-raw":
+        return payload
     return struct.pack(">I", len(payload)) + payload
 
 
@@ -203,6 +223,17 @@ def available(
             skipped["gateway-nometrics"] = "the gateway has no --metrics option"
     if "haproxy" in wanted and shutil.which("haproxy") is None:
         skipped["haproxy"] = "haproxy is not on PATH"
+    if "websockify" in wanted and websockify_command(settings) is None:
+        skipped["websockify"] = (
+            "websockify is not installed (pip install websockify) beside"
+            f" {settings.python}"
+        )
+    if (
+        "gateway-websocket" in wanted
+        and settings.gateway_options
+        and "websocket" not in settings.gateway_options
+    ):
+        skipped["gateway-websocket"] = "the gateway has no WebSocket client framing"
     runnable = [p for p in wanted if p not in skipped]
     return runnable, {p: r for p, r in skipped.items() if p in wanted}
 
@@ -232,6 +263,8 @@ def start(name: str, backend_port: int, settings: PeerSettings) -> RunningPeer:
         peer = _started(name, framing, child, None)
     elif name == "haproxy":
         peer = _start_haproxy(backend_port, settings)
+    elif name == "websockify":
+        peer = _start_websockify(backend_port, settings)
     elif name == "gateway-x2":
         peer = _start_gateways(backend_port, settings, PROCESSES)
     else:
@@ -267,6 +300,8 @@ def _gateway_argv(
         "--backend",
         f"tcp:host=127.0.0.1:port={backend_port}",
     ]
+    if name == "gateway-websocket":
+        argv += ["--client-framing", "websocket"]
     if "--metrics" in settings.gateway_options:
         if name == "gateway-nometrics":
             argv += ["--metrics", "none"]
@@ -293,7 +328,7 @@ def _start_gateway(name: str, backend_port: int, settings: PeerSettings) -> Runn
     except BaseException:
         child.stop()
         raise
-    return RunningPeer(name, "lf", port, child)
+    return RunningPeer(name, FRAMING[name], port, child)
 
 
 # Puts the inherited socket at descriptor 3 and execs the gateway with its own
@@ -394,10 +429,82 @@ def haproxy_maxconn(settings: PeerSettings) -> int:
     return min(settings.max_connections + 1000, (settings.fd_limit - FD_SPARE) // 2)
 
 
+def websockify_command(settings: PeerSettings) -> list[str] | None:
+    """
+    How to run websockify with the benchmark's Python, or None when it is
+    not installed there.
+    """
+    done = subprocess.run(
+        [settings.python, "-c", "import websockify"], capture_output=True, timeout=60
+    )
+    if done.returncode != 0:
+        return None
+    return [settings.python, "-m", "websockify"]
+
+
+# websockify reports no port it was given as 0: a free one is found first.
+WEBSOCKIFY_LISTENING = re.compile(r"proxying from 127\.0\.0\.1:(\d+)")
+
+
+def _start_websockify(backend_port: int, settings: PeerSettings) -> RunningPeer:
+    """
+    websockify as its users run it (a process forked per connection), in
+    front of the echo backend.
+    """
+    command = websockify_command(settings)
+    assert command is not None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    child = Child(
+        "websockify",
+        [*command, f"127.0.0.1:{port}", f"127.0.0.1:{backend_port}"],
+        cwd=str(settings.scratch),
+    )
+    try:
+        child.wait_for(WEBSOCKIFY_LISTENING, START_TIMEOUT)
+    except BaseException:
+        child.stop()
+        raise
+    return RunningPeer("websockify", FRAMING["websockify"], port, child)
+
+
+def websocket_exchange(port: int, payload: bytes, timeout: float) -> bytes:
+    """
+    Send C{payload} as one WebSocket message to 127.0.0.1:C{port} and
+    return the payloads of the messages that come back, joined, once they
+    are as long as it.
+    """
+    from benchmarks.loadgen import UPGRADE_REQUEST, WebSocketClientSide
+
+    side = WebSocketClientSide(len(payload))
+    deadline = time.monotonic() + timeout
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(UPGRADE_REQUEST)
+        received = b""
+        sent = False
+        while len(received) < len(payload):
+            if side.open and not sent:
+                sock.sendall(side.wrap(payload))
+                sent = True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"got {received!r} of {payload!r}")
+            sock.settimeout(remaining)
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed after {received!r}")
+            received += side.feed(chunk)
+        return received
+
+
 def _probe(peer: RunningPeer) -> None:
     message = frame(peer.framing, PROBE_PAYLOAD)
     try:
-        reply = exchange(peer.port, message, len(message), PROBE_TIMEOUT)
+        if peer.framing.startswith("ws-"):
+            reply = websocket_exchange(peer.port, message, PROBE_TIMEOUT)
+        else:
+            reply = exchange(peer.port, message, len(message), PROBE_TIMEOUT)
     except OSError as e:
         raise ChildError(f"{peer.name} did not echo a probe: {e}\n{_tail(peer)}")
     if reply != message:

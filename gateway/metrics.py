@@ -14,7 +14,7 @@ the default collectors) took about 2 ms as text and 3 ms as OpenMetrics,
 and for 20 listeners and 4 backends (930 samples) about 10 ms and 14 ms:
 a pause the connections can afford once per scrape interval. A thread would
 not take that work off the reactor's interpreter (the GIL), only spread it
-out; README "Metrics and health" has the figures measured under load.
+out; docs/metrics.rst has the figures measured under load.
 
 This module imports neither the reactor nor C{prometheus_client.twisted},
 which imports the reactor when it is imported.
@@ -97,10 +97,9 @@ REJECTED_REASONS = (
     REJECTED_RATE_LIMIT,
     REJECTED_DENIED,
 )
-# The close reasons of SPEC section 5: the proxy's own (gateway.stats)
-# and the handshake timeout of SPEC section 9, once each, in SPEC's order.
-HANDSHAKE_TIMEOUT = "handshake_timeout"
-CLOSED_REASONS = tuple(dict.fromkeys((*CLOSE_REASONS, HANDSHAKE_TIMEOUT)))
+# The close reasons of SPEC section 5, the handshake timeout of SPEC
+# section 9 among them (gateway.stats), in SPEC's order.
+CLOSED_REASONS = CLOSE_REASONS
 # The reasons the codecs give, and a malformed incoming PROXY header.
 PROTOCOL_ERROR_REASONS = (TOO_LONG, MALFORMED, UNENCODABLE, TRUNCATED, PROXY_HEADER)
 PEERS = (CLIENT, BACKEND)

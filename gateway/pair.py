@@ -9,8 +9,8 @@ A pair goes through these phases, in this order, and never back::
 
   - L{Phase.PREAMBLE}: the client's preamble is under way, one L{Step}
     after the other (an incoming PROXY header, a TLS handshake, the first
-    byte after a PROXY C{LOCAL} header; a WebSocket upgrade would be one
-    more step). Nothing is connected yet.
+    byte after a PROXY C{LOCAL} header, a WebSocket upgrade). Nothing is
+    connected yet.
   - L{Phase.CONNECTING}: every step is done; the backend is being
     connected and the client is not read.
   - L{Phase.RELAYING}: both connections are up and bytes flow both ways;
@@ -25,6 +25,18 @@ from a side being closed); an event anywhere else is a bug and raises
 L{IllegalEvent}. The close reason is set once, by the transition into
 CLOSING, from the event that caused it; nothing overrides it afterwards.
 
+The preamble has one deadline as a whole (SPEC section 9,
+C{--handshake-timeout}): a timer started with the pair and cancelled by the
+transition out of PREAMBLE, whichever it is. Every step, a new one
+included, runs under it with no code of its own; when it fires, the pair
+ends C{handshake_timeout} (counted as a failed TLS handshake too when that
+is the step under way, as any end during that step is).
+
+A client that admission refuses once its real address is known (behind a
+PROXY header) is refused in PREAMBLE (L{Pair.refuse}): the pair ends for
+the refusal's reason and is reported as refused, not closed
+(L{Pair.refused}), since SPEC section 5 counts a refusal only as one.
+
 The byte path (a read chunk, translated and written) is not an event here:
 it runs as a direct call outside this machine, which only swaps it in and
 out (L{PairIO.relay}, L{PairIO.dropInput}).
@@ -35,6 +47,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from gateway import stats
 
@@ -88,6 +102,8 @@ TLS_HANDSHAKE = Step("TLS handshake", stats.TLS_ERROR, handshake=True)
 # After a PROXY LOCAL header (HAProxy's health check): no backend until the
 # client sends a byte.
 FIRST_BYTE = Step("first byte", stats.CLIENT_CLOSED, quiet=True)
+# A WebSocket client's HTTP upgrade request (SPEC section 10), inside TLS.
+WEBSOCKET_UPGRADE = Step("WebSocket upgrade", stats.CLIENT_CLOSED)
 
 
 class PairIO(Protocol):
@@ -162,27 +178,72 @@ class Pair:
     @ivar connected: the sides whose connection is up (the client from the
         start, the backend from L{backendConnected} on), until each is lost.
     @ivar endedFirst: the side whose stream ended first, if one has.
+    @ivar refused: whether the pair ended by L{refuse} (admission, a
+        WebSocket origin), to be reported as a refusal rather than a close.
     """
 
     # One per open connection: slots and tuples keep it small.
-    __slots__ = ("io", "phase", "steps", "connected", "reason", "endedFirst", "_quiet")
+    __slots__ = (
+        "io",
+        "phase",
+        "steps",
+        "connected",
+        "reason",
+        "endedFirst",
+        "refused",
+        "_quiet",
+        "_clock",
+        "_handshakeTimeout",
+        "_deadline",
+    )
 
-    def __init__(self, io: PairIO, steps: tuple[Step, ...] = ()) -> None:
+    def __init__(
+        self,
+        io: PairIO,
+        steps: tuple[Step, ...] = (),
+        clock: IReactorTime | None = None,
+        handshakeTimeout: float = 0,
+    ) -> None:
+        """
+        @param clock: schedules the preamble's deadline; none without it.
+        @param handshakeTimeout: seconds the whole preamble may take, from
+            L{start}; C{0} is no limit.
+        """
         self.io = io
         self.phase = Phase.PREAMBLE
         self.steps = steps
         self.connected: tuple[str, ...] = (stats.CLIENT,)
         self.reason: str | None = None
         self.endedFirst: str | None = None
+        self.refused = False
         self._quiet = False
+        self._clock = clock
+        self._handshakeTimeout = handshakeTimeout
+        self._deadline: IDelayedCall | None = None
 
     def start(self) -> None:
         """
-        The client is connected: with no preamble, connect its backend.
+        The client is connected: with no preamble, connect its backend;
+        with one, start its deadline.
         """
         self._expect("start", (Phase.PREAMBLE,), ())
         if not self.steps:
             self._connect()
+        elif self._clock is not None and self._handshakeTimeout > 0:
+            self._deadline = self._clock.callLater(
+                self._handshakeTimeout, self._preambleExpired
+            )
+
+    def _preambleExpired(self) -> None:
+        self._deadline = None
+        if self.phase is Phase.PREAMBLE:
+            self._close(stats.HANDSHAKE_TIMEOUT, abort=True)
+
+    def _preambleOver(self) -> None:
+        # Every way out of PREAMBLE passes here: the deadline goes with it.
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
 
     # Preamble
 
@@ -199,7 +260,26 @@ class Pair:
         if not self.steps:
             self._connect()
 
+    def refuse(self, reason: str, abort: bool = True) -> None:
+        """
+        The gateway refuses the client before its backend is connected:
+        admission, once the client's real address is known, or a WebSocket
+        origin not allowed. PREAMBLE: the pair ends for
+        C{reason} (a C{gateway_connections_rejected_total} reason) and
+        L{refused} is set, so that it is reported as refused, not closed
+        (SPEC section 5 counts a refusal only as one); no preamble step is
+        blamed.
+
+        @param abort: whether what was written to the client is dropped;
+            False sends it first (a WebSocket refusal's HTTP response).
+        """
+        if self._expect("refuse", (Phase.PREAMBLE,), _DONE):
+            return
+        self.refused = True
+        self._close(reason, abort=abort)
+
     def _connect(self) -> None:
+        self._preambleOver()
         self.phase = Phase.CONNECTING
         self.io.connectBackend()
 
@@ -295,9 +375,10 @@ class Pair:
         self, reason: str, abort: bool = False, connectOver: bool = False
     ) -> None:
         if self.phase is Phase.PREAMBLE:
+            self._preambleOver()
             step = self.steps[0]
             self._quiet = step.quiet
-            if step.handshake:
+            if step.handshake and not self.refused:
                 self.io.handshakeFailed()
         elif self.phase is Phase.CONNECTING and not connectOver:
             self.io.abandonConnect()

@@ -15,6 +15,7 @@ that cannot keep up stops the gateway reading from the side that feeds it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
@@ -33,13 +34,28 @@ from zope.interface import alsoProvides, implementer
 
 from gateway import progress, stats, writethrough
 from gateway.addresses import describe
+from gateway.admission import Admission, Refusal, Ticket
 from gateway.backends import BackendConnection, BackendConnector
 from gateway.codec import Framing, FramingError, Translator
-from gateway.pair import FIRST_BYTE, TLS_HANDSHAKE, Pair, Phase
+from gateway.codec._base import MALFORMED
+from gateway.codec.websocket import (
+    DENIED,
+    GOING_AWAY,
+    INTERNAL_ERROR,
+    NORMAL_CLOSURE,
+    PROTOCOL_ERROR,
+    Refused,
+)
+from gateway.pair import FIRST_BYTE, TLS_HANDSHAKE, WEBSOCKET_UPGRADE, Pair, Phase
 from gateway.pair import PROXY_HEADER as PROXY_HEADER_STEP
 from gateway.proxyprotocol import PROXY_HEADER, IProxyHeaderReceiver
+from gateway.proxytlv import ClientTLS, clientTLS, v2SSLHeader
 from gateway.refusals import RefusalLog
-from gateway.tls import connectionInfo, failureReason
+from gateway.tls import connectionInfo, failureReason, refusedClient
+
+if TYPE_CHECKING:
+    # gateway.websocketclient builds on this module.
+    from gateway.websocketclient import WebSocketSettings
 
 __all__ = [
     "BackendFactory",
@@ -71,6 +87,18 @@ def noDelay(transport: ITransport) -> None:
 # (C{gateway_connections_rejected_total}) and logged under.
 REFUSED_LIMIT = "limit"
 
+# The close code of the gateway's Close frame to a WebSocket client, by the
+# pair's close reason (SPEC section 10); a protocol error's code depends on
+# the side that made it, and a client's error has sent its own already.
+_CLOSE_CODES = {
+    stats.CLIENT_CLOSED: NORMAL_CLOSURE,
+    stats.BACKEND_CLOSED: NORMAL_CLOSURE,
+    stats.IDLE_TIMEOUT: GOING_AWAY,
+    stats.SHUTDOWN: GOING_AWAY,
+    stats.BACKEND_UNAVAILABLE: INTERNAL_ERROR,
+}
+_PROTOCOL_ERROR_CODES = {stats.CLIENT: PROTOCOL_ERROR, stats.BACKEND: INTERNAL_ERROR}
+
 # Builds the TLS part of a close line from the client's TLS transport,
 # whether its handshake completed, and what ended the connection.
 DescribeTLS = Callable[[ITransport, bool, "Failure | None"], str]
@@ -88,7 +116,12 @@ def describeTLS(
     """
     if not handshakeDone:
         reason = failureReason(lostBecause)
-        return f" ({reason})" if reason else ""
+        detail = f" ({reason})" if reason else ""
+        # A certificate refused for its names (--tls-client-name).
+        subject = refusedClient(transport)
+        if subject is not None:
+            detail += f' client="{subject}"'
+        return detail
     info = connectionInfo(transport)
     return f" {info}" if info is not None else ""
 
@@ -396,6 +429,12 @@ class ClientProtocol(Protocol):
     L{gateway.pair.Pair}, which holds its life, and does what the pair
     decides (L{gateway.pair.PairIO}).
 
+    Admission (L{gateway.admission}) is asked as the connection is
+    accepted, before anything is read or sent on it, or, behind a PROXY
+    header, as soon as the header names the real client; a refused
+    connection closes at once and counts only as rejected. The preamble's
+    deadline (C{--handshake-timeout}) is the pair's.
+
     The idle timeout is checked lazily: a read chunk only writes down the
     time, and the timer, when it fires, either ends the pair or re-arms
     itself for the rest of the wait. (Moving a timer on every chunk, as
@@ -412,10 +451,20 @@ class ClientProtocol(Protocol):
     backend: BackendProtocol | None = None
     backendName = ""
     rejected = False
+    # The client's hold on its source's per-source count (admission).
+    _ticket: Ticket | None = None
+    # The client's TLS session, for a v2-ssl PROXY header.
+    _clientTLS: ClientTLS | None = None
     _connecting: Deferred[BackendConnection] | None = None
     _idleCall: IDelayedCall | None = None
     _lostBecause: Failure | None = None
     _tlsSession = ""
+    # A WebSocket client's: its frames, the side whose protocol error ended
+    # the pair (for the close code), and the timer that aborts a connection
+    # whose Close frame has not gone out in time.
+    websocket = None
+    _errorPeer = stats.CLIENT
+    _closeCall: IDelayedCall | None = None
     # What the client and the backend had taken (each connection's count
     # starts at 0) when the idle timer last saw either grow, and when.
     _delivered = (0, 0)
@@ -426,13 +475,16 @@ class ClientProtocol(Protocol):
         self.stats = factory.stats
         self.stats.accepted()
         if factory.connections.full():
-            self.rejected = True
-            self.stats.rejected()
-            factory.refusals.refused(
-                factory.name, REFUSED_LIMIT, describe(self.transport.getPeer())
-            )
-            self.transport.loseConnection()
+            self._refuseAtOnce(REFUSED_LIMIT)
             return
+        if not factory.proxyHeader and factory.admission is not None:
+            # Checked before anything else happens on the connection: under
+            # TLS, nothing has been read or sent yet.
+            decision = factory.admission.admit(self.transport.getPeer())
+            if isinstance(decision, Refusal):
+                self._refuseAtOnce(decision.reason)
+                return
+            self._ticket = decision
         factory.connections.add(self)
         noDelay(self.transport)
         clock = factory.clock
@@ -440,31 +492,59 @@ class ClientProtocol(Protocol):
         self.startedAt = clock.seconds()
         self.clientAddress = describe(self.transport.getPeer())
         seconds, failed = clock.seconds, self._protocolError
-        self.upstream = Direction(
-            stats.CLIENT,
-            Translator(factory.clientFraming, factory.backendFraming),
-            self.stats.upstream,
-            seconds,
-            failed,
-        )
-        self.downstream = Direction(
-            stats.BACKEND,
-            Translator(factory.backendFraming, factory.clientFraming),
-            self.stats.downstream,
-            seconds,
-            failed,
-        )
-        # The per-chunk path, straight to the translation.
-        self.dataReceived = self.upstream.dataReceived  # type: ignore[method-assign]
-        if factory.idleTimeout:
-            self._idleCall = clock.callLater(factory.idleTimeout, self._idleCheck)
         steps = []
         if factory.proxyHeader:
             steps.append(PROXY_HEADER_STEP)
         if factory.tls:
             steps.append(TLS_HANDSHAKE)
-        self.pair = Pair(self, tuple(steps))
+        webSocket = factory.websocket
+        if webSocket is None:
+            self.upstream = Direction(
+                stats.CLIENT,
+                Translator(factory.clientFraming, factory.backendFraming),
+                self.stats.upstream,
+                seconds,
+                failed,
+            )
+            self.downstream = Direction(
+                stats.BACKEND,
+                Translator(factory.backendFraming, factory.clientFraming),
+                self.stats.downstream,
+                seconds,
+                failed,
+            )
+            # The per-chunk path, straight to the translation.
+            self.dataReceived = self.upstream.dataReceived  # type: ignore[method-assign]
+        else:
+            self.websocket, self.upstream, self.downstream = webSocket.directions(
+                self.transport,
+                factory.backendFraming,
+                self.stats.upstream,
+                self.stats.downstream,
+                seconds,
+                failed,
+                self._clientCloseFrame,
+                self._sendClose,
+            )
+            self.dataReceived = self._upgradeBytes  # type: ignore[method-assign]
+            steps.append(WEBSOCKET_UPGRADE)
+        if factory.idleTimeout:
+            self._idleCall = clock.callLater(factory.idleTimeout, self._idleCheck)
+        self.pair = Pair(self, tuple(steps), clock, factory.handshakeTimeout)
         self.pair.start()
+
+    def _refuseAtOnce(self, reason: str) -> None:
+        """
+        Refuse the connection as it is accepted, before any pair exists:
+        counted as rejected only, logged by the refusal log, closed.
+        """
+        self.rejected = True
+        self.stats.rejected(reason)
+        factory = self.factory
+        factory.refusals.refused(
+            factory.name, reason, describe(self.transport.getPeer())
+        )
+        self.transport.loseConnection()
 
     # Twisted's events, handed to the pair.
 
@@ -474,10 +554,26 @@ class ClientProtocol(Protocol):
         pass
 
     def proxyHeaderReceived(self, local: bool) -> None:
-        if self.rejected:
+        if self.rejected or self.pair.phase in (Phase.CLOSING, Phase.CLOSED):
+            # Ended while the header arrived (a timer): nothing to admit.
             return
-        if local:
+        admission = self.factory.admission
+        # A LOCAL header is the load balancer's own health check, not a
+        # client: the address rules are for clients.
+        if admission is not None and not local:
+            decision = admission.admit(self.transport.getPeer())
+            if isinstance(decision, Refusal):
+                self.factory.refusals.refused(
+                    self.factory.name,
+                    decision.reason,
+                    describe(self.transport.getPeer()),
+                )
+                self.pair.refuse(decision.reason)
+                return
+            self._ticket = decision
+        if local and self.websocket is None:
             # A load balancer's health check: no backend until a byte comes.
+            # (A WebSocket client's upgrade request waits for bytes anyway.)
             self.dataReceived = self._firstBytes  # type: ignore[method-assign]
             self.pair.stepDone(PROXY_HEADER_STEP, then=(FIRST_BYTE,))
         else:
@@ -490,6 +586,62 @@ class ClientProtocol(Protocol):
         if self.pair.phase is Phase.PREAMBLE:
             self.pair.stepDone(FIRST_BYTE)
 
+    def _upgradeBytes(self, data: bytes) -> None:
+        # A WebSocket client's bytes while its upgrade request is read.
+        upstream = self.upstream
+        outcome = upstream.upgrade.feed(data)  # type: ignore[attr-defined]
+        upstream.lastRead = self.clock.seconds()
+        if outcome is None:
+            return
+        upstream.upgrade = None  # type: ignore[attr-defined]
+        self.transport.write(outcome.response)
+        if isinstance(outcome, Refused):
+            if outcome.reason == DENIED:
+                # An admission refusal: counted as rejected, nothing else.
+                self.factory.refusals.refused(
+                    self.factory.name, DENIED, describe(self.transport.getPeer())
+                )
+                self.pair.refuse(DENIED, abort=False)
+            else:
+                error = FramingError(
+                    MALFORMED, f"WebSocket upgrade: {outcome.status}: {outcome.detail}"
+                )
+                self._protocolError(stats.CLIENT, error)
+            return
+        # From here on the client's bytes are frames: the per-chunk path.
+        self.dataReceived = self.upstream.dataReceived  # type: ignore[method-assign]
+        self.pair.stepDone(WEBSOCKET_UPGRADE)
+        if outcome.extra:
+            # Unless connecting already failed.
+            self.dataReceived(outcome.extra)
+
+    def _clientCloseFrame(self) -> None:
+        # A WebSocket client's Close frame ends its stream (a half-close).
+        self.pair.streamEnded(stats.CLIENT)
+
+    def _sendClose(self, code: int) -> None:
+        """
+        Write the gateway's Close frame to the WebSocket client (once), and
+        abort the connection if it has not gone out in time.
+        """
+        frame = self.websocket.close(code)  # type: ignore[union-attr]
+        if frame:
+            self.transport.write(frame)
+        if self._closeCall is None:
+            self._closeCall = self.clock.callLater(
+                self.factory.websocket.closeTimeout,  # type: ignore[union-attr]
+                self._closeTimedOut,
+            )
+
+    def _closeTimedOut(self) -> None:
+        self._closeCall = None
+        # Open (the backend ended; the client never answered): ended by the
+        # backend. Closing: the close is hurried.
+        self.pair.abort(stats.BACKEND_CLOSED)
+
+    def _webSocketOpen(self) -> bool:
+        return self.websocket is not None and WEBSOCKET_UPGRADE not in self.pair.steps
+
     def proxyHeaderInvalid(self, detail: str) -> None:
         if not self.rejected and self.pair.phase is Phase.PREAMBLE:
             error = FramingError(PROXY_HEADER, f"PROXY header: {detail}")
@@ -501,10 +653,19 @@ class ClientProtocol(Protocol):
         if self.factory.describeTLS is not None:
             # Now: Twisted forgets the TLS connection when it is lost.
             self._tlsSession = self.factory.describeTLS(self.transport, True, None)
+        if self.factory.sendProxySSL:
+            # A certificate is asked for only with --tls-client-ca, and then
+            # the handshake fails unless it verified: one presented here was
+            # verified.
+            self._clientTLS = clientTLS(
+                self.transport.getHandle(),  # type: ignore[attr-defined]
+                verified=True,
+            )
         self.pair.stepDone(TLS_HANDSHAKE)
 
     def readConnectionLost(self) -> None:
-        if not self.rejected:
+        # A WebSocket client's stream may have ended with its Close frame.
+        if not self.rejected and not self.upstream.ended:
             self.pair.streamEnded(stats.CLIENT)
 
     def writeConnectionLost(self) -> None:
@@ -569,6 +730,7 @@ class ClientProtocol(Protocol):
             self.pair.abort(stats.IDLE_TIMEOUT)
 
     def _protocolError(self, peer: str, error: FramingError) -> None:
+        self._errorPeer = peer
         self.stats.protocolError(peer, error.reason)
         # The field is errorReason: in the JSON log, reason is always a
         # closed event's close reason.
@@ -609,6 +771,8 @@ class ClientProtocol(Protocol):
             header = self.factory.sendProxyHeader(
                 self.transport.getPeer(), self.transport.getHost()
             )
+            if self.factory.sendProxySSL:
+                header = v2SSLHeader(header, self._clientTLS)
         self._connecting = self.factory.connectBackend(
             BackendFactory(self, proxyHeader=header)
         )
@@ -648,7 +812,9 @@ class ClientProtocol(Protocol):
         self.downstream.unlink()
         transports = []
         if stats.CLIENT in sides:
-            transports.append(self.transport)
+            # A WebSocket client is told why, unless it has been already.
+            if not (self._webSocketOpen() and self._closeWebSocket(abort)):
+                transports.append(self.transport)
         if stats.BACKEND in sides and self.backend is not None:
             transports.append(self.backend.transport)
         for transport in transports:
@@ -657,6 +823,26 @@ class ClientProtocol(Protocol):
             else:
                 transport.loseConnection()
 
+    def _closeWebSocket(self, abort: bool) -> bool:
+        """
+        Close the WebSocket client's connection: its Close frame first,
+        when the gateway has not sent one yet, and then the connection
+        once what is written is sent (or after the close timeout).
+
+        @return: whether this closed the connection; False when C{abort}
+            and the Close was sent before (so the caller aborts it).
+        """
+        websocket = self.websocket
+        assert websocket is not None and self.pair.reason is not None
+        if abort and websocket.closeSent:
+            return False
+        code = _CLOSE_CODES.get(self.pair.reason)
+        if code is None:
+            code = _PROTOCOL_ERROR_CODES[self._errorPeer]
+        self._sendClose(code)
+        self.transport.loseConnection()
+        return True
+
     def handshakeFailed(self) -> None:
         self.stats.tlsHandshakeFailed()
 
@@ -664,13 +850,26 @@ class ClientProtocol(Protocol):
         if self._idleCall is not None:
             self._idleCall.cancel()
             self._idleCall = None
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            ticket.release()
+        if self._closeCall is not None:
+            self._closeCall.cancel()
+            self._closeCall = None
+        if self.pair.refused:
+            # Refused, not closed: counted as a refusal only (SPEC section
+            # 5), already told to the refusal log.
+            self.stats.rejected(reason)
+            self.factory.connections.remove(self)
+            return
         duration = self.clock.seconds() - self.startedAt
         self.stats.closed(reason, duration)
         log = self.factory.log
         (log.debug if quiet else log.info)(
             "closed {listener} {client} via {backend} after {duration:.3f}s:"
             " {messagesUp} messages ({bytesUp} bytes) up,"
-            " {messagesDown} messages ({bytesDown} bytes) down, {reason}{tls}",
+            " {messagesDown} messages ({bytesDown} bytes) down,"
+            " {reason}{closeCodeText}{tls}",
             listener=self.factory.name,
             client=self.clientAddress,
             backend=self.backendName or "none",
@@ -680,9 +879,19 @@ class ClientProtocol(Protocol):
             messagesDown=self.downstream.messages,
             bytesDown=self.downstream.bytes,
             reason=reason,
+            closeCode=self.websocket and self.websocket.closeCode,
+            closeCodeText=self._closeCodeText(),
             tls=self._tlsDetail(),
         )
         self.factory.connections.remove(self)
+
+    def _closeCodeText(self) -> str:
+        # A WebSocket client's close line names the code of the gateway's
+        # Close frame.
+        websocket = self.websocket
+        if websocket is None or websocket.closeCode is None:
+            return ""
+        return f" (WebSocket close {websocket.closeCode})"
 
     def _tlsDetail(self) -> str:
         """
@@ -716,6 +925,16 @@ class ProxyFactory(Factory):
         line (see L{describeTLS}); None for none.
     @ivar delivered: how many bytes a connection's peer has taken, or None
         when that is not known (L{gateway.progress.delivered}).
+    @ivar admission: the service's admission rules and per-source tables
+        (L{gateway.admission.Admission}), shared by its listeners; None
+        for none.
+    @ivar handshakeTimeout: seconds a connection's preamble (PROXY header,
+        TLS handshake, WebSocket upgrade) may take, from accept; C{0} is no limit.
+    @ivar sendProxySSL: whether the PROXY header sent to the backend (a
+        version 2 one) carries the client's TLS details (C{v2-ssl}).
+    @ivar websocket: for WebSocket clients (SPEC section 10), their
+        settings (a L{gateway.websocketclient.WebSocketSettings}), and
+        C{clientFraming} is not used; None for others.
     """
 
     protocol = ClientProtocol
@@ -738,6 +957,10 @@ class ProxyFactory(Factory):
         delivered: Callable[[ITransport], int | None] = progress.delivered,
         refusals: RefusalLog | None = None,
         describeTLS: DescribeTLS | None = describeTLS,
+        admission: Admission | None = None,
+        handshakeTimeout: float = 0,
+        sendProxySSL: bool = False,
+        websocket: WebSocketSettings | None = None,
     ) -> None:
         self.name = name
         self.clientFraming = clientFraming
@@ -753,3 +976,7 @@ class ProxyFactory(Factory):
         self.delivered = delivered
         self.refusals = refusals or RefusalLog(self.log, clock)
         self.describeTLS = describeTLS
+        self.admission = admission
+        self.handshakeTimeout = handshakeTimeout
+        self.sendProxySSL = sendProxySSL
+        self.websocket = websocket

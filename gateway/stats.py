@@ -12,6 +12,9 @@ from typing import Protocol
 CLIENT_CLOSED = "client_closed"
 BACKEND_CLOSED = "backend_closed"
 IDLE_TIMEOUT = "idle_timeout"
+# The preamble (TLS handshake, PROXY header, ...) outlasted
+# --handshake-timeout (SPEC section 9).
+HANDSHAKE_TIMEOUT = "handshake_timeout"
 PROTOCOL_ERROR = "protocol_error"
 BACKEND_UNAVAILABLE = "backend_unavailable"
 TLS_ERROR = "tls_error"
@@ -21,6 +24,7 @@ CLOSE_REASONS = (
     CLIENT_CLOSED,
     BACKEND_CLOSED,
     IDLE_TIMEOUT,
+    HANDSHAKE_TIMEOUT,
     PROTOCOL_ERROR,
     BACKEND_UNAVAILABLE,
     TLS_ERROR,

@@ -19,7 +19,14 @@ from twisted.python import reflect, usage
 
 from gateway import __version__
 from gateway import reactor as gatewayReactor
+from gateway.admission import (
+    Admission,
+    AdmissionSettings,
+    InvalidRule,
+    parseNetworks,
+)
 from gateway.backends import Backend, BackendPool
+from gateway.certnames import InvalidClientName, parseClientNames
 from gateway.codec import FRAMINGS, framing
 from gateway.daemon import StartupReport, installParentWait
 from gateway.demo import DemoBackendService
@@ -55,6 +62,7 @@ from gateway.names import backendName, listenerName
 from gateway.notify import Notifier, NotifyService
 from gateway.proxy import Connections, ProxyFactory
 from gateway.proxyprotocol import HEADERS, isBehindProxy, serverEndpoint
+from gateway.refusals import RefusalLog
 from gateway.service import (
     GatewayService,
     ListenerService,
@@ -64,6 +72,12 @@ from gateway.service import (
 )
 from gateway.stats import NoRecorder, Recorder
 from gateway.tls import ReloadableServerTLS, TLSError, wrapFactory
+from gateway.websocketclient import (
+    MESSAGE_TYPES,
+    WebSocketSettings,
+    checkOrigin,
+    checkPath,
+)
 
 DEFAULT_LISTEN = "tcp:7000:interface=127.0.0.1"
 DEFAULT_METRICS = "tcp:9180:interface=127.0.0.1"
@@ -72,6 +86,12 @@ DEFAULT_SERVICE = "default"
 TLS_VERSIONS = ("1.2", "1.3")
 # The longest payload each length-prefixed framing can carry, in bytes.
 FRAMING_LIMITS = {"int8": 2**8 - 1, "int16": 2**16 - 1, "int32": 2**32 - 1}
+# The client framing of WebSocket clients (SPEC section 10): not a framing
+# of a byte stream, so not one of FRAMINGS, and a client framing only.
+WEBSOCKET = "websocket"
+CLIENT_FRAMINGS = (*FRAMINGS, WEBSOCKET)
+# Options that only mean something to WebSocket clients.
+WEBSOCKET_OPTIONS = ("websocket-path", "websocket-origin", "websocket-message-type")
 # Options that only mean something to a TLS listener.
 TLS_OPTIONS = (
     "tls-cert",
@@ -79,7 +99,12 @@ TLS_OPTIONS = (
     "tls-client-ca",
     "tls-min-version",
     "tls-alpn",
+    "tls-client-name",
 )
+# --backend-proxy-protocol's values: the headers, and v2 with the client's
+# TLS details (SPEC section 9).
+PROXY_V2_SSL = "v2-ssl"
+PROXY_VERSIONS = (*HEADERS, PROXY_V2_SSL)
 
 log = Logger(namespace="gateway.tap")
 
@@ -104,7 +129,8 @@ class Options(usage.Options):
     longdesc = (
         "Translate newline-delimited client messages into length-prefixed "
         "backend frames and back. With no --backend, a built-in echo backend "
-        "is started for trying the gateway out."
+        "is started for trying the gateway out. See gateway(8) (man gateway)"
+        " and the manual in docs/ for every option, signal and log line."
     )
 
     optParameters = [
@@ -112,7 +138,7 @@ class Options(usage.Options):
             "client-framing",
             None,
             "lf",
-            "Framing on the client side: " + ", ".join(FRAMINGS) + ".",
+            "Framing on the client side: " + ", ".join(CLIENT_FRAMINGS) + ".",
         ],
         ["backend-framing", None, "int32", "Framing on the backend side."],
         [
@@ -153,8 +179,46 @@ class Options(usage.Options):
             "backend-proxy-protocol",
             None,
             None,
-            "v1 or v2: send the client's original address to the backend"
-            " (PROXY protocol) before the first frame. [default: none]",
+            "v1, v2 or v2-ssl: send the client's original address to the"
+            " backend (PROXY protocol) before the first frame; v2-ssl adds the"
+            " client's TLS version, cipher, certificate CN and SNI."
+            " [default: none]",
+        ],
+        [
+            "handshake-timeout",
+            None,
+            "10",
+            "Seconds a connection may take before its first byte can reach a"
+            " backend: TLS handshake, incoming PROXY header, WebSocket upgrade"
+            " (0: no limit).",
+        ],
+        [
+            "max-connections-per-source",
+            None,
+            "0",
+            "Concurrent connections of one client address (IPv6: its /64);"
+            " more are closed at once (0: no limit).",
+        ],
+        [
+            "max-connection-rate-per-source",
+            None,
+            "0",
+            "New connections per second from one client address (a token"
+            " bucket holding that many); more are closed at once (0: no limit).",
+        ],
+        [
+            "websocket-path",
+            None,
+            "/",
+            "With --client-framing websocket: the request path that is"
+            " upgraded (others get 404).",
+        ],
+        [
+            "websocket-message-type",
+            None,
+            "binary",
+            "With --client-framing websocket: the type of the messages sent"
+            " to clients, binary or text.",
         ],
         [
             "metrics",
@@ -218,7 +282,11 @@ class Options(usage.Options):
         self["tls-cert"] = []
         self["tls-key"] = []
         self["tls-alpn"] = []
+        self["tls-client-name"] = []
+        self["allow"] = []
+        self["deny"] = []
         self["backend"] = []
+        self["websocket-origin"] = []
         # Long names of the options given on the command line.
         self.given: set[str] = set()
 
@@ -313,12 +381,42 @@ class Options(usage.Options):
         """
         self["tls-alpn"].append(name)
 
+    def opt_tls_client_name(self, name: str) -> None:
+        """
+        With --tls-client-ca: a name the client certificate must carry as its
+        subject CN or a DNS or URI SAN (repeatable; *.example.com matches one
+        label). [default: any certificate the CA signed]
+        """
+        self["tls-client-name"].append(name)
+
+    def opt_allow(self, cidr: str) -> None:
+        """
+        Only client addresses inside this network may connect (repeatable),
+        e.g. 10.0.0.0/8, 2001:db8::/32. [default: every address]
+        """
+        self["allow"].append(cidr)
+
+    def opt_deny(self, cidr: str) -> None:
+        """
+        Client addresses inside this network may not connect (repeatable;
+        wins over --allow). [default: none]
+        """
+        self["deny"].append(cidr)
+
     def opt_tls_key(self, path: str) -> None:
         """
         PEM private key of the --tls-cert in the same position (repeatable).
         [default: the key inside the certificate file]
         """
         self["tls-key"].append(path)
+
+    def opt_websocket_origin(self, origin: str) -> None:
+        """
+        With --client-framing websocket: an Origin allowed to upgrade
+        (repeatable), e.g. https://app.example.com; others get 403.
+        [default: any origin]
+        """
+        self["websocket-origin"].append(origin)
 
     def opt_backend(self, description: str) -> None:
         """
@@ -329,27 +427,39 @@ class Options(usage.Options):
         self["backend"].append(description)
 
     def postOptions(self) -> None:
-        for option in ("client-framing", "backend-framing"):
-            if self[option] not in FRAMINGS:
+        if self["backend-framing"] == WEBSOCKET:
+            raise usage.UsageError(
+                "--backend-framing websocket: WebSocket is a client framing"
+                f" only; choose one of {', '.join(FRAMINGS)} for the backend"
+            )
+        for option, choices in (
+            ("client-framing", CLIENT_FRAMINGS),
+            ("backend-framing", FRAMINGS),
+        ):
+            if self[option] not in choices:
                 raise usage.UsageError(
                     f"--{option}: unknown framing {self[option]!r};"
-                    f" choose one of {', '.join(FRAMINGS)}"
+                    f" choose one of {', '.join(choices)}"
                 )
+        self._webSocket()
         self["max-message-size"] = _number(self, "max-message-size", int, minimum=1)
         self["max-connections"] = _number(self, "max-connections", int, minimum=1)
         self["connect-timeout"] = _number(self, "connect-timeout", float, above=0)
         self["idle-timeout"] = _number(self, "idle-timeout", float, minimum=0)
         self["drain-timeout"] = _number(self, "drain-timeout", float, minimum=0)
+        self["handshake-timeout"] = _number(self, "handshake-timeout", float, minimum=0)
+        self["admission"] = self._admission()
         self._framingsCarry()
         if self["tls-min-version"] not in TLS_VERSIONS:
             raise usage.UsageError(
                 f"--tls-min-version: {self['tls-min-version']!r} is not 1.2 or 1.3"
             )
         proxyVersion = self["backend-proxy-protocol"]
-        if proxyVersion is not None and proxyVersion not in HEADERS:
+        if proxyVersion is not None and proxyVersion not in PROXY_VERSIONS:
             raise usage.UsageError(
                 f"--backend-proxy-protocol: {proxyVersion!r} is not "
-                + " or ".join(HEADERS)
+                + ", ".join(PROXY_VERSIONS[:-1])
+                + f" or {PROXY_VERSIONS[-1]}"
             )
         self["health"] = self._healthSettings()
         if not self["listen"] and not self["listen-tls"]:
@@ -384,6 +494,15 @@ class Options(usage.Options):
         else:
             if not self["tls-cert"]:
                 raise usage.UsageError("--listen-tls: needs at least one --tls-cert")
+            if self["tls-client-name"] and self["tls-client-ca"] is None:
+                raise usage.UsageError(
+                    "--tls-client-name: needs --tls-client-ca (client"
+                    " certificates are only asked for with a client CA)"
+                )
+            try:
+                clientNames = parseClientNames(self["tls-client-name"])
+            except InvalidClientName as error:
+                raise usage.UsageError(str(error))
             try:
                 self["tls"] = ReloadableServerTLS(
                     self["tls-cert"],
@@ -391,9 +510,56 @@ class Options(usage.Options):
                     self["tls-client-ca"],
                     self["tls-min-version"],
                     self["tls-alpn"],
+                    clientNames,
                 )
             except TLSError as error:
                 raise usage.UsageError(str(error))
+
+    def _admission(self) -> AdmissionSettings:
+        """
+        The admission rules of SPEC section 9, checked.
+        """
+        perSource = "max-connections-per-source"
+        self[perSource] = _number(self, perSource, int, minimum=0)
+        rate = "max-connection-rate-per-source"
+        self[rate] = _number(self, rate, float, minimum=0)
+        try:
+            return AdmissionSettings(
+                allow=parseNetworks("--allow", self["allow"]),
+                deny=parseNetworks("--deny", self["deny"]),
+                maxConnectionsPerSource=self[perSource],
+                maxConnectionRatePerSource=self[rate],
+            )
+        except InvalidRule as error:
+            raise usage.UsageError(str(error))
+
+    def _webSocket(self) -> None:
+        """
+        The C{--websocket-*} options: checked, and refused without
+        C{--client-framing websocket}, for which they would do nothing.
+        """
+        if self["client-framing"] != WEBSOCKET:
+            for option in WEBSOCKET_OPTIONS:
+                if option in self.given:
+                    raise usage.UsageError(
+                        f"--{option}: only WebSocket clients have it: add"
+                        f" --client-framing websocket or leave --{option} out"
+                    )
+            return
+        problem = checkPath(self["websocket-path"])
+        if problem is not None:
+            raise usage.UsageError(
+                f"--websocket-path {self['websocket-path']!r}: {problem}"
+            )
+        for origin in self["websocket-origin"]:
+            problem = checkOrigin(origin)
+            if problem is not None:
+                raise usage.UsageError(f"--websocket-origin {origin!r}: {problem}")
+        if self["websocket-message-type"] not in MESSAGE_TYPES:
+            raise usage.UsageError(
+                f"--websocket-message-type: {self['websocket-message-type']!r}"
+                f" is not {' or '.join(MESSAGE_TYPES)}"
+            )
 
     def _healthSettings(self) -> HealthSettings:
         """
@@ -561,7 +727,7 @@ def makeService(
             from gateway.metrics import GatewayMetrics
 
             # Process-wide, and the gateway owns its process: no *_created
-            # series (the README's "Metrics and health" says why).
+            # series (docs/metrics.rst says why).
             disable_created_metrics()
             registry = CollectorRegistry()
             recorder = GatewayMetrics(registry, __version__)
@@ -593,11 +759,29 @@ def makeService(
     gateway.readinessChecks.append(healthProblems({DEFAULT_SERVICE: health.checker}))
     listeners: list[ListenerService] = []
     maxSize = options["max-message-size"]
-    clientFraming = framing(options["client-framing"], maxSize)
+    webSocket = None
+    if options["client-framing"] == WEBSOCKET:
+        clientFraming = None
+        webSocket = WebSocketSettings(
+            options["websocket-path"],
+            tuple(options["websocket-origin"]),
+            options["websocket-message-type"],
+            maxSize,
+        )
+    else:
+        clientFraming = framing(options["client-framing"], maxSize)
     backendFraming = framing(options["backend-framing"], maxSize)
     tls = options["tls"]
     proxyVersion = options["backend-proxy-protocol"]
+    sendProxySSL = proxyVersion == PROXY_V2_SSL
+    if sendProxySSL:
+        proxyVersion = "v2"
     sendProxyHeader = HEADERS[proxyVersion] if proxyVersion else None
+    # The service's admission state (rules and per-source tables), shared
+    # by its listeners; the refusal log likewise.
+    admission = Admission(options["admission"], reactor)
+    refusals = RefusalLog(ProxyFactory.log, reactor)
+    gateway.drainingHooks.append(refusals.stop)
     for option, tlsOn in (("listen", False), ("listen-tls", True)):
         for description in options[option]:
             name = listenerName(description, tls=tlsOn)
@@ -613,6 +797,11 @@ def makeService(
                 tls=tlsOn,
                 proxyHeader=isBehindProxy(description),
                 sendProxyHeader=sendProxyHeader,
+                refusals=refusals,
+                admission=admission,
+                handshakeTimeout=options["handshake-timeout"],
+                sendProxySSL=sendProxySSL,
+                websocket=webSocket,
             )
             listener = ListenerService(
                 name,

@@ -15,8 +15,12 @@ the option and the file, fit to show an operator as it is.
 
 A client certificate is accepted when its chain ends at any certificate of
 the C{--tls-client-ca} file, a root or an intermediate (OpenSSL's
-C{X509_V_FLAG_PARTIAL_CHAIN}). An ALPN offer is served as if none was made,
-unless C{--tls-alpn} names protocols to select (see L{ServerTLS}).
+C{X509_V_FLAG_PARTIAL_CHAIN}); with C{--tls-client-name}, it must also carry
+one of the names (L{gateway.certnames}), checked in the handshake itself, in
+every certificate's context, across reloads: a refused certificate fails the
+handshake, and L{refusedClient} names its subject for the close line. An
+ALPN offer is served as if none was made, unless C{--tls-alpn} names
+protocols to select (see L{ServerTLS}).
 
 L{failureReason} turns the reason a TLS connection ended with into OpenSSL's
 words for it, and L{connectionInfo} reads what a completed handshake
@@ -32,6 +36,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from weakref import WeakKeyDictionary
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -55,6 +60,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.certnames import ClientName, nameVerifier
 from gateway.halfclosetls import HalfCloseableTLSFactory
 
 __all__ = [
@@ -68,6 +74,7 @@ __all__ = [
     "failureReason",
     "loadServerTLS",
     "parseALPN",
+    "refusedClient",
     "wrapFactory",
 ]
 
@@ -297,11 +304,18 @@ class ServerTLS:
         clientCAs: Sequence[x509.Certificate] = (),
         minVersion: TLSVersion = MIN_VERSIONS[DEFAULT_MIN_VERSION],
         alpn: Sequence[bytes] = (),
+        clientNames: Sequence[ClientName] = (),
     ) -> None:
+        """
+        @param clientNames: with C{clientCAs}, the names one of which a
+            client certificate must carry (L{gateway.certnames}); none is
+            no name check.
+        """
         if not certificates:
             raise TLSError(f"{CERT_OPTION} is required for TLS")
         self.certificates = tuple(certificates)
         self.clientCAs = tuple(clientCAs)
+        self.clientNames = tuple(clientNames)
         self.minVersion = minVersion
         self.alpn = tuple(alpn)
         self._exact: dict[str, int] = {}
@@ -353,6 +367,13 @@ class ServerTLS:
         for ca in self.clientCAs:
             # Named in the certificate request, so clients can pick a cert.
             context.add_client_ca(ca)
+        if self.clientCAs and self.clientNames:
+            # Replaces the callback CertificateOptions set, which only
+            # passes OpenSSL's chain verdict on; same flags.
+            context.set_verify(
+                context.get_verify_mode(),
+                nameVerifier(self.clientNames, _noteRefused),
+            )
         return context
 
     def _selectProtocol(
@@ -411,7 +432,38 @@ class ServerTLS:
         """
         A new server-side OpenSSL connection for one accepted client.
         """
-        return SSL.Connection(self._contexts[0], None)
+        connection = SSL.Connection(self._contexts[0], None)
+        if tlsProtocol is not None:
+            # For the name check to tell which connection it refused (as
+            # Twisted's own client side keeps its protocol there).
+            connection.set_app_data(tlsProtocol)
+        return connection
+
+
+# The subjects of client certificates refused for their names, by the TLS
+# protocol of their connection, for as long as that protocol exists.
+_refusedSubjects: WeakKeyDictionary[object, str] = WeakKeyDictionary()
+
+
+def _noteRefused(connection: SSL.Connection, subject: str) -> None:
+    protocol = connection.get_app_data()
+    if protocol is not None:
+        _refusedSubjects[protocol] = subject
+
+
+def refusedClient(transport: object) -> str | None:
+    """
+    The subject (RFC 4514, one line) of the client certificate that
+    C{transport}'s handshake refused for its names (C{--tls-client-name}),
+    or L{None} when it refused none.
+
+    @param transport: the transport of a protocol under L{wrapFactory}.
+    """
+    try:
+        return _refusedSubjects.get(transport)
+    except TypeError:
+        # Not weakly referenceable: not a TLS transport of ours.
+        return None
 
 
 def loadServerTLS(
@@ -420,6 +472,7 @@ def loadServerTLS(
     clientCAFile: str | None = None,
     minVersion: str = DEFAULT_MIN_VERSION,
     alpn: Sequence[str] = (),
+    clientNames: Sequence[ClientName] = (),
 ) -> ServerTLS:
     """
     Read the files named by the TLS options into a L{ServerTLS}.
@@ -449,7 +502,7 @@ def loadServerTLS(
             clientCAFile,
             _readFile(CLIENT_CA_OPTION, clientCAFile),
         )
-    return ServerTLS(certificates, clientCAs, version, protocols)
+    return ServerTLS(certificates, clientCAs, version, protocols, clientNames)
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -468,6 +521,7 @@ class ReloadableServerTLS:
         clientCAFile: str | None = None,
         minVersion: str = DEFAULT_MIN_VERSION,
         alpn: Sequence[str] = (),
+        clientNames: Sequence[ClientName] = (),
     ) -> None:
         """
         Read the files now.
@@ -479,6 +533,7 @@ class ReloadableServerTLS:
         self.clientCAFile = clientCAFile
         self.minVersion = minVersion
         self.alpn = tuple(alpn)
+        self.clientNames = tuple(clientNames)
         self.current = self._load()
 
     def _load(self) -> ServerTLS:
@@ -488,6 +543,7 @@ class ReloadableServerTLS:
             self.clientCAFile,
             self.minVersion,
             self.alpn,
+            self.clientNames,
         )
 
     def reload(self) -> None:

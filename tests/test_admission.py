@@ -1,6 +1,7 @@
 """
 Tests for L{gateway.admission}: address lists, per-source limits, the rate
-buckets and the refusal log, on fake addresses and a L{Clock}.
+buckets, on fake addresses and a L{Clock}. (Refusals are logged by
+L{gateway.refusals}, tested in L{tests.test_refusals}.)
 """
 
 import ipaddress
@@ -10,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.admission import (
@@ -25,7 +25,6 @@ from gateway.admission import (
     NetworkSet,
     RateLimiter,
     Refusal,
-    RefusalLog,
     Ticket,
     clientIP,
     parseNetwork,
@@ -767,103 +766,3 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(rules.admit("192.0.2.7").reason, RATE_LIMIT)
         now[0] = 1.0
         self.assertIsInstance(rules.admit("192.0.2.7"), Ticket)
-
-
-class RefusalLogTests(SynchronousTestCase):
-    """
-    L{RefusalLog}: at most one line per second per listener and reason.
-    """
-
-    def setUp(self):
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-        self.clock = Clock()
-        self.refusals = RefusalLog(self.clock)
-
-    def lines(self):
-        from twisted.logger import formatEvent
-
-        return [
-            formatEvent(event)
-            for event in self.events
-            if event.get("log_namespace") == "gateway.admission.RefusalLog"
-        ]
-
-    def test_firstAtOnce(self):
-        self.refusals.refused("tcp:7000", DENIED, "10.1.2.3")
-        self.assertEqual(
-            self.lines(), ["refused a connection on tcp:7000 (denied) from 10.1.2.3"]
-        )
-        self.assertEqual(self.events[-1]["log_level"], LogLevel.info)
-        self.assertEqual(self.events[-1]["count"], 1)
-
-    def test_floodCounted(self):
-        """
-        A flood is one line at once, then one line per second with the
-        count it stands for and the last source.
-        """
-        self.refusals.refused("tcp:7000", PER_SOURCE_LIMIT, "10.1.2.3")
-        for n in range(37):
-            self.clock.advance(0.02)
-            self.refusals.refused("tcp:7000", PER_SOURCE_LIMIT, f"10.1.2.{n}")
-        self.assertEqual(len(self.lines()), 1)
-        self.clock.advance(1.0 - 37 * 0.02)
-        self.assertEqual(
-            self.lines()[1],
-            "refused 37 connections on tcp:7000 (per_source_limit) in the last "
-            "1.0s; last from 10.1.2.36",
-        )
-        self.assertEqual(self.events[-1]["count"], 37)
-        # One more, then quiet: one line for it, then nothing more.
-        self.refusals.refused("tcp:7000", PER_SOURCE_LIMIT, "10.9.9.9")
-        self.clock.advance(1.0)
-        self.assertEqual(
-            self.lines()[2],
-            "refused 1 connection on tcp:7000 (per_source_limit) in the last "
-            "1.0s; last from 10.9.9.9",
-        )
-        self.clock.advance(1.0)
-        self.assertEqual(len(self.lines()), 3)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-        # Quiet for a second: the next refusal is logged at once again.
-        self.refusals.refused("tcp:7000", PER_SOURCE_LIMIT, "10.1.1.1")
-        self.assertEqual(len(self.lines()), 4)
-
-    def test_separateKeys(self):
-        """
-        Each listener and reason has its own allowance.
-        """
-        self.refusals.refused("tcp:7000", DENIED, "10.0.0.1")
-        self.refusals.refused("tcp:7000", RATE_LIMIT, "10.0.0.1")
-        self.refusals.refused("tls:7443", DENIED, "10.0.0.1")
-        self.refusals.refused("tls:7443", DENIED, "10.0.0.1")
-        self.assertEqual(len(self.lines()), 3)
-
-    def test_linesPerSecondBounded(self):
-        """
-        A steady flood of 1,000 refusals a second for ten seconds is eleven
-        lines, and every refusal is counted in one of them.
-        """
-        for _ in range(10_000):
-            self.refusals.refused("tcp:7000", RATE_LIMIT, "10.0.0.1")
-            self.clock.advance(0.001)
-        self.clock.advance(1.0)
-        events = [e for e in self.events if e.get("listener") == "tcp:7000"]
-        self.assertEqual(len(events), 11)
-        self.assertEqual(sum(e["count"] for e in events), 10_000)
-
-    def test_stop(self):
-        """
-        Stopping logs what is counted and leaves no timer behind.
-        """
-        self.refusals.refused("tcp:7000", DENIED, "10.0.0.1")
-        self.clock.advance(0.5)
-        self.refusals.refused("tcp:7000", DENIED, "10.0.0.2")
-        self.refusals.stop()
-        self.assertEqual(
-            self.lines()[-1],
-            "refused 1 connection on tcp:7000 (denied) in the last 0.5s; "
-            "last from 10.0.0.2",
-        )
-        self.assertEqual(self.clock.getDelayedCalls(), [])

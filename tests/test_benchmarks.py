@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 import benchmarks
 from benchmarks import compare, loadgen, peers
@@ -578,3 +578,131 @@ class HarnessTests(SynchronousTestCase):
         self.assertIn("| a | naive | 3.00 | 1.50 * | 3.00 | 3.00 |", text)
         self.assertIn("| gateway | lf | 300 |", text)
         self.assertIn("| 2/3 |", text)
+
+
+def serverFrame(payload: bytes, opcode=None) -> bytes:
+    from websockets.frames import BINARY, Frame
+
+    return Frame(opcode or BINARY, payload).serialize(mask=False)
+
+
+class WebSocketClientSideTests(SynchronousTestCase):
+    """
+    The load generator's WebSocket wire, against websockets' own frames.
+    """
+
+    def test_wrap(self) -> None:
+        """
+        Each message becomes one final binary client frame, masked (with a
+        key of zeros), that websockets' server-side parser reads back, at
+        each of the three length encodings.
+        """
+        from websockets.frames import BINARY, Frame
+        from websockets.streams import StreamReader
+
+        for size in (16, 125, 126, 65535, 65536):
+            side = loadgen.WebSocketClientSide(size)
+            messages = [bytes([i]) * size for i in range(3)]
+            reader = StreamReader()
+            reader.feed_data(side.wrap(b"".join(messages)))
+            reader.feed_eof()
+            parsed = []
+            for _ in messages:
+                parser = Frame.parse(reader.read_exact, mask=True)
+                try:
+                    next(parser)
+                except StopIteration as done:
+                    parsed.append(done.value)
+            self.assertEqual([f.data for f in parsed], messages, size)
+            self.assertTrue(all(f.fin and f.opcode is BINARY for f in parsed))
+
+    def test_feedAnyChunking(self) -> None:
+        """
+        The 101 response, then server frames of every length encoding, cut
+        anywhere: the payloads come out joined and in order; a Close frame
+        is noticed.
+        """
+        from websockets.frames import CLOSE
+
+        payloads = [b"a" * 5, b"", b"b" * 126, b"c" * 70000]
+        response = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+        data = response + b"".join(map(serverFrame, payloads))
+        data += serverFrame(b"\x03\xe8", CLOSE)
+        for chunk in (1, 3, 100, 65536):
+            side = loadgen.WebSocketClientSide(16)
+            out = b"".join(
+                side.feed(data[i : i + chunk]) for i in range(0, len(data), chunk)
+            )
+            self.assertEqual(
+                (out, side.open, side.closed), (b"".join(payloads), True, True)
+            )
+
+    def test_refused(self) -> None:
+        side = loadgen.WebSocketClientSide(16)
+        self.assertRaises(ConnectionError, side.feed, b"HTTP/1.1 403 Forbidden\r\n\r\n")
+
+    def test_raw_frames(self) -> None:
+        """
+        A raw message is exactly C{size} bytes: no framing in the stream.
+        """
+        verifier = Verifier(conn_id=5, size=64, framing="raw")
+        self.assertEqual(len(verifier.frame(3)), 64)
+        self.assertTrue(verifier.frame(3).startswith(b"000005" + b"%010x" % 3))
+
+
+class WebSocketPeerTests(SynchronousTestCase):
+    """
+    The WebSocket peers, and the load generator speaking WebSocket to them.
+    """
+
+    def run_loadgen(self, peer: peers.RunningPeer) -> dict:
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.loadgen", "--port", str(peer.port)]
+            + ["--framing", peer.framing, "-c", "3", "-w", "16", "-s", "64"]
+            + ["-d", "0.3", "--warmup", "0.1"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE * 3,
+        )
+        result = json.loads(done.stdout.splitlines()[-1])
+        self.assertEqual(result["errors"], 0, result["error_details"])
+        self.assertGreater(result["messages"], 0)
+        return result
+
+    def test_gateway(self) -> None:
+        """
+        The gateway with WebSocket clients: a probe message and a tiny run,
+        every reply checked.
+        """
+        peer = startGatewayPeer(self, "gateway-websocket")
+        self.assertEqual(peer.framing, "ws-raw")
+        self.assertEqual(
+            peers.websocket_exchange(peer.port, b"probe", DEADLINE), b"probe"
+        )
+        self.run_loadgen(peer)
+
+    def test_websockify(self) -> None:
+        """
+        websockify forwards the bytes of WebSocket messages (int32 frames)
+        to the echo backend and back, however it cuts its replies.
+        """
+        settings = peers.PeerSettings(python=sys.executable)
+        if peers.websockify_command(settings) is None:
+            raise SkipTest("websockify is not installed (make bench installs it)")
+        echo = start(self, "echo", "benchmarks.echo_backend")
+        peer = peers.start("websockify", echo, settings)
+        self.addCleanup(peer.stop)
+        message = peers.frame("int32", b"probe")
+        self.assertEqual(
+            peers.websocket_exchange(peer.port, message, DEADLINE), message
+        )
+        self.run_loadgen(peer)
+
+    def test_report(self) -> None:
+        """
+        The report compares the gateway with websockify when both ran.
+        """
+        self.assertIn("websockify", peers.DEFAULT_PEERS)
+        self.assertIn("gateway-websocket", peers.DEFAULT_PEERS)
+        self.assertIn("websockify", compare.NO_IDLE)

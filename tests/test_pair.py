@@ -3,6 +3,7 @@ Tests for L{gateway.pair}: the phases of a pair and its close reason,
 driven by events with no I/O.
 """
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import stats
@@ -10,6 +11,7 @@ from gateway.pair import (
     FIRST_BYTE,
     PROXY_HEADER,
     TLS_HANDSHAKE,
+    WEBSOCKET_UPGRADE,
     IllegalEvent,
     Pair,
     Phase,
@@ -120,6 +122,32 @@ class PreambleTests(SynchronousTestCase):
         pair.lost(CLIENT)
         self.assertEqual(io.calls[-1], ("ended", stats.CLIENT_CLOSED, False))
         self.assertNotIn("handshakeFailed", io.calls)
+
+    def test_refused(self):
+        """
+        A refusal during the preamble (a WebSocket origin not allowed) ends
+        the pair for the refusal's reason, what was written sent first; it
+        is no failed handshake, and no backend is connected.
+        """
+        pair, io = makePair(TLS_HANDSHAKE, WEBSOCKET_UPGRADE)
+        pair.stepDone(TLS_HANDSHAKE)
+        pair.refuse("denied", abort=False)
+        self.assertEqual(
+            io.calls,
+            [
+                "dropInput",
+                ("close", frozenset({CLIENT}), False),
+                ("ended", "denied", False),
+            ],
+        )
+        self.assertEqual((pair.reason, pair.refused), ("denied", True))
+
+    def test_refusedOnlyInPreamble(self):
+        """
+        Once the backend is being connected, nothing is refused any more.
+        """
+        pair, io = makePair()
+        self.assertRaises(IllegalEvent, pair.refuse, "denied")
 
     def test_leftDuringProxyHeader(self):
         """
@@ -307,3 +335,156 @@ class ClosingTests(SynchronousTestCase):
             [c for c in io.calls if c[0] == "ended"],
             [("ended", stats.CLIENT_CLOSED, False)],
         )
+
+
+def timedPair(*steps, timeout=2.0):
+    """
+    A started pair whose preamble has C{timeout} seconds on a L{Clock}.
+    """
+    clock = Clock()
+    recording = RecordingIO()
+    pair = Pair(recording, steps, clock, timeout)
+    recording.pair = pair
+    pair.start()
+    return pair, recording, clock
+
+
+class DeadlineTests(SynchronousTestCase):
+    """
+    The preamble's one deadline (C{--handshake-timeout}, SPEC section 9).
+    """
+
+    def test_handshakeTimedOut(self):
+        """
+        A TLS handshake still under way at the deadline ends the pair
+        C{handshake_timeout}, aborted, and counts as a failed handshake.
+        """
+        pair, io, clock = timedPair(TLS_HANDSHAKE)
+        clock.advance(1.999)
+        self.assertEqual(pair.phase, Phase.PREAMBLE)
+        clock.advance(0.001)
+        self.assertEqual(
+            io.calls,
+            [
+                "handshakeFailed",
+                "dropInput",
+                ("close", frozenset({CLIENT}), True),
+                ("ended", stats.HANDSHAKE_TIMEOUT, False),
+            ],
+        )
+
+    def test_proxyHeaderTimedOut(self):
+        """
+        A PROXY header still incomplete at the deadline: the same reason,
+        no TLS handshake failure counted.
+        """
+        pair, io, clock = timedPair(PROXY_HEADER, TLS_HANDSHAKE)
+        clock.advance(2)
+        self.assertNotIn("handshakeFailed", io.calls)
+        self.assertEqual(io.calls[-1], ("ended", stats.HANDSHAKE_TIMEOUT, False))
+
+    def test_oneDeadlineForAllSteps(self):
+        """
+        The deadline is for the whole preamble, not per step: a PROXY
+        header done in 1.5 s leaves the handshake 0.5 s.
+        """
+        pair, io, clock = timedPair(PROXY_HEADER, TLS_HANDSHAKE)
+        clock.advance(1.5)
+        pair.stepDone(PROXY_HEADER)
+        clock.advance(0.5)
+        self.assertEqual(io.calls[0], "handshakeFailed")
+        self.assertEqual(pair.reason, stats.HANDSHAKE_TIMEOUT)
+
+    def test_newStepCovered(self):
+        """
+        A step any step adds (here: the first byte after a PROXY LOCAL
+        header; a WebSocket upgrade alike) runs under the same deadline.
+        """
+        pair, io, clock = timedPair(PROXY_HEADER)
+        pair.stepDone(PROXY_HEADER, then=(Step("upgrade", stats.CLIENT_CLOSED),))
+        clock.advance(2)
+        self.assertEqual(pair.reason, stats.HANDSHAKE_TIMEOUT)
+
+    def test_cancelledWhenDone(self):
+        """
+        The preamble done in time: the deadline is gone, nothing fires.
+        """
+        pair, io, clock = timedPair(PROXY_HEADER, TLS_HANDSHAKE)
+        pair.stepDone(PROXY_HEADER)
+        pair.stepDone(TLS_HANDSHAKE)
+        self.assertEqual(pair.phase, Phase.CONNECTING)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_cancelledWhenEnded(self):
+        """
+        A pair that ends in its preamble for another reason leaves no timer,
+        and keeps that reason.
+        """
+        pair, io, clock = timedPair(TLS_HANDSHAKE)
+        pair.abort(stats.IDLE_TIMEOUT)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(pair.reason, stats.IDLE_TIMEOUT)
+
+    def test_lazyCloseKeepsReason(self):
+        """
+        Once the deadline ended the pair, a later timer or loss does not
+        rename it.
+        """
+        clock = Clock()
+        io = RecordingIO(lazy=True)
+        pair = Pair(io, (TLS_HANDSHAKE,), clock, 2)
+        io.pair = pair
+        pair.start()
+        clock.advance(2)
+        pair.abort(stats.IDLE_TIMEOUT)
+        pair.lost(CLIENT)
+        self.assertEqual(io.calls[-1], ("ended", stats.HANDSHAKE_TIMEOUT, False))
+
+    def test_off(self):
+        """
+        0 is no deadline; nor is there one without a preamble.
+        """
+        pair, io, clock = timedPair(TLS_HANDSHAKE, timeout=0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        pair, io, clock = timedPair()
+        self.assertEqual(pair.phase, Phase.CONNECTING)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class RefuseTests(SynchronousTestCase):
+    """
+    L{Pair.refuse}: admission's refusal once the real address is known.
+    """
+
+    def test_refused(self):
+        """
+        The pair ends at once, aborted, for the refusal's reason, marked as
+        refused; no step is blamed, no backend is connected.
+        """
+        pair, io = makePair(PROXY_HEADER, TLS_HANDSHAKE)
+        pair.refuse("per_source_limit")
+        self.assertTrue(pair.refused)
+        self.assertEqual(
+            io.calls,
+            [
+                "dropInput",
+                ("close", frozenset({CLIENT}), True),
+                ("ended", "per_source_limit", False),
+            ],
+        )
+
+    def test_deadlineCancelled(self):
+        pair, io, clock = timedPair(PROXY_HEADER)
+        pair.refuse("denied")
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_onlyInPreamble(self):
+        """
+        Refusing is legal in PREAMBLE only, ignored once the pair has ended.
+        """
+        pair, io = makePair()
+        self.assertRaises(IllegalEvent, pair.refuse, "denied")
+        pair, io = makePair(PROXY_HEADER)
+        pair.lost(CLIENT)
+        pair.refuse("denied")
+        self.assertFalse(pair.refused)

@@ -3,9 +3,10 @@ Tests for L{gateway.proxy}: one client/backend pair driven by hand.
 """
 
 import socket
+from ipaddress import ip_address
 
 from twisted.internet import tcp, unix
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.ssl import optionsForClientTLS
@@ -21,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import stats
+from gateway.admission import Admission, AdmissionSettings, parseNetworks
 from gateway.codec import framing
 from gateway.proxy import Connections, ProxyFactory
 
@@ -82,11 +84,9 @@ class Harness:
         self.attempts.append((backendFactory, attempt))
         return attempt
 
-    def connectClient(self):
-        protocol = self.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 5000))
-        transport = HalfCloseableTransport(
-            peerAddress=IPv4Address("TCP", "192.0.2.1", 5000)
-        )
+    def connectClient(self, source="192.0.2.1"):
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", source, 5000))
+        transport = HalfCloseableTransport(peerAddress=IPv4Address("TCP", source, 5000))
         transport.protocol = protocol
         protocol.makeConnection(transport)
         return protocol, transport
@@ -744,6 +744,197 @@ class RefusalTests(SynchronousTestCase):
                 ("tcp:7000", "limit", 2, "192.0.2.1:5000"),
             ],
         )
+
+
+def admitting(**settings):
+    """
+    A harness whose listener has these admission rules.
+    """
+    harness = Harness(limit=100, proxyHeader=settings.pop("proxyHeader", False))
+    harness.factory.admission = Admission(AdmissionSettings(**settings), harness.clock)
+    return harness
+
+
+def refusals(events):
+    return [
+        (e["refusal"], e["count"], e["client"])
+        for e in events
+        if e["log_format"].startswith("refused")
+    ]
+
+
+class AdmissionTests(SynchronousTestCase):
+    """
+    The accept path asks admission before anything else happens; a refusal
+    is closed at once, counted as rejected only, logged rate-limited.
+    """
+
+    def test_deniedAtAccept(self):
+        harness = admitting(
+            allow=parseNetworks("--allow", ["192.0.2.0/24"]),
+            deny=parseNetworks("--deny", ["192.0.2.128/25"]),
+        )
+        with capturedLogs() as events:
+            client, transport = harness.connectClient("192.0.2.200")
+            other, otherTransport = harness.connectClient("198.51.100.1")
+        self.assertFalse(transport.connected)
+        self.assertFalse(otherTransport.connected)
+        self.assertEqual(harness.attempts, [])
+        self.assertEqual(harness.stats.named("rejected"), [("denied",), ("denied",)])
+        self.assertEqual(harness.stats.named("closed"), [])
+        self.assertEqual(len(harness.connections), 0)
+        self.assertEqual(refusals(events), [("denied", 1, "192.0.2.200:5000")])
+        allowed, allowedTransport = harness.connectClient("192.0.2.1")
+        self.assertTrue(allowedTransport.connected)
+        self.assertEqual(len(harness.attempts), 1)
+
+    def test_perSourceReleasedOnce(self):
+        """
+        The per-source count is taken at accept and given back once when
+        the pair ends, whichever way.
+        """
+        harness = admitting(maxConnectionsPerSource=2)
+        first = harness.connectClient()
+        second = harness.connectClient()
+        harness.connectClient()
+        self.assertEqual(harness.stats.named("rejected"), [("per_source_limit",)])
+        self.assertEqual(harness.factory.admission.concurrency.count(int(IPV4)), 2)
+        first[1].loseConnection()
+        self.assertEqual(harness.factory.admission.concurrency.count(int(IPV4)), 1)
+        second[0].abort(stats.SHUTDOWN)
+        self.assertEqual(len(harness.factory.admission.concurrency), 0)
+
+    def test_rateLimited(self):
+        harness = admitting(maxConnectionRatePerSource=2)
+        for _ in range(3):
+            client, transport = harness.connectClient()
+            transport.loseConnection()
+        self.assertEqual(harness.stats.named("rejected"), [("rate_limit",)])
+        harness.clock.advance(0.5)
+        client, transport = harness.connectClient()
+        self.assertTrue(transport.connected)
+
+    def test_unixExempt(self):
+        harness = admitting(allow=parseNetworks("--allow", ["10.0.0.0/8"]))
+        protocol = harness.factory.buildProtocol(None)
+        transport = HalfCloseableTransport(peerAddress=UNIXAddress(b"/gw.sock"))
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        self.assertTrue(transport.connected)
+        self.assertEqual(harness.stats.named("rejected"), [])
+
+    def test_behindProxyHeader(self):
+        """
+        Behind a PROXY header, the address the header names is checked once
+        the header is read: refused, the pair ends at once without a
+        backend, counted as rejected only, with no close line.
+        """
+        harness = admitting(
+            proxyHeader=True, deny=parseNetworks("--deny", ["203.0.113.0/24"])
+        )
+        # The load balancer's own address is allowed.
+        client, transport = harness.connectClient("192.0.2.1")
+        self.assertTrue(transport.connected)
+        transport.peerAddr = IPv4Address("TCP", "203.0.113.9", 4000)
+        with capturedLogs() as events:
+            client.proxyHeaderReceived(local=False)
+        self.assertFalse(transport.connected)
+        self.assertEqual(harness.attempts, [])
+        self.assertEqual(harness.stats.named("rejected"), [("denied",)])
+        self.assertEqual(harness.stats.named("closed"), [])
+        self.assertEqual(harness.stats.named("tlsHandshakeFailed"), [])
+        self.assertEqual(len(harness.connections), 0)
+        self.assertEqual(refusals(events), [("denied", 1, "203.0.113.9:4000")])
+        self.assertEqual(
+            [e for e in events if e["log_format"].startswith("closed")], []
+        )
+
+    def test_behindProxyHeaderCounted(self):
+        """
+        Behind a PROXY header, the per-source count is the named source's,
+        taken after the header and released when the pair ends.
+        """
+        harness = admitting(proxyHeader=True, maxConnectionsPerSource=1)
+        named = IPv4Address("TCP", "203.0.113.9", 4000)
+        first, firstTransport = harness.connectClient()
+        firstTransport.peerAddr = named
+        first.proxyHeaderReceived(local=False)
+        second, secondTransport = harness.connectClient()
+        secondTransport.peerAddr = named
+        second.proxyHeaderReceived(local=False)
+        self.assertFalse(secondTransport.connected)
+        self.assertEqual(harness.stats.named("rejected"), [("per_source_limit",)])
+        firstTransport.loseConnection()
+        self.assertEqual(len(harness.factory.admission.concurrency), 0)
+
+    def test_localHeaderExempt(self):
+        """
+        A LOCAL header is the load balancer's health check: no rule applies.
+        """
+        harness = admitting(
+            proxyHeader=True, allow=parseNetworks("--allow", ["10.0.0.0/8"])
+        )
+        client, transport = harness.connectClient()
+        client.proxyHeaderReceived(local=True)
+        self.assertTrue(transport.connected)
+        self.assertEqual(harness.stats.named("rejected"), [])
+
+
+IPV4 = ip_address("192.0.2.1")
+
+
+class HandshakeTimeoutTests(SynchronousTestCase):
+    """
+    C{--handshake-timeout} over the preamble, through the client protocol.
+    """
+
+    def test_tls(self):
+        """
+        A TLS handshake not done in time: closed C{handshake_timeout},
+        counted as a failed handshake, no backend.
+        """
+        harness = Harness(tls=True, handshakeTimeout=2, idleTimeout=300)
+        client, transport = harness.connectClient()
+        harness.clock.advance(2)
+        self.assertFalse(transport.connected)
+        self.assertEqual(harness.attempts, [])
+        self.assertEqual(
+            harness.stats.named("closed"), [(stats.HANDSHAKE_TIMEOUT, 2.0)]
+        )
+        self.assertEqual(harness.stats.named("tlsHandshakeFailed"), [()])
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+
+    def test_proxyHeader(self):
+        harness = Harness(proxyHeader=True, handshakeTimeout=2)
+        client, transport = harness.connectClient()
+        harness.clock.advance(2)
+        self.assertEqual(
+            harness.stats.named("closed"), [(stats.HANDSHAKE_TIMEOUT, 2.0)]
+        )
+        self.assertEqual(harness.stats.named("tlsHandshakeFailed"), [])
+
+    def test_doneInTime(self):
+        """
+        A preamble done in time is not timed any more.
+        """
+        harness = Harness(tls=True, handshakeTimeout=2)
+        client, transport = harness.connectClient()
+        harness.clock.advance(1.9)
+        client.handshakeCompleted()
+        harness.clock.advance(10)
+        self.assertTrue(transport.connected)
+        self.assertEqual(len(harness.attempts), 1)
+
+    def test_idleFirst(self):
+        """
+        An idle timeout shorter than the handshake timeout ends it first,
+        and names the reason.
+        """
+        harness = Harness(tls=True, handshakeTimeout=10, idleTimeout=3)
+        client, transport = harness.connectClient()
+        harness.clock.advance(3)
+        self.assertEqual(harness.stats.named("closed"), [(stats.IDLE_TIMEOUT, 3.0)])
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
 
 
 class DescribeTLSTests(SynchronousTestCase):

@@ -559,7 +559,9 @@ class OptionTests(SynchronousTestCase):
         error = self.assertRaises(
             usage.UsageError, self.options, "--backend-proxy-protocol", "v3"
         )
-        self.assertEqual(str(error), "--backend-proxy-protocol: 'v3' is not v1 or v2")
+        self.assertEqual(
+            str(error), "--backend-proxy-protocol: 'v3' is not v1, v2 or v2-ssl"
+        )
 
     def test_service(self):
         """

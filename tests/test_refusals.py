@@ -88,3 +88,18 @@ class RefusalLogTests(SynchronousTestCase):
             self.refusals.stop()
         self.assertEqual(self.lines(events), [("tcp:7000", "limit", 1, "b")])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_linesPerSecondBounded(self):
+        """
+        A steady flood of 1,000 refusals a second for ten seconds is eleven
+        lines (the first at once, then one per second), and every refusal is
+        counted in exactly one of them.
+        """
+        with capturedLogs() as events:
+            for _ in range(10_000):
+                self.refusals.refused("tcp:7000", "rate_limit", "192.0.2.1")
+                self.clock.advance(0.001)
+            self.clock.advance(INTERVAL)
+        counts = [count for _, _, count, _ in self.lines(events)]
+        self.assertEqual(len(counts), 11)
+        self.assertEqual(sum(counts), 10_000)

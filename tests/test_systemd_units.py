@@ -23,6 +23,8 @@ ROOT = Path(__file__).parent.parent
 UNITS = ROOT / "systemd"
 OPTIONS_FILE = ROOT / "etc" / "default" / "gateway"
 README = ROOT / "README.md"
+# The manual's pages: installation and scaling hold GATEWAY_OPTS examples.
+MANUAL = sorted((ROOT / "docs").glob("*.rst"))
 SERVICE = UNITS / "gateway.service"
 SOCKET = UNITS / "gateway.socket"
 TLS_SOCKET = UNITS / "gateway-tls.socket"
@@ -320,12 +322,13 @@ class OptionNamesTests(SynchronousTestCase):
 
     def test_examples(self) -> None:
         """
-        Every example in etc/default/gateway, the unit's comments and the
-        README names real gateway options, each with its argument.
+        Every example in etc/default/gateway, the unit's comments, the
+        README and the manual names real gateway options, each with its
+        argument.
         """
         examples = [
             (path.name, number, arguments)
-            for path in (OPTIONS_FILE, SERVICE, README)
+            for path in (OPTIONS_FILE, SERVICE, README, *MANUAL)
             for number, arguments in exampleOptions(path)
         ]
         self.assertGreater(len(examples), 8, "the examples were found")

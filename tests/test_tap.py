@@ -3,10 +3,12 @@ Tests for L{gateway.tap.Options}: every value checked before anything runs.
 """
 
 import re
+from ipaddress import ip_network
 
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.admission import AdmissionSettings
 from gateway.health import HealthSettings
 from gateway.tap import DEFAULT_LISTEN, DEFAULT_METRICS, Options
 
@@ -48,6 +50,16 @@ class DefaultsTests(SynchronousTestCase):
                 "idle-timeout": 300.0,
                 "drain-timeout": 30.0,
                 "metrics": DEFAULT_METRICS,
+                "handshake-timeout": 10.0,
+                "tls-client-name": [],
+                "allow": [],
+                "deny": [],
+                "max-connections-per-source": 0,
+                "max-connection-rate-per-source": 0.0,
+                "admission": AdmissionSettings(),
+                "websocket-path": "/",
+                "websocket-origin": [],
+                "websocket-message-type": "binary",
                 "health-check": "connect",
                 "health-check-interval": "2",
                 "health-check-timeout": "2",
@@ -85,6 +97,18 @@ class DefaultsTests(SynchronousTestCase):
             "2",
             "--metrics",
             "none",
+            "--handshake-timeout",
+            "0",
+            "--allow",
+            "10.0.0.0/8",
+            "--deny",
+            "10.1.0.0/16",
+            "--deny",
+            "2001:db8::/32",
+            "--max-connections-per-source",
+            "50",
+            "--max-connection-rate-per-source",
+            "2.5",
             "--health-check",
             "probe",
             "--health-check-interval",
@@ -123,6 +147,21 @@ class DefaultsTests(SynchronousTestCase):
                 "idle-timeout": 0.0,
                 "drain-timeout": 2.0,
                 "metrics": None,
+                "handshake-timeout": 0.0,
+                "tls-client-name": [],
+                "allow": ["10.0.0.0/8"],
+                "deny": ["10.1.0.0/16", "2001:db8::/32"],
+                "max-connections-per-source": 50,
+                "max-connection-rate-per-source": 2.5,
+                "admission": AdmissionSettings(
+                    allow=(ip_network("10.0.0.0/8"),),
+                    deny=(ip_network("10.1.0.0/16"), ip_network("2001:db8::/32")),
+                    maxConnectionsPerSource=50,
+                    maxConnectionRatePerSource=2.5,
+                ),
+                "websocket-path": "/",
+                "websocket-origin": [],
+                "websocket-message-type": "binary",
                 "health-check": "probe",
                 "health-check-interval": "0.5",
                 "health-check-timeout": "0.25",
@@ -322,6 +361,58 @@ BAD_ARGUMENTS = [
     (["--tls-key", "k.pem"], "--tls-key", "no --listen-tls"),
     (["--tls-client-ca", "ca.pem"], "--tls-client-ca", "no --listen-tls"),
     (["--tls-min-version", "1.3"], "--tls-min-version", "no --listen-tls"),
+    (["--tls-client-name", "a.example"], "--tls-client-name", "no --listen-tls"),
+    (["--handshake-timeout", "-1"], "--handshake-timeout", "0 or more"),
+    (["--max-connections-per-source", "x"], "--max-connections-per-source", "integer"),
+    (
+        ["--max-connection-rate-per-source", "-2"],
+        "--max-connection-rate-per-source",
+        "0 or more",
+    ),
+    (["--allow", "10.0.0.1/8"], "--allow", "host bits set"),
+    (["--deny", "example.com"], "--deny", "not an IP address"),
+    (["--backend-proxy-protocol", "v3"], "--backend-proxy-protocol", "v2-ssl"),
+    (["--backend-framing", "websocket"], "--backend-framing", "client framing only"),
+    (["--websocket-path", "/ws"], "--websocket-path", "--client-framing websocket"),
+    (
+        ["--websocket-origin", "https://a.example"],
+        "--websocket-origin",
+        "--client-framing websocket",
+    ),
+    (
+        ["--websocket-message-type", "text"],
+        "--websocket-message-type",
+        "--client-framing websocket",
+    ),
+    (
+        ["--client-framing", "websocket", "--websocket-path", "ws"],
+        "--websocket-path 'ws'",
+        "starts with /",
+    ),
+    (
+        ["--client-framing", "websocket", "--websocket-path", "/ws?x=1"],
+        "--websocket-path",
+        "no query",
+    ),
+    (
+        ["--client-framing", "websocket", "--websocket-message-type", "json"],
+        "--websocket-message-type",
+        "is not binary or text",
+    ),
+    *(
+        (
+            ["--client-framing", "websocket", "--websocket-origin", origin],
+            f"--websocket-origin {origin!r}",
+            phrase,
+        )
+        for origin, phrase in [
+            ("app.example.com", "scheme://host"),
+            ("https://app.example.com/", "no path"),
+            ("https://App.Example.com", "lower case"),
+            ("https://app.example.com:99999", "port 99999"),
+            ("*", "scheme://host"),
+        ]
+    ),
 ]
 
 
@@ -350,6 +441,38 @@ class OperatorWordsTests(SynchronousTestCase):
         self.assertIn("--tls-cert: there is no --listen-tls listener", str(error))
         parse("--tls-cert", path, "--listen-tls", "tcp:0")
 
+    def test_clientNames(self) -> None:
+        """
+        --tls-client-name needs --tls-client-ca (a certificate is only asked
+        for with one); a name that could never match is refused; good names
+        reach the TLS material.
+        """
+        path = certificateFile(self)
+        tls = ["--listen-tls", "tcp:0", "--tls-cert", path]
+        error = self.assertRaises(
+            UsageError, parse, *tls, "--tls-client-name", "a.example"
+        )
+        self.assertIn("--tls-client-name: needs --tls-client-ca", str(error))
+        withCA = [*tls, "--tls-client-ca", path]
+        error = self.assertRaises(
+            UsageError, parse, *withCA, "--tls-client-name", "a.*.example"
+        )
+        self.assertIn("--tls-client-name 'a.*.example'", str(error))
+        options = parse(
+            *withCA, "--tls-client-name", "*.a.example", "--tls-client-name", "b"
+        )
+        self.assertEqual(
+            [name.text for name in options["tls"].current.clientNames],
+            ["*.a.example", "b"],
+        )
+
+    def test_proxySSL(self) -> None:
+        """
+        v2-ssl is a --backend-proxy-protocol value.
+        """
+        options = parse("--backend-proxy-protocol", "v2-ssl")
+        self.assertEqual(options["backend-proxy-protocol"], "v2-ssl")
+
     def test_framingLimits(self) -> None:
         """
         The largest size a framing can carry is accepted; one more is not.
@@ -374,6 +497,37 @@ class OperatorWordsTests(SynchronousTestCase):
             "int32",
             "--max-message-size",
             str(2**32),
+        )
+
+    def test_webSocket(self) -> None:
+        """
+        WebSocket clients' options, parsed; origins in the forms browsers
+        send them.
+        """
+        origins = ["https://app.example.com", "http://127.0.0.1:8080", "null"]
+        options = parse(
+            "--client-framing",
+            "websocket",
+            "--websocket-path",
+            "/ws/v1",
+            "--websocket-message-type",
+            "text",
+            *[
+                argument
+                for origin in origins
+                for argument in ("--websocket-origin", origin)
+            ],
+            "--websocket-origin",
+            "https://[::1]:8443",
+        )
+        self.assertEqual(
+            (
+                options["client-framing"],
+                options["websocket-path"],
+                options["websocket-origin"],
+                options["websocket-message-type"],
+            ),
+            ("websocket", "/ws/v1", [*origins, "https://[::1]:8443"], "text"),
         )
 
     def test_repeatable(self) -> None:

@@ -92,9 +92,11 @@ class TLSClient:
         port: int | None = None,
         unixPath: str | None = None,
         prefix: bytes = b"",
+        source: str | None = None,
     ) -> None:
         """
-        Connect, send C{prefix} in clear, and set up TLS (not handshaking).
+        Connect (from the loopback address C{source}, when given), send
+        C{prefix} in clear, and set up TLS (not handshaking).
         """
         if unixPath is not None:
             self.socket = socket.socket(socket.AF_UNIX)
@@ -102,7 +104,9 @@ class TLSClient:
             self.socket.connect(unixPath)
         else:
             self.socket = socket.create_connection(
-                ("127.0.0.1", port), timeout=DEADLINE
+                ("127.0.0.1", port),
+                timeout=DEADLINE,
+                source_address=None if source is None else (source, 0),
             )
         if prefix:
             self.socket.sendall(prefix)

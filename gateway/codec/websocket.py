@@ -63,7 +63,7 @@ import codecs
 import http
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from websockets.exceptions import (
     InvalidMessage,
@@ -86,6 +86,7 @@ from websockets.frames import (
 )
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
+from websockets.typing import Origin
 
 from gateway.codec._base import (
     MALFORMED,
@@ -198,7 +199,9 @@ class WebSocketUpgrade:
         self._buffer = bytearray()
         # websockets' HTTP parser checks each header line as soon as it is
         # complete, so a request that goes wrong early is refused early.
-        self._protocol = ServerProtocol(origins=self.origins)
+        self._protocol = ServerProtocol(
+            origins=None if self.origins is None else list(map(Origin, self.origins))
+        )
         self._parsed = 0
         self._done = False
 
@@ -421,6 +424,23 @@ class ClientWebSocket:
     name = "websocket"
     # Frame headers vary with the payload's length (see Framing.overhead).
     overhead = None
+    # One per open WebSocket client: slots keep it small.
+    __slots__ = (
+        "maxSize",
+        "messageType",
+        "_opcode",
+        "_shortHeaders",
+        "_unparsed",
+        "_messages",
+        "_replies",
+        "_fragmented",
+        "_fragmentSize",
+        "_betweenFrames",
+        "_ended",
+        "closeSent",
+        "closeCode",
+        "_parser",
+    )
 
     def __init__(self, maxSize: int, messageType: str = "binary") -> None:
         """
@@ -632,7 +652,9 @@ class ClientWebSocket:
                 extensions=_NO_EXTENSIONS,
             )
             opcode = frame.opcode
-            data = frame.data
+            # Bytes: a client's frames are masked, and unmasking gives bytes
+            # (websockets types the attribute wider, for its other paths).
+            data = cast(bytes, frame.data)
             if opcode is BINARY or opcode is TEXT:
                 if self._fragmented:
                     raise ProtocolError("expected a continuation frame")

@@ -1,0 +1,1 @@
+Admission rules: ``--handshake-timeout``, per-source connection and rate limits, ``--allow``/``--deny`` CIDR lists, ``--tls-client-name``, and ``--backend-proxy-protocol v2-ssl``; refusals are logged at most once a second per listener and reason.

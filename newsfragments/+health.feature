@@ -1,0 +1,1 @@
+Backends are health-checked (``--health-check`` connect or probe, rise and fall), ``/readyz`` turns 503 when a service has no backend up, and ``/`` and ``/status.json`` on the metrics endpoint show a status page.

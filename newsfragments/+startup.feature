@@ -1,0 +1,1 @@
+Start-up failures (a port in use included) end ``twistd`` with one line and exit status 1, in daemon mode too, leaving no pidfile; a second SIGTERM ends the drain at once; SIGUSR1 reopens the log file.

@@ -1,0 +1,1 @@
+``--tls-alpn NAME`` (repeatable) selects an ALPN protocol; without it an ALPN offer is ignored. A TLS close line names the version, cipher, SNI name and client certificate, a failed handshake OpenSSL's reason.
