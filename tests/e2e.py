@@ -605,6 +605,21 @@ async def metrics(port: GatewayProcess | int) -> dict[tuple[str, frozenset], flo
     return (await scrape(port)).samples
 
 
+def sample(samples: Scrape | dict, name: str, **labels: str) -> float:
+    """
+    The first sample called C{name} (in the page's order) whose labels
+    include C{labels}; 0 when there is none. With every label of the series
+    given, that is the series itself.
+    """
+    if isinstance(samples, Scrape):
+        samples = samples.samples
+    wanted = set(labels.items())
+    for (sampleName, sampleLabels), sampleValue in samples.items():
+        if sampleName == name and wanted <= sampleLabels:
+            return sampleValue
+    return 0.0
+
+
 def value(samples: dict, name: str, **labels: str) -> float:
     """
     One sample from L{metrics}' result (0 when the series does not exist).
@@ -664,17 +679,17 @@ async def untilSample(
     target: GatewayProcess | int, expected: float, name: str, **labels: str
 ) -> dict:
     """
-    L{untilMetric} for one sample: C{name} with exactly C{labels} is
+    L{untilMetric} for one sample: L{sample} C{name} with C{labels} is
     C{expected} (a series not served counts as 0).
     """
     try:
         return await untilMetric(
-            target, lambda samples: value(samples, name, **labels) == expected
+            target, lambda samples: sample(samples, name, **labels) == expected
         )
     except AssertionError:
         samples = await metrics(_metricsPort(target))
         raise AssertionError(
-            f"{name}{labels} is {value(samples, name, **labels)}, not {expected},"
+            f"{name}{labels} is {sample(samples, name, **labels)}, not {expected},"
             f" after {DEADLINE}s"
         ) from None
 

@@ -33,6 +33,7 @@ from tests.e2e import (
     listenBackend,
     runGateway,
     runToEnd,
+    sample,
     untilSample,
 )
 from tests.tlsclient import (
@@ -55,8 +56,9 @@ TESTSSL_DEADLINE = 180.0
 IDLE_TIMEOUT = "1"
 
 
-# The names other modules first imported from here, kept as the same waits.
+# The names other modules first imported from here, kept as the same helpers.
 waitForSample = untilSample
+__all__ = ["backendOption", "sample", "waitForLog", "waitForSample"]
 
 
 def waitForLog(gateway: GatewayProcess, text: str) -> Deferred[None]:
