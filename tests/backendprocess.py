@@ -11,8 +11,7 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Protocol
 from twisted.internet.stdio import StandardIO
 
-from tests.e2e import BackendFactory
-from tests.reliability import EchoUpper
+from tests.e2e import BackendFactory, UpperBackend
 
 
 class StopWithParent(Protocol):
@@ -23,7 +22,7 @@ class StopWithParent(Protocol):
 
 def main(port: int) -> None:
     listening = reactor.listenTCP(
-        port, BackendFactory(EchoUpper), interface="127.0.0.1"
+        port, BackendFactory(UpperBackend), interface="127.0.0.1"
     )
     print(f"listening {listening.getHost().port}", flush=True)
     StandardIO(StopWithParent())

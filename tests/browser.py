@@ -10,10 +10,7 @@ import os
 import shutil
 from html.parser import HTMLParser
 
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
+from tests.e2e import ChildProcess, runChildToEnd
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -49,22 +46,6 @@ def chromiumMissing() -> str | None:
     return None
 
 
-class _Collect(ProcessProtocol):
-    def __init__(self) -> None:
-        self.out: list[bytes] = []
-        self.err: list[bytes] = []
-        self.ended: Deferred[int | None] = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.out.append(data)
-
-    def errReceived(self, data: bytes) -> None:
-        self.err.append(data)
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(reason.value.exitCode)
-
-
 async def runChromium(profile: str, args: list[str]) -> tuple[int | None, bytes, bytes]:
     """
     Run headless Chromium with C{args} and a fresh profile directory
@@ -72,25 +53,14 @@ async def runChromium(profile: str, args: list[str]) -> tuple[int | None, bytes,
     Past L{BROWSER_DEADLINE} it is killed and the wait fails.
     """
     os.makedirs(profile, exist_ok=True)
-    process = _Collect()
-    environment = dict(os.environ, HOME=profile)
-    reactor.spawnProcess(
+    process = ChildProcess()
+    code = await runChildToEnd(
         process,
-        CHROMIUM,
         [CHROMIUM, *_FLAGS, f"--user-data-dir={profile}", *args],
-        env=environment,
+        env={"HOME": profile},
+        timeout=BROWSER_DEADLINE,
     )
-
-    def kill() -> None:
-        process.transport.signalProcess("KILL")
-
-    killer = reactor.callLater(BROWSER_DEADLINE, kill)
-    code = await process.ended
-    if killer.active():
-        killer.cancel()
-    else:
-        raise TimeoutError(f"chromium ran past {BROWSER_DEADLINE} s: {args}")
-    return code, b"".join(process.out), b"".join(process.err)
+    return code, process.output, process.errors
 
 
 async def dumpDOM(profile: str, url: str) -> str:

@@ -7,9 +7,9 @@ import socket
 
 from twisted.trial.unittest import TestCase
 
-from tests.e2e import runGateway
-from tests.reliability import connect, untilLogged
-from tests.test_proxyprotocol_e2e import backendOption, headerBackend
+from tests.e2e import backendOption, runGateway
+from tests.reliability import connect
+from tests.test_proxyprotocol_e2e import headerBackend
 
 
 def _dualStackUnavailable() -> str | None:
@@ -56,7 +56,7 @@ class DualStackTests(TestCase):
         )
         client.halfClose()
         await client.untilClosed()
-        await untilLogged(gateway, f"closed tcp6:0 127.0.0.1:{client.localPort} via")
+        await gateway.logged(f"closed tcp6:0 127.0.0.1:{client.localPort} via")
         self.assertNotIn("ffff", gateway.log())
 
     async def test_anyAddressV1(self):

@@ -32,15 +32,17 @@ from cryptography.x509.oid import NameOID
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
-from tests.e2e import DEADLINE, UpperBackend, listenBackend, runGateway
-from tests.test_tls_e2e import (
-    NAME,
-    TLSTestCase,
-    _fetchMetrics,
+from tests.e2e import (
+    DEADLINE,
+    UpperBackend,
     backendOption,
+    listenBackend,
+    runGateway,
     sample,
-    waitForSample,
+    scrape,
+    untilSample,
 )
+from tests.test_tls_e2e import NAME, TLSTestCase
 from tests.tlsclient import Certificates, TLSClient, rawReceiveAll
 
 log = Logger(namespace="tests.test_admission_e2e")
@@ -272,14 +274,14 @@ class HandshakeFloodTests(TLSTestCase):
         # handshake_timeout, each counted as a failed TLS handshake too
         # (behind haproxy:, the header was read and the handshake was the
         # step under way); none was refused, none reached the backend.
-        await waitForSample(
+        await untilSample(
             gateway,
             FLOOD_CONNECTIONS + 1,
             "gateway_connections_closed_total",
             listener=listener,
             reason="handshake_timeout",
         )
-        metrics = await deferToThread(_fetchMetrics, gateway.port("metrics"))
+        metrics = await scrape(gateway)
         self.assertEqual(
             sample(metrics, "gateway_tls_handshake_failures_total", listener=listener),
             FLOOD_CONNECTIONS + 1,
@@ -356,15 +358,15 @@ class AddressRulesTests(TLSTestCase):
         await self.roundTrip(sock, b"allowed\n")
         for source in ("127.0.0.3", "127.0.1.9", "127.0.0.3"):
             await self.refusedFrom(source, port)
-        await waitForSample(
+        await untilSample(
             gateway, 3, "gateway_connections_rejected_total", reason="denied"
         )
         self.assertEqual(backend.accepted, 1)
         sock.close()
-        await waitForSample(
+        await untilSample(
             gateway, 1, "gateway_connections_closed_total", reason="client_closed"
         )
-        metrics = await deferToThread(_fetchMetrics, gateway.port("metrics"))
+        metrics = await scrape(gateway)
         closed = sample(metrics, "gateway_connections_closed_total")
         self.assertEqual(closed, 1)
         # The first at once, the two others in one line a second later.
@@ -397,12 +399,12 @@ class AddressRulesTests(TLSTestCase):
         other = await deferToThread(connectFrom, "127.0.0.4", port)
         self.addCleanup(other.close)
         await self.roundTrip(other, b"other\n")
-        await waitForSample(
+        await untilSample(
             gateway, 1, "gateway_connections_rejected_total", reason="per_source_limit"
         )
         await gateway.logged("refused 1 connection(s) on tcp:0: per_source_limit")
         held[0].close()
-        await waitForSample(
+        await untilSample(
             gateway, 1, "gateway_connections_closed_total", reason="client_closed"
         )
         again = await deferToThread(connectFrom, "127.0.0.2", port)
@@ -431,7 +433,7 @@ class AddressRulesTests(TLSTestCase):
         other = await deferToThread(connectFrom, "127.0.0.6", port)
         self.addCleanup(other.close)
         await self.roundTrip(other, b"other\n")
-        await waitForSample(
+        await untilSample(
             gateway, 2, "gateway_connections_rejected_total", reason="rate_limit"
         )
         self.assertEqual(backend.accepted, 2)
@@ -456,7 +458,7 @@ class AddressRulesTests(TLSTestCase):
         self.addCleanup(held.close)
         await self.roundTrip(held, b"held\n")
         await self.refusedFrom("127.0.0.2", port)
-        await waitForSample(
+        await untilSample(
             gateway, 1, "gateway_connections_rejected_total", reason="per_source_limit"
         )
         self.assertNotIn("::ffff:", gateway.log())
@@ -477,10 +479,10 @@ class AddressRulesTests(TLSTestCase):
         except (BrokenPipeError, ConnectionResetError):
             pass
         self.assertEqual(await deferToThread(received, sock), b"")
-        await waitForSample(
+        await untilSample(
             gateway, 1, "gateway_connections_rejected_total", reason="denied"
         )
-        metrics = await deferToThread(_fetchMetrics, gateway.port("metrics"))
+        metrics = await scrape(gateway)
         self.assertEqual(sample(metrics, "gateway_tls_handshake_failures_total"), 0)
 
     async def test_behindProxy(self):
@@ -507,14 +509,14 @@ class AddressRulesTests(TLSTestCase):
             self.addCleanup(refused.close)
             await deferToThread(refused.sendall, header + b"never\n")
             self.assertEqual(await deferToThread(received, refused), b"")
-        await waitForSample(
+        await untilSample(
             gateway, 1, "gateway_connections_rejected_total", reason="denied"
         )
-        await waitForSample(
+        await untilSample(
             gateway, 1, "gateway_connections_rejected_total", reason="per_source_limit"
         )
         await gateway.logged("denied (the last from 203.0.113.5:1001)")
-        metrics = await deferToThread(_fetchMetrics, gateway.port("metrics"))
+        metrics = await scrape(gateway)
         self.assertEqual(sample(metrics, "gateway_connections_closed_total"), 0)
         self.assertEqual(backend.accepted, 1)
 
@@ -629,7 +631,7 @@ class ClientNameTests(TLSTestCase):
         await gateway.logged('client="CN=bob3')
         await served(issued("alice2", "alice.client.example"))
         self.assertEqual(backend.accepted, accepted + 1)
-        await waitForSample(
+        await untilSample(
             gateway,
             len(refusals) + 1,
             "gateway_connections_closed_total",

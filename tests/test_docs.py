@@ -31,7 +31,7 @@ from tests.docexamples import (
     matches,
     sessions,
 )
-from tests.e2e import DEADLINE, TWISTD, GatewayProcess, freePort
+from tests.e2e import DEADLINE, TWISTD, GatewayProcess, freePort, spawn
 
 BIN = os.path.dirname(TWISTD)
 MAN_PAGE = ROOT / "gateway" / "gateway.8"
@@ -147,17 +147,8 @@ async def _startGateway(
 ) -> None:
     process = GatewayProcess()
     # exec: SIGTERM reaches twistd itself, not a shell around it.
-    reactor.spawnProcess(
-        process, "/bin/bash", ["bash", "-c", "exec " + text], env=env, path=directory
-    )
-
-    async def stop() -> None:
-        if process.exitCode is None:
-            process.transport.signalProcess("TERM")
-            await process.ended.addTimeout(DEADLINE, reactor)
-
-    testCase.addCleanup(lambda: Deferred.fromCoroutine(stop()))
-    await process.ready.addTimeout(DEADLINE, reactor)
+    spawn(testCase, process, ["/bin/bash", "-c", "exec " + text], env, path=directory)
+    await process.whenReady()
 
 
 def _exampleTest(session: Session):

@@ -4,13 +4,16 @@ End to end: a real C{twistd -n gateway} process between real sockets.
 
 from twisted.trial.unittest import TestCase
 
-from tests.e2e import exchange, freePort, listenBackend, runGateway, runToEnd
+from tests.e2e import (
+    backendOption,
+    exchange,
+    freePort,
+    listenBackend,
+    runGateway,
+    runToEnd,
+)
 
 LISTEN = ["--listen", "tcp:0:interface=127.0.0.1"]
-
-
-def backendOption(port: int) -> list[str]:
-    return ["--backend", f"tcp:host=127.0.0.1:port={port}"]
 
 
 class TranslationTests(TestCase):
@@ -69,6 +72,7 @@ class TranslationTests(TestCase):
         self.assertEqual(backend.received, [b"ok"])
         self.assertIn(reply, (b"", b"OK\n"))
         self.assertEqual(await exchange(gateway.port(), b"next\n"), b"NEXT\n")
+        await gateway.logged("protocol error from client")
         self.assertIn("protocol error from client", gateway.log())
 
     async def test_demoBackend(self):
@@ -100,6 +104,8 @@ class BackendFailureTests(TestCase):
         gateway = await runGateway(self, LISTEN + backendOption(freePort()))
         self.assertEqual(await exchange(gateway.port(), b"x\n", halfClose=False), b"")
         self.assertEqual(await exchange(gateway.port(), b"y\n", halfClose=False), b"")
+        # The client sees its end before the gateway logs the pair closed.
+        await gateway.logged("backend_unavailable", 2)
         self.assertIn("connect failed", gateway.log())
         self.assertIn("backend_unavailable", gateway.log())
         self.assertIsNone(gateway.exitCode)

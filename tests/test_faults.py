@@ -12,17 +12,20 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
-from tests.e2e import DEADLINE, exchange, freePort, listenBackend, runGateway
-from tests.reliability import (
-    NetstringEchoUpper,
-    connect,
+from tests.e2e import (
+    DEADLINE,
+    BackendFactory,
+    NetstringUpperBackend,
+    UpperBackend,
+    backendOption,
+    exchange,
+    freePort,
+    listenBackend,
     metrics,
-    peakRss,
-    rss,
-    runBackendProcess,
-    untilLogged,
+    runGateway,
     value,
 )
+from tests.reliability import connect, peakRss, rss, runBackendProcess
 
 log = Logger(namespace="tests.faults")
 
@@ -39,10 +42,6 @@ STALLED_AFTER = 1.0
 # backend that never reads: buffers are bounded by the message size limit
 # and the transports' high-water marks, not by what the client sends.
 RSS_GROWTH_LIMIT = 16 * 2**20
-
-
-def backendOption(port: int) -> list[str]:
-    return ["--backend", f"tcp:host=127.0.0.1:port={port}"]
 
 
 async def closedTotal(gateway, reason: str) -> float:
@@ -71,6 +70,7 @@ class BackendFaultTests(TestCase):
         await backend.kill()
         for client in clients:
             await client.untilClosed(timeout=CLOSE_WITHIN)
+        await gateway.loggedClosed("backend_closed", len(clients))
         self.assertEqual(await closedTotal(gateway, "backend_closed"), len(clients))
 
         restarted = await runBackendProcess(self, backend.port)
@@ -114,7 +114,7 @@ class BackendFaultTests(TestCase):
             sock.close()
         # The gateway, not reading from the client while the backend is
         # full, cannot see it leave: the idle timeout ends the stuck pair.
-        await untilLogged(gateway, "idle_timeout")
+        await gateway.logged("idle_timeout")
         # A backend that does not read does not see its connection end
         # either: let it read, and it finds the gateway has closed it.
         for connection in backend.open:
@@ -134,7 +134,7 @@ class BackendFaultTests(TestCase):
         closed, the error is counted with its reason, and another client's
         pair carries on.
         """
-        backend, backendPort = listenBackend(self, NetstringEchoUpper)
+        backend, backendPort = listenBackend(self, NetstringUpperBackend)
         gateway = await runGateway(
             self,
             LISTEN + backendOption(backendPort) + ["--backend-framing", "netstring"],
@@ -167,6 +167,7 @@ class BackendFaultTests(TestCase):
         self.assertEqual(bystander.received, b"STILL 0\nSTILL 1\nSTILL 2\n")
         bystander.halfClose()
         await bystander.untilClosed()
+        await gateway.loggedClosed("protocol_error", 3)
         self.assertEqual(await closedTotal(gateway, "protocol_error"), 3)
 
     async def test_oneDownOneFlapping(self):
@@ -174,7 +175,6 @@ class BackendFaultTests(TestCase):
         Three backends: one down, one that stops and starts listening
         between clients, one steady. Every client is served.
         """
-        from tests.e2e import BackendFactory, UpperBackend
 
         steady, steadyPort = listenBackend(self)
         flapping = BackendFactory(UpperBackend)
@@ -222,7 +222,7 @@ class ClientFaultTests(TestCase):
         client.send(b"b\n" * 1000)
         client.reset()
         await backend.allClosed()
-        await untilLogged(gateway, "client_closed")
+        await gateway.logged("client_closed")
         self.assertEqual(await closedTotal(gateway, "client_closed"), 1)
         self.assertEqual(await exchange(gateway.port(), b"next\n"), b"NEXT\n")
 
@@ -242,6 +242,7 @@ class ClientFaultTests(TestCase):
         await client.untilClosed()
         await backend.allClosed()
         self.assertEqual(backend.received, [b"complete"])
+        await gateway.loggedClosed("idle_timeout")
         self.assertEqual(await closedTotal(gateway, "idle_timeout"), 1)
 
     async def test_slowloris(self):
@@ -260,6 +261,7 @@ class ClientFaultTests(TestCase):
         self.assertEqual(await exchange(gateway.port(), b"quick\n"), b"QUICK\n")
         for client in slow:
             await client.untilClosed()
+        await gateway.loggedClosed("idle_timeout", len(slow))
         self.assertEqual(await closedTotal(gateway, "idle_timeout"), len(slow))
         await backend.allClosed()
         self.assertEqual(backend.received, [b"quick"])
@@ -302,7 +304,7 @@ class ClientFaultTests(TestCase):
         self.assertEqual(backend.accepted, limit)
         held[0].halfClose()
         await held[0].untilClosed()
-        await untilLogged(gateway, "client_closed")
+        await gateway.logged("client_closed")
         self.assertEqual(await exchange(gateway.port(), b"now\n"), b"NOW\n")
         for client in held[1:]:
             client.halfClose()

@@ -31,7 +31,7 @@ from gateway.headerfirst import (
     wrapEndpoint,
 )
 from tests.e2e import BackendFactory, UpperBackend, listenUntilClosed, runGateway
-from tests.reliability import connect, untilLogged
+from tests.reliability import connect
 
 HEADER = b"PROXY TCP4 192.0.2.7 198.51.100.1 4242 7000\r\n"
 # The first byte of a TLS record carrying a handshake message (ClientHello).
@@ -310,5 +310,5 @@ class EndToEndTests(TestCase):
             self.assertEqual(upper.received, [b"hello"])
             client.transport.loseConnection()
             await client.untilClosed()
-            await untilLogged(gateway, "closed tcp:0 127.0.0.1:")
+            await gateway.logged("closed tcp:0 127.0.0.1:")
             await outer.allClosed()

@@ -10,22 +10,23 @@ import json
 import os
 import shutil
 
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.browser import DOMText, chromiumMissing, dumpDOM, screenshot
-from tests.e2e import DEADLINE, GatewayProcess, listenBackend, runGateway
-from tests.reliability import (
-    Client,
-    connect,
+from tests.e2e import (
+    DEADLINE,
+    GatewayProcess,
+    backendOption,
+    httpGet,
+    listenBackend,
     metrics,
-    runBackendProcess,
+    poll,
+    runGateway,
     untilMetric,
     value,
 )
-from tests.test_metrics_e2e import httpGet
+from tests.reliability import Client, connect, runBackendProcess
 from tests.test_scaleout import HAPROXY, startHAProxy
 
 LISTEN = ["--listen", "tcp:0:interface=127.0.0.1"]
@@ -99,7 +100,7 @@ class DeadBackendTests(TestCase):
         name = f"tcp:127.0.0.1:{port}"
         gateway = await runGateway(
             self,
-            LISTEN + ["--backend", f"tcp:host=127.0.0.1:port={port}"] + checks(),
+            LISTEN + backendOption(port) + checks(),
         )
         metricsPort = gateway.ports["metrics"]
         self.assertEqual(await httpGet(metricsPort, b"/readyz"), (200, b"ready\n"))
@@ -109,8 +110,11 @@ class DeadBackendTests(TestCase):
             client.send(b"hello\n")
             await client.untilLines(1)
         load = Load(gateway.port())
-        while load.clients < 5:
-            await deferLater(reactor, INTERVAL)
+
+        async def loaded() -> bool | None:
+            return load.clients >= 5 or None
+
+        await poll(loaded, "5 clients of the load served", interval=INTERVAL)
         await backend.kill()
         await gateway.logged(
             f"backend {name} of default is down: {FALL} checks failed:"
@@ -188,7 +192,7 @@ class ProbeTests(TestCase):
         gateway = await runGateway(
             self,
             LISTEN
-            + ["--backend", f"tcp:host=127.0.0.1:port={port}"]
+            + backendOption(port)
             + checks("probe", fall=2)
             + ["--health-check-send", "ping", "--health-check-expect", "^pong$"],
         )
@@ -212,7 +216,7 @@ class ProbeTests(TestCase):
         gateway = await runGateway(
             self,
             LISTEN
-            + ["--backend", f"tcp:host=127.0.0.1:port={port}"]
+            + backendOption(port)
             + checks("probe", fall=1)
             + ["--health-check-send", "ping", "--health-check-expect", "^PING$"],
         )
@@ -271,7 +275,7 @@ class StatusPageTests(TestCase):
         gateway = await runGateway(
             self,
             LISTEN
-            + ["--backend", f"tcp:host=127.0.0.1:port={port}"]
+            + backendOption(port)
             + ["--backend", f"unix:path={directory}/<script>.sock"]
             + checks(),
         )
@@ -412,11 +416,11 @@ class BehindHAProxyTests(TestCase):
         listen = ["--listen", "haproxy:tcp:0:interface=127.0.0.1"]
         first = await runGateway(
             self,
-            listen + ["--backend", f"tcp:host=127.0.0.1:port={dying.port}"] + checks(),
+            listen + backendOption(dying.port) + checks(),
         )
         second = await runGateway(
             self,
-            listen + ["--backend", f"tcp:host=127.0.0.1:port={steadyPort}"] + checks(),
+            listen + backendOption(steadyPort) + checks(),
         )
         port, haproxy = await startHAProxy(
             self,
@@ -428,10 +432,7 @@ class BehindHAProxyTests(TestCase):
         )
         await dying.kill()
         await first.logged("of default is down")
-        deadline = reactor.seconds() + DEADLINE
-        while b"Server gateways/gw1 is DOWN" not in haproxy.output:
-            self.assertLess(reactor.seconds(), deadline, haproxy.output.decode())
-            await deferLater(reactor, INTERVAL)
+        await haproxy.logged("Server gateways/gw1 is DOWN")
         self.assertNotIn(b"gw2 is DOWN", haproxy.output)
         for index in range(4):
             client = await connect(port)

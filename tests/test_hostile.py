@@ -38,8 +38,7 @@ from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from tests.e2e import DEADLINE, exchange, runGateway
-from tests.reliability import metrics, value
+from tests.e2e import DEADLINE, backendOption, exchange, metrics, runGateway, value
 from tests.tlsclient import rawReceiveAll
 
 log = Logger(namespace="tests.hostile")
@@ -71,19 +70,15 @@ class ClosedEvents:
         self.reasons: dict[int, bytes] = {}
         self._events: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
-        self._pending = b""
-        original = gateway.outReceived
+        gateway.followLines(self._line)
 
-        def outReceived(data: bytes) -> None:
-            original(data)
-            lines, _, self._pending = (self._pending + data).rpartition(b"\n")
-            for match in _CLOSED.finditer(lines + b"\n"):
-                port = int(match.group(1))
-                with self._lock:
-                    self.reasons[port] = match.group(2)
-                    self._event(port).set()
-
-        gateway.outReceived = outReceived
+    def _line(self, line: bytes) -> None:
+        match = _CLOSED.search(line)
+        if match is not None:
+            port = int(match.group(1))
+            with self._lock:
+                self.reasons[port] = match.group(2)
+                self._event(port).set()
 
     def _event(self, port: int) -> threading.Event:
         return self._events.setdefault(port, threading.Event())
@@ -340,8 +335,7 @@ class HostileTests(TestCase):
             [
                 "--listen",
                 "tcp:0:interface=127.0.0.1",
-                "--backend",
-                f"tcp:host=127.0.0.1:port={listening.getHost().port}",
+                *backendOption(listening.getHost().port),
                 "--backend-proxy-protocol",
                 "v1",
                 "--max-message-size",

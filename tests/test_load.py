@@ -21,8 +21,8 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
-from tests.e2e import DEADLINE, listenBackend, runGateway
-from tests.reliability import connect, metrics, peakRss, rss, runBackendProcess, value
+from tests.e2e import DEADLINE, backendOption, listenBackend, metrics, runGateway, value
+from tests.reliability import connect, peakRss, rss, runBackendProcess
 
 log = Logger(namespace="tests.load")
 
@@ -76,8 +76,7 @@ class ConnectionsTests(TestCase):
             [
                 "--listen",
                 "tcp:0:interface=127.0.0.1:backlog=1024",
-                "--backend",
-                f"tcp:host=127.0.0.1:port={backend.port}",
+                *backendOption(backend.port),
                 "--max-connections",
                 str(CONNECTIONS + SPARE_FILES),
             ],
@@ -237,8 +236,7 @@ class StreamTests(TestCase):
             [
                 "--listen",
                 "tcp:0:interface=127.0.0.1",
-                "--backend",
-                f"tcp:host=127.0.0.1:port={backendPort}",
+                *backendOption(backendPort),
                 "--client-framing",
                 "lf",
             ],

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -39,6 +38,7 @@ from gateway.stats import (
     Recorder,
 )
 from gateway.tap import Options, makeService
+from tests.e2e import Scrape
 
 LISTENER = "tcp:7000"
 OTHER_LISTENER = "tls:7443"
@@ -787,11 +787,7 @@ class ReadinessTests(SynchronousTestCase):
                 labels["service"] = "default"
             body = get(site, b"/metrics").body.decode("utf-8")
             self.assertNotIn("_created", body)
-            for family in text_string_to_metric_families(body):
-                for sample in family.samples:
-                    if sample.name == name and sample.labels == labels:
-                        return sample.value
-            return None
+            return Scrape(body).value(name, **labels)
 
         self.assertEqual(self.readyz(site), 503)
         service.privilegedStartService()

@@ -12,39 +12,38 @@ import struct
 from urllib.parse import urlencode
 
 import trustme
-from prometheus_client.openmetrics.parser import (
-    text_string_to_metric_families as openMetricsFamilies,
-)
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectError, ConnectionRefusedError
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import ProcessProtocol, Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.protocol import Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import eventFromJSON, formatEvent
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, ResponseFailed, readBody
-from twisted.web.http_headers import Headers
+from twisted.web.client import ResponseFailed
 
 from gateway.stats import CLOSE_REASONS
 from tests.e2e import (
     DEADLINE,
     BackendFactory,
-    GatewayProcess,
+    ChildProcess,
+    Scrape,
     UpperBackend,
+    backendOption,
     exchange,
     freePort,
+    httpGet,
+    listenPort,
+    poll,
     runGateway,
+    scrape,
+    spawn,
 )
 
 LISTEN = ["--listen", "tcp:0:interface=127.0.0.1"]
 # The name the gateway gives the listener above.
 LISTENER = "tcp:0"
-OPENMETRICS = b"application/openmetrics-text; version=1.0.0"
-
 # Each closed pair logs one line with this in it (text log).
 CLOSED = "#info] closed "
 
@@ -61,38 +60,6 @@ PROMETHEUS_DEADLINE = 25.0
 POLL_INTERVAL = 0.25
 
 
-def backendOption(port: IListeningPort) -> list[str]:
-    return ["--backend", f"tcp:host=127.0.0.1:port={port.getHost().port}"]
-
-
-class Backend(BackendFactory):
-    """
-    L{BackendFactory} that can also say when it has accepted a connection.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(BadFrameBackend)
-        self._acceptedWaiters: list[tuple[int, Deferred[None]]] = []
-
-    def opened(self, connection: Protocol) -> None:
-        super().opened(connection)
-        waiting = []
-        for count, waiter in self._acceptedWaiters:
-            if self.accepted >= count:
-                waiter.callback(None)
-            else:
-                waiting.append((count, waiter))
-        self._acceptedWaiters = waiting
-
-    def whenAccepted(self, count: int) -> Deferred[None]:
-        waiter: Deferred[None] = Deferred()
-        if self.accepted >= count:
-            waiter.callback(None)
-        else:
-            self._acceptedWaiters.append((count, waiter))
-        return waiter.addTimeout(DEADLINE, reactor)
-
-
 class BadFrameBackend(UpperBackend):
     """
     L{UpperBackend}, except that it answers C{bad} with the header of a
@@ -107,20 +74,13 @@ class BadFrameBackend(UpperBackend):
             super().stringReceived(payload)
 
 
-def listenBackend(testCase: TestCase) -> tuple[Backend, IListeningPort]:
+def listenBackend(testCase: TestCase) -> tuple[BackendFactory, IListeningPort]:
     """
     A backend on a free loopback port, which the test may stop listening
     early; at the end its connections must all have closed.
     """
-    factory = Backend()
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-
-    async def cleanup() -> None:
-        await maybeDeferred(port.stopListening)
-        await factory.allClosed()
-
-    testCase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
-    return factory, port
+    factory = BackendFactory(BadFrameBackend)
+    return factory, listenPort(testCase, factory)
 
 
 class Held(Protocol):
@@ -143,60 +103,6 @@ async def hold(port: int) -> Held:
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
     await connectProtocol(endpoint, client).addTimeout(DEADLINE, reactor)
     return client
-
-
-async def httpGet(
-    port: int, path: bytes, accept: bytes | None = None
-) -> tuple[int, bytes]:
-    """
-    GET C{path} from C{127.0.0.1:port}: the status code and the body.
-    """
-    headers = Headers({b"accept": [accept]}) if accept else None
-    url = b"http://127.0.0.1:%d%s" % (port, path)
-    request = Agent(reactor).request(b"GET", url, headers)
-    response = await request.addTimeout(DEADLINE, reactor)
-    body = await readBody(response).addTimeout(DEADLINE, reactor)
-    return response.code, body
-
-
-class Scrape:
-    """
-    One C{/metrics} page, parsed the way a Prometheus client library reads it.
-    """
-
-    def __init__(self, text: str, openMetrics: bool = False) -> None:
-        self.text = text
-        parse = openMetricsFamilies if openMetrics else text_string_to_metric_families
-        self.samples: dict[tuple[str, frozenset], float] = {}
-        for family in parse(text):
-            for sample in family.samples:
-                key = (sample.name, frozenset(sample.labels.items()))
-                self.samples[key] = sample.value
-
-    def value(self, name: str, **labels: str) -> float | None:
-        # SPEC section 5: a listener's or backend's series name its service,
-        # the command line's one (default) unless the test names another.
-        if ("listener" in labels or "backend" in labels) and "service" not in labels:
-            labels["service"] = "default"
-        return self.samples.get((name, frozenset(labels.items())))
-
-    def series(self, name: str) -> dict[frozenset, float]:
-        """
-        Every sample called C{name}, by its labels.
-        """
-        return {
-            labels: value
-            for (sampleName, labels), value in self.samples.items()
-            if sampleName == name
-        }
-
-
-async def scrape(gateway: GatewayProcess, openMetrics: bool = False) -> Scrape:
-    code, body = await httpGet(
-        gateway.port("metrics"), b"/metrics", OPENMETRICS if openMetrics else None
-    )
-    assert code == 200, (code, body)
-    return Scrape(body.decode("utf-8"), openMetrics)
 
 
 def lines(messages: list[bytes]) -> bytes:
@@ -470,10 +376,7 @@ class PromtoolTests(TestCase):
         )
         code, body = await httpGet(gateway.port("metrics"), b"/metrics")
         self.assertEqual(code, 200)
-        samples = {}
-        for family in text_string_to_metric_families(body.decode()):
-            for sample in family.samples:
-                samples[sample.name, frozenset(sample.labels.items())] = sample.value
+        samples = Scrape(body.decode()).samples
 
         def at0(name: str, **labels: str) -> None:
             labels["service"] = "default"
@@ -529,25 +432,14 @@ class PromtoolTests(TestCase):
         self.assertEqual(result, (b"", b"", 0))
 
 
-class PrometheusProcess(ProcessProtocol):
+class PrometheusProcess(ChildProcess):
     """
     A real Prometheus server, its output and its end.
     """
 
     def __init__(self, port: int) -> None:
+        super().__init__()
         self.port = port
-        self.output = b""
-        self.exitCode: int | None = None
-        self.ended: Deferred[int | None] = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason) -> None:
-        self.exitCode = reason.value.exitCode
-        self.ended.callback(self.exitCode)
 
     async def query(self, promql: str) -> float | None:
         """
@@ -565,11 +457,6 @@ class PrometheusProcess(ProcessProtocol):
         if len(result) != 1:
             return None
         return float(result[0]["value"][1])
-
-    def stop(self) -> Deferred[int | None]:
-        if self.exitCode is None:
-            self.transport.signalProcess("TERM")
-        return self.ended
 
 
 def startPrometheus(
@@ -600,34 +487,14 @@ def startPrometheus(
             file,
         )
     server = PrometheusProcess(freePort())
-    reactor.spawnProcess(
-        server,
+    argv = [
         executable,
-        [
-            executable,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={os.path.join(directory, 'data')}",
-            f"--web.listen-address=127.0.0.1:{server.port}",
-        ],
-        env=dict(os.environ),
-        path=directory,
-    )
-
-    async def cleanup() -> None:
-        if server.exitCode is None:
-            server.transport.signalProcess("TERM")
-            killer = reactor.callLater(DEADLINE, _kill, server)
-            await server.ended
-            if killer.active():
-                killer.cancel()
-
-    testCase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
+        f"--config.file={config}",
+        f"--storage.tsdb.path={os.path.join(directory, 'data')}",
+        f"--web.listen-address=127.0.0.1:{server.port}",
+    ]
+    spawn(testCase, server, argv, path=directory)
     return server
-
-
-def _kill(server: PrometheusProcess) -> None:
-    if server.exitCode is None:
-        server.transport.signalProcess("KILL")
 
 
 class PrometheusTests(TestCase):
@@ -650,24 +517,30 @@ class PrometheusTests(TestCase):
         expected = (1.0, float(sum(map(len, sent))))
 
         server = startPrometheus(self, prometheus, gateway.port("metrics"))
-        deadline = reactor.seconds() + PROMETHEUS_DEADLINE
-        while True:
+        seen = None
+
+        async def scraped() -> bool | None:
+            nonlocal seen
+            if server.exitCode is not None:
+                raise AssertionError("Prometheus ended")
             seen = (
                 await server.query('up{job="gateway"}'),
                 await server.query(
                     'sum(gateway_messages_total{job="gateway",direction="upstream"})'
                 ),
             )
-            if seen == expected:
-                break
-            if server.exitCode is not None or reactor.seconds() > deadline:
-                self.fail(
-                    f"Prometheus saw (up, upstream messages) = {seen}, not"
-                    f" {expected}, within {PROMETHEUS_DEADLINE}s:\n"
-                    + server.output.decode("utf-8", "replace")
-                )
-            await deferLater(reactor, POLL_INTERVAL)
-        self.assertEqual(await server.stop().addTimeout(DEADLINE, reactor), 0)
+            return True if seen == expected else None
+
+        try:
+            await poll(scraped, "Prometheus saw", PROMETHEUS_DEADLINE, POLL_INTERVAL)
+        except AssertionError:
+            self.fail(
+                f"Prometheus saw (up, upstream messages) = {seen}, not"
+                f" {expected}, within {PROMETHEUS_DEADLINE}s:\n"
+                + server.log()
+                + server.errors.decode("utf-8", "replace")
+            )
+        self.assertEqual(await server.stop(), 0)
 
 
 class DrainingTests(TestCase):
@@ -708,7 +581,7 @@ class DrainingTests(TestCase):
 
         client.transport.loseConnection()
         await client.lost
-        code = await gateway.ended.addTimeout(DEADLINE, reactor)
+        code = await gateway.whenEnded()
         self.assertIn(code, (0, -15))
         log = gateway.log()
         self.assertIn("client_closed", log)

@@ -26,41 +26,32 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
-from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
-from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
-from zope.interface import implementer
 
 from gateway.endpoints import LISTEN_BACKLOG
 from tests.e2e import (
+    AS_LISTEN_PID,
     DEADLINE,
     TWISTD,
     BackendFactory,
+    GatewayEnded,
     GatewayProcess,
+    UpperBackend,
+    backendOption,
+    freePorts,
     gatewayCommand,
+    httpGet,
     listenBackend,
     listenUntilClosed,
+    startGateway,
+    withMetrics,
 )
 
 LISTEN = ["--listen", "tcp:0:interface=127.0.0.1"]
-METRICS = ["--metrics", "tcp:0:interface=127.0.0.1"]
-
-# Runs its arguments as a command whose LISTEN_PID is its own pid, as
-# systemd sets it: the shell exports its pid, then execs, keeping the pid.
-AS_LISTEN_PID = ["/bin/sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh"]
-
-# What systemd would put in the environment, so none leaks in from outside.
-SYSTEMD_VARIABLES = (
-    "LISTEN_PID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-)
 
 # twistd ends itself with the signal that stopped it (twisted.application.app
 # _exitWithSignal), so its exit status is that signal: -15 for SIGTERM, -2
@@ -83,122 +74,11 @@ LONG_DRAIN = "60"
 SHORT_DRAIN = 1.0
 
 
-class WatchedGateway(GatewayProcess):
-    """
-    A gateway process whose output a test can wait for.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._waiting: list[tuple[str, bool, int, Deferred[None]]] = []
-
-    def outReceived(self, data: bytes) -> None:
-        super().outReceived(data)
-        self._check()
-
-    def errReceived(self, data: bytes) -> None:
-        super().errReceived(data)
-        self._check()
-
-    def waitFor(self, text: str, stderr: bool = False, count: int = 1) -> Deferred:
-        """
-        Fire once C{text} has appeared C{count} times on stdout (or stderr);
-        fail if the process ends first, or past the deadline.
-        """
-        waiter: Deferred[None] = Deferred()
-        self._waiting.append((text, stderr, count, waiter))
-        self._check()
-        return waiter.addTimeout(DEADLINE, reactor)
-
-    def _check(self) -> None:
-        for entry in list(self._waiting):
-            text, stderr, count, waiter = entry
-            seen = (self.errors if stderr else self.output).decode("utf-8", "replace")
-            if seen.count(text) >= count:
-                self._waiting.remove(entry)
-                waiter.callback(None)
-
-    def processEnded(self, reason: Failure) -> None:
-        super().processEnded(reason)
-        waiting, self._waiting = self._waiting, []
-        for text, _, _, waiter in waiting:
-            waiter.errback(
-                GatewayEnded(
-                    f"ended (status {self.exitCode}) before writing {text!r}:\n"
-                    + self.log()
-                    + self.errors.decode("utf-8", "replace")
-                )
-            )
-
-    def whenReady(self) -> Deferred[GatewayProcess]:
-        return self.ready.addTimeout(DEADLINE, reactor)
-
-    def whenEnded(self) -> Deferred[int]:
-        return self.ended.addTimeout(DEADLINE, reactor)
-
-    def signal(self, name: str | int) -> None:
-        self.transport.signalProcess(name)
-
-
-class GatewayEnded(Exception):
-    """
-    The process ended before writing what a test waited for.
-    """
-
-
-def startGateway(
-    testCase: TestCase,
-    argv: list[str],
-    env: dict[str, str] | None = None,
-    childFDs: dict[int, int] | None = None,
-) -> WatchedGateway:
-    """
-    Run C{argv} (a gateway, possibly behind a wrapper) with C{env} added to
-    this environment, less anything systemd would set, and with the listed
-    descriptors of this process as its own. When the test ends the process
-    is stopped (SIGTERM, then SIGKILL past the deadline) and awaited.
-    """
-    process = WatchedGateway()
-    environment = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in SYSTEMD_VARIABLES
-    }
-    environment.update(env or {})
-    reactor.spawnProcess(
-        process,
-        argv[0],
-        argv,
-        env=environment,
-        childFDs={0: "w", 1: "r", 2: "r", **(childFDs or {})},
-    )
-
-    async def stop() -> None:
-        if process.exitCode is None:
-            process.signal("TERM")
-            killer = reactor.callLater(DEADLINE, _kill, process)
-            await process.ended
-            if killer.active():
-                killer.cancel()
-
-    testCase.addCleanup(lambda: Deferred.fromCoroutine(stop()))
-    return process
-
-
-def _kill(process: GatewayProcess) -> None:
-    if process.exitCode is None:
-        process.transport.signalProcess("KILL")
-
-
 def gateway(args: list[str]) -> list[str]:
     """
     The twistd command line for a gateway with C{args}, metrics on a free port.
     """
-    return gatewayCommand([*args, *METRICS])
-
-
-def backendOption(port: int) -> list[str]:
-    return ["--backend", f"tcp:host=127.0.0.1:port={port}"]
+    return gatewayCommand(withMetrics(args))
 
 
 def temporaryDirectory(testCase: TestCase) -> str:
@@ -224,20 +104,6 @@ def listeningSocket(testCase: TestCase) -> socket.socket:
 
 def portOf(listening: socket.socket) -> int:
     return listening.getsockname()[1]
-
-
-def freePorts(count: int) -> list[int]:
-    """
-    C{count} different loopback ports that nothing listened on a moment ago.
-    """
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
 
 
 class TLSFiles:
@@ -589,7 +455,7 @@ class SocketActivationTests(TestCase):
                 ],
             )
             try:
-                await process.waitFor("Listening on", stderr=True, count=2)
+                await process.logged("Listening on", stderr=True, count=2)
             except GatewayEnded:
                 process.ready.addErrback(lambda failure: None)
                 if attempt == 0 and b"Address already in use" in process.errors:
@@ -636,8 +502,7 @@ class SocketActivationTests(TestCase):
         )
 
 
-@implementer(IHalfCloseableProtocol)
-class HoldingBackend(Int32StringReceiver):
+class HoldingBackend(UpperBackend):
     """
     An int32 backend that answers each message in upper case, but only when
     the test releases the answers.
@@ -645,20 +510,8 @@ class HoldingBackend(Int32StringReceiver):
 
     factory: HoldingFactory
 
-    def connectionMade(self) -> None:
-        self.factory.opened(self)
-
     def stringReceived(self, payload: bytes) -> None:
         self.factory.hold(self, payload)
-
-    def readConnectionLost(self) -> None:
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self.factory.closed(self)
 
 
 class HoldingFactory(BackendFactory):
@@ -727,7 +580,7 @@ class DrainTests(TestCase):
 
     async def startWithHeldMessage(
         self: TestCase, drainTimeout: str
-    ) -> tuple[WatchedGateway, HoldingFactory, Conversation, Deferred[None]]:
+    ) -> tuple[GatewayProcess, HoldingFactory, Conversation, Deferred[None]]:
         """
         A gateway with a client whose message the backend holds: the reply
         waits for L{HoldingFactory.release}.
@@ -753,7 +606,7 @@ class DrainTests(TestCase):
         signalledAt = reactor.seconds()
         process.signal(signalName)
         # Logged once every proxy listener has closed.
-        await process.waitFor("draining 1 connections for up to 60.0s")
+        await process.logged("draining 1 connections for up to 60.0s")
         with self.assertRaises(ConnectionRefusedError):
             await converse(self, tcp(process.port()))
         self.assertLess(reactor.seconds() - signalledAt, REFUSED_WITHIN)
@@ -822,7 +675,7 @@ class SecondSignalTests(TestCase):
         )
         reply.addErrback(lambda failure: None)
         process.signal(first)
-        await process.waitFor("draining 1 connections for up to 60.0s")
+        await process.logged("draining 1 connections for up to 60.0s")
         process.signal(second)
         # Far sooner than the 60 s drain, or the deadline fails the test.
         reason = await client.lost.addTimeout(DEADLINE, reactor)
@@ -865,9 +718,9 @@ class SIGUSR1Tests(TestCase):
         process = startGateway(self, gateway([*LISTEN, *backendOption(backendPort)]))
         await process.whenReady()
         process.signal(signal.SIGUSR1)
-        await process.waitFor("SIGUSR1: twistd writes no log file to reopen; ignored")
+        await process.logged("SIGUSR1: twistd writes no log file to reopen; ignored")
         process.signal(signal.SIGUSR1)
-        await process.waitFor(
+        await process.logged(
             "SIGUSR1: twistd writes no log file to reopen; ignored", count=2
         )
         client = await converse(self, tcp(process.port()))
@@ -950,9 +803,7 @@ def _run(command: list[str]) -> str:
 
 async def httpStatus(testCase: TestCase, port: int, path: bytes) -> bytes:
     """
-    The status code of a plain HTTP/1.0 GET for C{path}.
+    The status code of a GET for C{path}, as the bytes of the status line.
     """
-    client = await converse(testCase, tcp(port))
-    client.transport.write(b"GET " + path + b" HTTP/1.0\r\n\r\n")
-    await client.lost.addTimeout(DEADLINE, reactor)
-    return client.received.split(b" ", 2)[1]
+    code, body = await httpGet(port, path)
+    return b"%d" % code

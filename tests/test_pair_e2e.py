@@ -11,14 +11,15 @@ import time
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.e2e import listenBackend, runGateway
-from tests.test_tls_e2e import (
-    TLSTestCase,
-    _fetchMetrics,
+from tests.e2e import (
     backendOption,
-    sample,
-    waitForSample,
+    listenBackend,
+    metrics,
+    runGateway,
+    untilSample,
+    value,
 )
+from tests.test_tls_e2e import TLSTestCase
 from tests.tlsclient import rawReceiveAll
 
 LISTEN_PROXY_TLS = ["--listen-tls", "haproxy:tcp:0:interface=127.0.0.1"]
@@ -52,17 +53,17 @@ class PreambleLayerTests(TLSTestCase):
         client.sendall(b"GET / HTTP/1.0\r\n\r\n")
         self.assertEqual(await deferToThread(rawReceiveAll, client), b"")
         await gateway.logged("protocol error from client")
-        await waitForSample(
+        await untilSample(
             gateway,
             1,
             "gateway_connections_closed_total",
             listener=PROXY_TLS_LISTENER,
             reason="protocol_error",
         )
-        metrics = await deferToThread(_fetchMetrics, gateway.port("metrics"))
+        samples = await metrics(gateway)
         self.assertEqual(
-            sample(
-                metrics,
+            value(
+                samples,
                 "gateway_protocol_errors_total",
                 listener=PROXY_TLS_LISTENER,
                 peer="client",
@@ -71,8 +72,8 @@ class PreambleLayerTests(TLSTestCase):
             1,
         )
         self.assertEqual(
-            sample(
-                metrics,
+            value(
+                samples,
                 "gateway_tls_handshake_failures_total",
                 listener=PROXY_TLS_LISTENER,
             ),
@@ -88,25 +89,25 @@ class PreambleLayerTests(TLSTestCase):
         """
         gateway = await runGateway(self, LISTEN_PROXY_TLS + self.gatewayCertificate())
         connectRaw(gateway.port()).close()
-        await waitForSample(
+        await untilSample(
             gateway,
             1,
             "gateway_connections_closed_total",
             listener=PROXY_TLS_LISTENER,
             reason="client_closed",
         )
-        metrics = await deferToThread(_fetchMetrics, gateway.port("metrics"))
+        samples = await metrics(gateway)
         self.assertEqual(
-            sample(
-                metrics,
+            value(
+                samples,
                 "gateway_tls_handshake_failures_total",
                 listener=PROXY_TLS_LISTENER,
             ),
             0,
         )
         self.assertEqual(
-            sample(
-                metrics,
+            value(
+                samples,
                 "gateway_connections_closed_total",
                 listener=PROXY_TLS_LISTENER,
                 reason="tls_error",
@@ -124,14 +125,14 @@ class PreambleLayerTests(TLSTestCase):
         self.addCleanup(client.close)
         client.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40001 443\r\nhello\n")
         await deferToThread(rawReceiveAll, client)
-        await waitForSample(
+        await untilSample(
             gateway,
             1,
             "gateway_connections_closed_total",
             listener=PROXY_TLS_LISTENER,
             reason="tls_error",
         )
-        await waitForSample(
+        await untilSample(
             gateway,
             1,
             "gateway_tls_handshake_failures_total",
@@ -256,6 +257,9 @@ class SlowReaderTests(TestCase):
         self.addCleanup(client.close)
         await deferToThread(client.sendall, (MESSAGE + b"\n") * COUNT)
         self.assertEqual(await self.served, total)
+        # Only the pair's closed line says it was not ended by the timeout.
+        client.close()
+        await gateway.loggedClosed()
         self.assertNotIn("idle_timeout", gateway.log())
 
 
@@ -322,9 +326,9 @@ class AbandonedConnectTests(TestCase):
         # connected, learns of it only when the idle timeout ends it.
         connectRaw(gateway.port()).close()
         await gateway.logged("idle_timeout", count=2)
-        metrics = await deferToThread(_fetchMetrics, gateway.port("metrics"))
+        samples = await metrics(gateway)
         self.assertEqual(
-            sample(metrics, "gateway_backend_connect_failures_total", backend=slowName),
+            value(samples, "gateway_backend_connect_failures_total", backend=slowName),
             0,
         )
         self.assertNotIn("connect failed", gateway.log())
@@ -353,13 +357,15 @@ class ProxyLocalTests(TestCase):
         check = connectRaw(gateway.port())
         check.sendall(V2_LOCAL_HEADER)
         check.close()
-        await waitForSample(
+        await untilSample(
             gateway,
             1,
             "gateway_connections_closed_total",
             listener=PROXY_LISTENER,
             reason="client_closed",
         )
+        # The close is counted just before its line is written.
+        await gateway.loggedClosed("client_closed")
         # twistd -n writes debug events too, with their level.
         self.assertNotIn(f"#info] closed {PROXY_LISTENER}", gateway.log())
         self.assertIn(f"#debug] closed {PROXY_LISTENER}", gateway.log())
@@ -399,13 +405,7 @@ class CloseLineTests(TLSTestCase):
         A TLS connection's close line names the TLS version, cipher and
         SNI name; a failed handshake's, OpenSSL's reason.
         """
-        backend, backendPort = listenBackend(self)
-        gateway = await runGateway(
-            self,
-            ["--listen-tls", "tcp:0:interface=127.0.0.1"]
-            + self.gatewayCertificate()
-            + backendOption(backendPort),
-        )
+        backend, gateway = await self.tlsGateway()
         client = await self.handshake(gateway.port())
         await deferToThread(client.send, b"hi\n")
         self.assertEqual(await deferToThread(client.receive, 3), b"HI\n")

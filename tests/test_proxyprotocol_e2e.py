@@ -13,8 +13,15 @@ from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.trial.unittest import TestCase
 
-from tests.e2e import UpperBackend, listenBackend, runGateway
-from tests.reliability import connect, metrics, untilLogged, value
+from tests.e2e import (
+    UpperBackend,
+    backendOption,
+    listenBackend,
+    metrics,
+    runGateway,
+    value,
+)
+from tests.reliability import connect
 
 PROXIED = ["--listen", "haproxy:tcp:0:interface=127.0.0.1"]
 PLAIN = ["--listen", "tcp:0:interface=127.0.0.1"]
@@ -30,10 +37,6 @@ HEADER_V2 = (
     + (7000).to_bytes(2, "big")
 )
 CLIENT = "192.0.2.7:4242"
-
-
-def backendOption(port: int) -> list[str]:
-    return ["--backend", f"tcp:host=127.0.0.1:port={port}"]
 
 
 class HeaderReadingBackend(UpperBackend):
@@ -92,7 +95,8 @@ class ProxyInTests(TestCase):
             client.halfClose()
             await client.untilClosed()
             self.assertEqual(client.received, b"A\nB\n")
-        await untilLogged(gateway, f"closed {LISTENER} {CLIENT} via")
+        # Both pairs' lines, before looking for one that should not be.
+        await gateway.logged(f"closed {LISTENER} {CLIENT} via", 2)
         await backend.allClosed()
         self.assertEqual(backend.received, [b"a", b"b", b"a", b"b"])
         self.assertNotIn(f"closed {LISTENER} 127.0.0.1:", gateway.log())
@@ -118,7 +122,7 @@ class ProxyInTests(TestCase):
         self.assertEqual(client.received, b"ONE\nTWO\n")
         client.halfClose()
         await client.untilClosed()
-        await untilLogged(gateway, f"closed {LISTENER} {CLIENT} via")
+        await gateway.logged(f"closed {LISTENER} {CLIENT} via")
 
     async def test_badHeader(self):
         """
@@ -133,7 +137,7 @@ class ProxyInTests(TestCase):
         await client.untilClosed()
         self.assertEqual(client.received, b"")
         self.assertEqual(backend.accepted, 0)
-        await untilLogged(gateway, "protocol error from client")
+        await gateway.logged("protocol error from client")
         samples = await metrics(gateway.ports["metrics"])
         self.assertEqual(
             value(
@@ -277,4 +281,4 @@ class TLSBehindProxyTests(TestCase):
         self.assertEqual(client.received, b"SECRET\n")
         client.transport.loseConnection()
         await client.untilClosed()
-        await untilLogged(gateway, f"closed proxy+tls:0 {CLIENT} via")
+        await gateway.logged(f"closed proxy+tls:0 {CLIENT} via")

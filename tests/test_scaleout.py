@@ -8,23 +8,29 @@ import os
 import shutil
 import socket
 
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ConnectError, ConnectionRefusedError
-from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.e2e import (
+    AS_LISTEN_PID,
     DEADLINE,
+    ChildProcess,
     GatewayProcess,
+    backendOption,
     exchange,
     freePort,
     gatewayCommand,
     listenBackend,
+    metrics,
+    poll,
     runGateway,
+    spawn,
+    startGateway,
+    value,
+    withMetrics,
 )
-from tests.reliability import Client, connect, metrics, untilLogged, value
+from tests.reliability import Client, connect
 
 HAPROXY = shutil.which("haproxy")
 LISTENER = "proxy+tcp:0"
@@ -66,22 +72,6 @@ backend gateways
 """
 
 
-class HAProxyProcess(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: Deferred[None] = Deferred()
-        self.running = True
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason) -> None:
-        self.running = False
-        self.ended.callback(None)
-
-
 async def runHAProxy(testCase: TestCase, first: int, second: int) -> int:
     """
     Start HAProxy in the foreground in front of two gateway ports; return
@@ -97,7 +87,7 @@ async def startHAProxy(
     second: int,
     config: str = CONFIG,
     **more: int,
-) -> tuple[int, HAProxyProcess]:
+) -> tuple[int, ChildProcess]:
     """
     L{runHAProxy} with a configuration of its own: C{config} has the fields
     of L{CONFIG} and C{more}. Returns the port and the process (its output).
@@ -112,32 +102,26 @@ async def startHAProxy(
                 port=port, readyPort=readyPort, first=first, second=second, **more
             )
         )
-    process = HAProxyProcess()
-    reactor.spawnProcess(process, HAPROXY, [HAPROXY, "-db", "-f", path], env=None)
+    process = spawn(
+        testCase, ChildProcess(mergeErrors=True), [HAPROXY, "-db", "-f", path]
+    )
 
-    async def stop() -> None:
-        if process.running:
-            process.transport.signalProcess("TERM")
-        await process.ended.addTimeout(DEADLINE, reactor)
-
-    testCase.addCleanup(lambda: Deferred.fromCoroutine(stop()))
     # Its frontends are bound together: once "ready" accepts, so does "gateway".
-    deadline = reactor.seconds() + DEADLINE
-    while True:
+    async def accepting() -> bool | None:
         if not process.running:
-            raise RuntimeError("haproxy ended: " + process.output.decode())
+            raise RuntimeError("haproxy ended: " + process.log())
         try:
             probe = await connect(readyPort)
         except ConnectionRefusedError:
-            if reactor.seconds() > deadline:
-                raise
-            await deferLater(reactor, PROBE_INTERVAL)
+            return None
         except ConnectError:
             # Reset by the reject rule while connecting: it is listening.
-            return port, process
-        else:
-            await probe.untilClosed()
-            return port, process
+            return True
+        await probe.untilClosed()
+        return True
+
+    await poll(accepting, "haproxy accepts connections", interval=PROBE_INTERVAL)
+    return port, process
 
 
 async def roundTrip(client: Client, lines: list[bytes]) -> None:
@@ -164,8 +148,7 @@ class ScaleOutTests(TestCase):
         args = [
             "--listen",
             "haproxy:tcp:0:interface=127.0.0.1",
-            "--backend",
-            f"tcp:host=127.0.0.1:port={backendPort}",
+            *backendOption(backendPort),
             "--drain-timeout",
             str(DEADLINE),
         ]
@@ -192,7 +175,7 @@ class ScaleOutTests(TestCase):
         self.assertEqual(active, [HELD_CLIENTS / 2, HELD_CLIENTS / 2])
 
         first.transport.signalProcess("TERM")
-        await untilLogged(first, "draining 10 connections")
+        await first.logged("draining 10 connections")
 
         newcomers = [await connect(port) for _ in range(NEW_CLIENTS)]
         for i, client in enumerate(newcomers):
@@ -207,7 +190,7 @@ class ScaleOutTests(TestCase):
             client.halfClose()
         for client in held:
             await client.untilClosed()
-        code = await first.ended.addTimeout(DEADLINE, reactor)
+        code = await first.whenEnded()
 
         for i, client in enumerate(held):
             expected = [b"C%d-%d" % (i, j) for j in range(LATE_MESSAGES + 1)]
@@ -225,7 +208,7 @@ class ScaleOutTests(TestCase):
         for client in held + newcomers:
             text = f"closed {LISTENER} 127.0.0.1:{client.localPort} via"
             if text not in first.log():
-                await untilLogged(second, text)
+                await second.logged(text)
 
 
 async def runSocketActivated(
@@ -236,33 +219,16 @@ async def runSocketActivated(
     one of several instances sharing a socket unit (C{Sockets=}): as
     descriptor 3, named C{gateway}.
     """
-    process = GatewayProcess()
     command = gatewayCommand(
-        [
-            "--listen",
-            "systemd:domain=INET:name=gateway",
-            *args,
-            "--metrics",
-            "tcp:0:interface=127.0.0.1",
-        ]
+        withMetrics(["--listen", "systemd:domain=INET:name=gateway", *args])
     )
-    environment = dict(os.environ, LISTEN_FDS="1", LISTEN_FDNAMES="gateway")
-    # LISTEN_PID must be the gateway's own pid: the shell's, kept by exec.
-    reactor.spawnProcess(
-        process,
-        "/bin/sh",
-        ["sh", "-c", 'LISTEN_PID=$$ exec "$0" "$@"', *command],
-        env=environment,
-        childFDs={0: "w", 1: "r", 2: "r", 3: listening.fileno()},
+    process = startGateway(
+        testCase,
+        AS_LISTEN_PID + command,
+        env={"LISTEN_FDS": "1", "LISTEN_FDNAMES": "gateway"},
+        childFDs={3: listening.fileno()},
     )
-
-    async def stop() -> None:
-        if process.exitCode is None:
-            process.transport.signalProcess("TERM")
-        await process.ended.addTimeout(DEADLINE, reactor)
-
-    testCase.addCleanup(lambda: Deferred.fromCoroutine(stop()))
-    return await process.ready.addTimeout(DEADLINE, reactor)
+    return await process.whenReady()
 
 
 class SharedSocketTests(TestCase):
@@ -279,7 +245,7 @@ class SharedSocketTests(TestCase):
         listening.bind(("127.0.0.1", 0))
         listening.listen(128)
         port = listening.getsockname()[1]
-        args = ["--backend", f"tcp:host=127.0.0.1:port={backendPort}"]
+        args = backendOption(backendPort)
         first = await runSocketActivated(self, listening, args)
         second = await runSocketActivated(self, listening, args)
         for gateway in (first, second):
@@ -289,7 +255,7 @@ class SharedSocketTests(TestCase):
         for i, client in enumerate(held):
             await roundTrip(client, [b"h%d" % i])
         first.transport.signalProcess("TERM")
-        await untilLogged(first, "Received SIGTERM")
+        await first.logged("Received SIGTERM")
         for i in range(NEW_CLIENTS):
             self.assertEqual(await exchange(port, b"after %d\n" % i), b"AFTER %d\n" % i)
         for i, client in enumerate(held):
@@ -298,7 +264,7 @@ class SharedSocketTests(TestCase):
         for i, client in enumerate(held):
             await client.untilClosed()
             self.assertEqual(client.received, b"H%d\nBYE %d\n" % (i, i))
-        self.assertIn(await first.ended.addTimeout(DEADLINE, reactor), (0, -15))
+        self.assertIn(await first.whenEnded(), (0, -15))
         self.assertNotIn("drain timeout", first.log())
         await backend.allClosed()
         self.assertEqual(len(backend.received), 2 * HELD_CLIENTS + NEW_CLIENTS)

@@ -15,8 +15,8 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
-from tests.e2e import DEADLINE, runGateway
-from tests.reliability import connect, rss, runBackendProcess, untilMetric, value
+from tests.e2e import DEADLINE, backendOption, runGateway, untilMetric, value
+from tests.reliability import connect, rss, runBackendProcess
 
 log = Logger(namespace="tests.soak")
 
@@ -65,8 +65,7 @@ class SoakTests(TestCase):
             [
                 "--listen",
                 "tcp:0:interface=127.0.0.1",
-                "--backend",
-                f"tcp:host=127.0.0.1:port={backend.port}",
+                *backendOption(backend.port),
                 "--max-message-size",
                 str(MAX_MESSAGE),
             ],

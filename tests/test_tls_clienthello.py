@@ -16,7 +16,6 @@ each client with the ALPN protocol it selected and closes.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import ssl
 import subprocess
@@ -26,14 +25,14 @@ from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import ProcessProtocol, Protocol, ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from gateway.tls import connectionInfo, failureReason, loadServerTLS, wrapFactory
-from tests.e2e import DEADLINE
+from tests.e2e import DEADLINE, ChildProcess, spawn
 from tests.test_tls import _PKI
 from tests.tlsclient import CLOSE_NOTIFY, TLSClient
 
@@ -67,16 +66,13 @@ class _Greeter(Protocol):
         self.lost.callback(None)
 
 
-class _TicketIssuer(ProcessProtocol):
+class _TicketIssuer(ChildProcess):
     """
     C{openssl s_server -www} on a free loopback port, with session tickets
     and early data on: where a client gets a session to offer the gateway.
-    """
 
-    def __init__(self) -> None:
-        self.output = b""
-        self.accepting: Deferred[int] = Deferred()
-        self.ended: Deferred[None] = Deferred()
+    @ivar port: the port it accepts connections on.
+    """
 
     @classmethod
     async def start(cls, case: TestCase, certFile: str, keyFile: str):
@@ -94,29 +90,10 @@ class _TicketIssuer(ProcessProtocol):
             "-max_early_data",
             str(EARLY_DATA_BYTES),
         ]
-        transport = reactor.spawnProcess(issuer, command[0], command, env=None)
-
-        def stop() -> Deferred[None]:
-            if not issuer.ended.called:
-                transport.signalProcess("KILL")
-            return issuer.ended
-
-        case.addCleanup(stop)
-        issuer.port = await issuer.accepting.addTimeout(DEADLINE, reactor)
+        spawn(case, issuer, command)
+        accepting = await issuer.loggedMatch(rb"ACCEPT 127\.0\.0\.1:(\d+)\s")
+        issuer.port = int(accepting.group(1))
         return issuer
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        match = re.search(rb"ACCEPT 127\.0\.0\.1:(\d+)", self.output)
-        if match and not self.accepting.called:
-            self.accepting.callback(int(match.group(1)))
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        if not self.accepting.called:
-            self.accepting.errback(reason)
-        self.ended.callback(None)
 
     async def session(self, version: str, path: str) -> None:
         """

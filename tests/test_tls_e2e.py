@@ -13,29 +13,28 @@ import ssl
 import subprocess
 import tempfile
 import time
-import urllib.request
+from collections.abc import Sequence
 
 from cryptography import x509
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import PrivateCertificate
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.protocols.basic import Int32StringReceiver
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.trial.unittest import SkipTest, TestCase
-from zope.interface import implementer
 
 from tests.e2e import (
     DEADLINE,
     BackendFactory,
     GatewayProcess,
     UpperBackend,
+    backendOption,
     listenBackend,
     runGateway,
     runToEnd,
+    sample,
+    untilSample,
 )
 from tests.tlsclient import (
     CLOSE_NOTIFY,
@@ -50,10 +49,6 @@ LISTEN_TLS = ["--listen-tls", "tcp:0:interface=127.0.0.1"]
 LISTENER = "tls:0"
 NAME = "gw.example"
 
-# How often a wait for a log line or a metric looks again; the wait itself
-# is bounded by DEADLINE.
-POLL = 0.05
-
 # testssl makes many connections; a loaded machine can take a while.
 TESTSSL_DEADLINE = 180.0
 
@@ -61,57 +56,16 @@ TESTSSL_DEADLINE = 180.0
 IDLE_TIMEOUT = "1"
 
 
-def backendOption(port: int) -> list[str]:
-    return ["--backend", f"tcp:host=127.0.0.1:port={port}"]
+# The names other modules first imported from here, kept as the same helpers.
+waitForSample = untilSample
+__all__ = ["backendOption", "sample", "waitForLog", "waitForSample"]
 
 
-async def waitFor(condition, what: str) -> None:
+def waitForLog(gateway: GatewayProcess, text: str) -> Deferred[None]:
     """
-    Look at C{condition()} until it is true, for at most DEADLINE seconds.
+    L{GatewayProcess.logged}.
     """
-    for _ in range(int(DEADLINE / POLL)):
-        if await condition():
-            return
-        await deferLater(reactor, POLL, lambda: None)
-    raise AssertionError(f"never happened: {what}")
-
-
-async def waitForLog(gateway: GatewayProcess, text: str) -> None:
-    async def logged() -> bool:
-        return text in gateway.log()
-
-    await waitFor(logged, f"{text!r} in the gateway's log")
-
-
-def _fetchMetrics(port: int) -> str:
-    url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=DEADLINE) as response:
-        return response.read().decode("utf-8")
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """
-    The value of sample C{name} with C{labels} in C{text}; 0 when absent.
-    """
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return 0.0
-
-
-async def waitForSample(
-    gateway: GatewayProcess, value: float, name: str, **labels: str
-) -> None:
-    """
-    Wait until the gateway's /metrics shows C{value} for the sample.
-    """
-
-    async def reached() -> bool:
-        text = await deferToThread(_fetchMetrics, gateway.port("metrics"))
-        return sample(text, name, **labels) == value
-
-    await waitFor(reached, f"{name}{labels} == {value}")
+    return gateway.logged(text)
 
 
 class TLSTestCase(TestCase):
@@ -119,6 +73,23 @@ class TLSTestCase(TestCase):
     Certificates in a temporary directory, and clients that are closed when
     the test ends.
     """
+
+    async def tlsGateway(
+        self, extra: Sequence[str] = (), protocol: type[Protocol] = UpperBackend
+    ) -> tuple[BackendFactory, GatewayProcess]:
+        """
+        A gateway on a TLS listener with a certificate for L{NAME}, in front
+        of a test backend speaking C{protocol}, with C{extra} arguments.
+        """
+        backend, backendPort = listenBackend(self, protocol)
+        gateway = await runGateway(
+            self,
+            LISTEN_TLS
+            + self.gatewayCertificate()
+            + backendOption(backendPort)
+            + list(extra),
+        )
+        return backend, gateway
 
     def setUp(self) -> None:
         self.certificates = Certificates(self.mktemp())
@@ -173,10 +144,7 @@ class ListenerTests(TLSTestCase):
         A client that trusts the CA verifies the gateway's chain and name,
         and messages go through.
         """
-        backend, backendPort = listenBackend(self)
-        gateway = await runGateway(
-            self, LISTEN_TLS + self.gatewayCertificate() + backendOption(backendPort)
-        )
+        backend, gateway = await self.tlsGateway()
         client = await self.handshake(gateway.port())
         await deferToThread(client.send, b"hello\n")
         self.assertEqual(await deferToThread(client.receive, 6), b"HELLO\n")
@@ -193,7 +161,7 @@ class ListenerTests(TLSTestCase):
         with self.assertRaises(ssl.SSLCertVerificationError):
             await deferToThread(client.handshake)
         client.close()
-        await waitForSample(
+        await untilSample(
             gateway, 1, "gateway_tls_handshake_failures_total", listener=LISTENER
         )
 
@@ -231,23 +199,16 @@ class ListenerTests(TLSTestCase):
         a failed handshake, and never reaches the backend; a TLS 1.3 client
         is served.
         """
-        backend, backendPort = listenBackend(self)
-        gateway = await runGateway(
-            self,
-            LISTEN_TLS
-            + self.gatewayCertificate()
-            + backendOption(backendPort)
-            + ["--tls-min-version", "1.3"],
-        )
+        backend, gateway = await self.tlsGateway(["--tls-min-version", "1.3"])
         old = self.certificates.context(maximumVersion=ssl.TLSVersion.TLSv1_2)
         client = await self.connect(gateway.port(), context=old)
         with self.assertRaises(ssl.SSLError) as caught:
             await deferToThread(client.handshake)
         self.assertIn("VERSION", caught.exception.reason or "")
-        await waitForSample(
+        await untilSample(
             gateway, 1, "gateway_tls_handshake_failures_total", listener=LISTENER
         )
-        await waitForSample(
+        await untilSample(
             gateway,
             1,
             "gateway_connections_closed_total",
@@ -281,7 +242,7 @@ class ListenerTests(TLSTestCase):
             gateway.port(),
             context=self.certificates.context(clientCertificate=strangerCert),
         )
-        await waitForSample(
+        await untilSample(
             gateway, 2, "gateway_tls_handshake_failures_total", listener=LISTENER
         )
         self.assertEqual(backend.accepted, 0)
@@ -348,7 +309,7 @@ class ListenerTests(TLSTestCase):
         await deferToThread(client.send, b"via proxy\n")
         self.assertEqual(await deferToThread(client.receive, 10), b"VIA PROXY\n")
         client.close()
-        await waitForLog(gateway, "192.0.2.7:40001")
+        await gateway.logged("192.0.2.7:40001")
 
     async def test_unixSocket(self):
         """
@@ -378,15 +339,12 @@ class ReloadTests(TLSTestCase):
         gets the new certificate, and a connection opened before goes on
         working.
         """
-        backend, backendPort = listenBackend(self)
-        gateway = await runGateway(
-            self, LISTEN_TLS + self.gatewayCertificate() + backendOption(backendPort)
-        )
+        backend, gateway = await self.tlsGateway()
         old = await self.handshake(gateway.port())
         oldSerial = old.peerCertificate().serial_number
         _, _, renewed = self.certificates.issue("gw", NAME)
         gateway.transport.signalProcess("HUP")
-        await waitForLog(gateway, "TLS reload: certificates")
+        await gateway.logged("TLS reload: certificates")
         new = await self.handshake(gateway.port())
         self.assertEqual(new.peerCertificate().serial_number, renewed.serial_number)
         self.assertNotEqual(renewed.serial_number, oldSerial)
@@ -404,7 +362,7 @@ class ReloadTests(TLSTestCase):
         serial = before.peerCertificate().serial_number
         keyFile = self.certificates.write("gw.key", b"not a key\n")
         gateway.transport.signalProcess("HUP")
-        await waitForLog(gateway, "TLS reload failed")
+        await gateway.logged("TLS reload failed")
         self.assertIn(f"--tls-key {keyFile}: not a PEM file", gateway.log())
         after = await self.handshake(gateway.port())
         self.assertEqual(after.peerCertificate().serial_number, serial)
@@ -418,14 +376,7 @@ class StalledHandshakeTests(TLSTestCase):
         close reason idle_timeout, and never reach the backend. One that
         does not speak TLS at all is closed at once, reason tls_error.
         """
-        backend, backendPort = listenBackend(self)
-        gateway = await runGateway(
-            self,
-            LISTEN_TLS
-            + self.gatewayCertificate()
-            + backendOption(backendPort)
-            + ["--idle-timeout", IDLE_TIMEOUT],
-        )
+        backend, gateway = await self.tlsGateway(["--idle-timeout", IDLE_TIMEOUT])
         started = time.monotonic()
         silent = await self.connect(gateway.port())
         hello = ssl.create_default_context().wrap_bio(
@@ -446,17 +397,17 @@ class StalledHandshakeTests(TLSTestCase):
         # Closed by its failed handshake (perhaps after an alert), not by the
         # timeout: the reason counted below says which.
         await deferToThread(rawReceiveAll, plain.socket)
-        await waitForSample(
+        await untilSample(
             gateway, 3, "gateway_tls_handshake_failures_total", listener=LISTENER
         )
-        await waitForSample(
+        await untilSample(
             gateway,
             1,
             "gateway_connections_closed_total",
             listener=LISTENER,
             reason="tls_error",
         )
-        await waitForSample(
+        await untilSample(
             gateway,
             2,
             "gateway_connections_closed_total",
@@ -466,8 +417,7 @@ class StalledHandshakeTests(TLSTestCase):
         self.assertEqual(backend.accepted, 0)
 
 
-@implementer(IHalfCloseableProtocol)
-class LateBackend(Int32StringReceiver):
+class LateBackend(UpperBackend):
     """
     An int32 backend that answers nothing until the gateway shuts its write
     side; then it answers every message (in upper case) and closes. Its
@@ -475,7 +425,7 @@ class LateBackend(Int32StringReceiver):
     """
 
     def connectionMade(self) -> None:
-        self.factory.opened(self)
+        super().connectionMade()
         self.pending: list[bytes] = []
 
     def stringReceived(self, payload: bytes) -> None:
@@ -486,12 +436,6 @@ class LateBackend(Int32StringReceiver):
         for payload in self.pending:
             self.sendString(payload.upper())
         self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason=None) -> None:
-        self.factory.closed(self)
 
 
 class GreetingBackend(UpperBackend):
@@ -517,11 +461,7 @@ class HalfCloseTests(TLSTestCase):
     async def gateway(
         self, protocol=LateBackend
     ) -> tuple[BackendFactory, GatewayProcess]:
-        backend, backendPort = listenBackend(self, protocol)
-        gateway = await runGateway(
-            self, LISTEN_TLS + self.gatewayCertificate() + backendOption(backendPort)
-        )
-        return backend, gateway
+        return await self.tlsGateway(protocol=protocol)
 
     async def test_closeNotify(self):
         """
@@ -537,7 +477,7 @@ class HalfCloseTests(TLSTestCase):
         received, end = await deferToThread(client.receiveAll)
         self.assertEqual((received, end), (b"A\nB\n", CLOSE_NOTIFY))
         self.assertEqual(backend.received, [b"a", b"b"])
-        await waitForLog(gateway, "2 messages (2 bytes) down, client_closed")
+        await gateway.logged("2 messages (2 bytes) down, client_closed")
 
     async def test_closeNotifyAndFIN(self):
         """
@@ -672,7 +612,7 @@ class BackendTLSTests(TLSTestCase):
         received, end = await deferToThread(client.receiveAll)
         self.assertEqual(received, b"")
         client.close()
-        await waitForLog(gateway, "backend_unavailable")
+        await gateway.logged("backend_unavailable")
         log = gateway.log()
         self.assertIn(
             f"backend tls:127.0.0.1:{mismatchedPort} connect failed: VerificationError",
@@ -723,14 +663,7 @@ class ALPNTests(TLSTestCase):
         Without --tls-alpn, an ALPN offer is served as if none was made:
         openssl s_client -alpn and a Python client offering h2 and http/1.1.
         """
-        backend, backendPort = listenBackend(self)
-        gateway = await runGateway(
-            self,
-            LISTEN_TLS
-            + self.gatewayCertificate()
-            + backendOption(backendPort)
-            + ["--idle-timeout", IDLE_TIMEOUT],
-        )
+        backend, gateway = await self.tlsGateway(["--idle-timeout", IDLE_TIMEOUT])
         run = await self.sClient(gateway.port(), "-alpn", "http/1.1", "-quiet")
         self.assertEqual(run.stdout, b"A\nB\n", run.stderr)
         context = self.certificates.context()
@@ -746,19 +679,14 @@ class ALPNTests(TLSTestCase):
         selected; a client offering none of them is refused with the
         no_application_protocol alert, and never reaches the backend.
         """
-        backend, backendPort = listenBackend(self)
-        gateway = await runGateway(
-            self,
-            LISTEN_TLS
-            + self.gatewayCertificate()
-            + backendOption(backendPort)
-            + ["--tls-alpn", "x-gateway", "--tls-alpn", "http/1.1"]
-            + ["--idle-timeout", IDLE_TIMEOUT],
+        backend, gateway = await self.tlsGateway(
+            ["--tls-alpn", "x-gateway", "--tls-alpn", "http/1.1"]
+            + ["--idle-timeout", IDLE_TIMEOUT]
         )
         refused = await self.sClient(gateway.port(), "-alpn", "h2", "-brief")
         self.assertNotEqual(refused.returncode, 0)
         self.assertIn(b"no application protocol", refused.stderr)
-        await waitForSample(
+        await untilSample(
             gateway, 1, "gateway_tls_handshake_failures_total", listener=LISTENER
         )
         self.assertEqual(backend.accepted, 0)
@@ -805,14 +733,7 @@ class ToolTests(TLSTestCase):
         the gateway's idle timeout ends the connection.
         """
         openssl = _which("openssl")
-        backend, backendPort = listenBackend(self)
-        gateway = await runGateway(
-            self,
-            LISTEN_TLS
-            + self.gatewayCertificate()
-            + backendOption(backendPort)
-            + ["--idle-timeout", IDLE_TIMEOUT],
-        )
+        backend, gateway = await self.tlsGateway(["--idle-timeout", IDLE_TIMEOUT])
         command = [
             openssl,
             "s_client",
@@ -841,7 +762,7 @@ class ToolTests(TLSTestCase):
             timeout=DEADLINE,
         )
         self.assertEqual(quiet.stdout, b"A\nB\n")
-        await waitForLog(gateway, "idle_timeout")
+        await gateway.logged("idle_timeout")
 
     async def test_testssl(self):
         """

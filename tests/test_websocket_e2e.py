@@ -26,13 +26,14 @@ from tests.browser import DOMText, chromiumMissing, dumpDOM
 from tests.e2e import (
     DEADLINE,
     GatewayProcess,
+    Scrape,
     UpperBackend,
     exchange,
     freePort,
     listenBackend,
     runGateway,
+    scrape,
 )
-from tests.test_metrics_e2e import Scrape, scrape
 from tests.test_websocket import inClient
 from tests.tlsclient import Certificates
 
