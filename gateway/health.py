@@ -485,6 +485,11 @@ class _CheckProtocol(Protocol):
 
 
 class _CheckFactory(Factory):
+    # twistd shows every level: a check every few seconds per backend must
+    # not write "Starting factory" lines; its result shows in the metrics
+    # and the status page, and a change of state is logged once.
+    noisy = False
+
     def __init__(self, target: HealthTarget, settings: HealthSettings) -> None:
         self._target = target
         self._settings = settings
@@ -689,11 +694,6 @@ class HealthChecker:
             state.lastReason = None
             state.successes += 1
             state.failures = 0
-            log.debug(
-                "check of {backend} of {service} passed",
-                backend=target.name,
-                service=self.service,
-            )
             if not state.up and state.successes >= self.settings.rise:
                 self._change(target, state, True, now)
         else:
@@ -701,12 +701,6 @@ class HealthChecker:
             state.lastReason = failure
             state.failures += 1
             state.successes = 0
-            log.debug(
-                "check of {backend} of {service} failed: {reason}",
-                backend=target.name,
-                service=self.service,
-                reason=failure,
-            )
             if state.up and state.failures >= self.settings.fall:
                 self._change(target, state, False, now)
 

@@ -514,9 +514,9 @@ class CheckerTests(SynchronousTestCase):
                 "backend tcp:10.0.0.5:9000 of orders is up: 2 checks passed",
             ],
         )
-        # The checks themselves log only at debug level, one event each.
-        debug = [e for e in self.events if e["log_level"] == LogLevel.debug]
-        self.assertEqual(len(debug), len(self.stats[name].results))
+        # The checks themselves are not logged at all: twistd writes every
+        # level, and one line per check per backend would flood the log.
+        self.assertEqual(len(self.events), len(informative))
 
     def test_observerError(self) -> None:
         """
