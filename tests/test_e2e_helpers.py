@@ -136,17 +136,21 @@ class MetricsTests(TestCase):
         "# TYPE gateway_draining gauge\n"
         "gateway_draining 0.0\n"
         "# TYPE gateway_connections_active gauge\n"
-        'gateway_connections_active{listener="tcp:0"} 2.0\n'
+        'gateway_connections_active{service="default",listener="tcp:0"} 2.0\n'
     )
 
     def test_scrape(self) -> None:
         """
         L{Scrape.value} is L{None} for a series not served; L{value} on the
-        samples is 0 for it.
+        samples is 0 for it. A listener's series is the C{default} service's
+        unless the labels name another.
         """
         page = Scrape(self.TEXT)
         self.assertEqual(page.value("gateway_connections_active", listener="tcp:0"), 2)
         self.assertIsNone(page.value("gateway_connections_active", listener="x"))
+        self.assertIsNone(
+            page.value("gateway_connections_active", service="a", listener="tcp:0")
+        )
         self.assertEqual(value(page.samples, "gateway_draining"), 0)
         self.assertEqual(value(page.samples, "gateway_missing"), 0)
 
