@@ -102,6 +102,8 @@ fuzz: $(BIN)/.installed
 
 # Type-checked strictly: the modules with no Twisted transport juggling.
 TYPED = gateway/codec gateway/stats.py gateway/backends.py gateway/names.py \
+	gateway/proxyprotocol.py gateway/addresses.py gateway/admission.py \
+	gateway/certnames.py gateway/proxytlv.py gateway/config.py \
 	gateway/pair.py gateway/refusals.py gateway/progress.py
 
 lint: $(BIN)/.installed

@@ -103,9 +103,10 @@ def describeListening(address: IAddress) -> str:
     socket is shown by its path, which the operator chose.
     """
     if isinstance(address, UNIXAddress):
-        name = address.name
-        if isinstance(name, bytes):
-            name = name.decode("utf-8", "backslashreplace")
+        raw = address.name
+        name = (
+            raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+        )
         # An abstract socket's name starts with a NUL byte.
         return repr(name)[1:-1] if name else UNIX
     return describe(address)

@@ -90,7 +90,7 @@ def clientIP(address: IAddress | str | None) -> IP | None:
     @raise ValueError: for a string that is not an IP address.
     """
     if isinstance(address, TwistedIPv4Address | TwistedIPv6Address):
-        host: object = normalize(address).host  # type: ignore[attr-defined]
+        host: object = normalize(address).host
     elif isinstance(address, str):
         host = address
     else:
@@ -152,9 +152,9 @@ def parseNetwork(option: str, text: str) -> Network:
     if (
         network.version == 6
         and network.prefixlen >= _MAPPED.prefixlen
-        and network.subnet_of(_MAPPED)  # type: ignore[arg-type]
+        and network.subnet_of(_MAPPED)
     ):
-        mapped = network.network_address.ipv4_mapped  # type: ignore[union-attr]
+        mapped = network.network_address.ipv4_mapped
         return ipaddress.IPv4Network((mapped, network.prefixlen - _MAPPED.prefixlen))
     return network
 
@@ -412,8 +412,8 @@ class RateLimiter:
 
 def _seconds(clock: Callable[[], float] | IReactorTime) -> Callable[[], float]:
     if IReactorTime.providedBy(clock):
-        return clock.seconds  # type: ignore[union-attr]
-    return clock  # type: ignore[return-value]
+        return clock.seconds
+    return clock
 
 
 class Admission:

@@ -169,7 +169,8 @@ def _cryptography(certificate: object) -> x509.Certificate:
     # pyOpenSSL's X509 (what Connection.get_peer_certificate gives) converts.
     if isinstance(certificate, x509.Certificate):
         return certificate
-    return certificate.to_cryptography()  # type: ignore[attr-defined]
+    converted: x509.Certificate = certificate.to_cryptography()  # type: ignore[attr-defined]
+    return converted
 
 
 def certificateNames(certificate: object) -> CertificateNames:

@@ -42,6 +42,7 @@ from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
     IStreamServerEndpoint,
+    ITransport,
 )
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import Interface, implementer
@@ -195,7 +196,7 @@ def bytesNeeded(data: bytes) -> int:
     its first 16 bytes have then been checked), else one more byte.
     """
     if len(data) >= V2_FIXED_LENGTH and data.startswith(V2_SIGNATURE):
-        (length,) = struct.unpack_from("!H", data, 14)
+        length: int = struct.unpack_from("!H", data, 14)[0]
         return V2_FIXED_LENGTH + length
     return len(data) + 1
 
@@ -394,7 +395,9 @@ class ProxyHeaderProtocol(ProtocolWrapper):
     _destination: IAddress | None = None
     _failed = False
 
-    def __init__(self, factory: WrappingFactory, wrappedProtocol: IProtocol) -> None:
+    def __init__(
+        self, factory: WrappingFactory[ProxyHeaderProtocol], wrappedProtocol: IProtocol
+    ) -> None:
         super().__init__(factory, wrappedProtocol)
         # The bytes read so far while the header is incomplete; None after.
         # A bytearray, and parsed only once it holds what bytesNeeded()
@@ -438,7 +441,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
         if receiver is not None:
             receiver.proxyHeaderInvalid(detail)
         else:
-            self.transport.loseConnection()
+            self._transport().loseConnection()
 
     def _receiver(self) -> IProxyHeaderReceiver | None:
         # The receiver may sit under other wrappers (TLS, when the header
@@ -460,7 +463,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
             else:
                 # Closed before a single byte: a TCP health check or a port
                 # probe, not a protocol error.
-                self.transport.loseConnection()
+                self._transport().loseConnection()
             return
         halfCloseable = IHalfCloseableProtocol(self.wrappedProtocol, None)
         if halfCloseable is not None:
@@ -468,7 +471,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
         else:
             # What the transport itself does for a protocol that cannot
             # half-close: end the connection.
-            self.transport.loseConnection()
+            self._transport().loseConnection()
 
     def writeConnectionLost(self) -> None:
         halfCloseable = IHalfCloseableProtocol(self.wrappedProtocol, None)
@@ -476,13 +479,18 @@ class ProxyHeaderProtocol(ProtocolWrapper):
             halfCloseable.writeConnectionLost()
 
     def getPeer(self) -> IAddress:
-        return self._source or normalize(self.transport.getPeer())
+        return self._source or normalize(self._transport().getPeer())
 
     def getHost(self) -> IAddress:
-        return self._destination or normalize(self.transport.getHost())
+        return self._destination or normalize(self._transport().getHost())
+
+    def _transport(self) -> ITransport:
+        # Set by makeConnection before any event this wrapper handles.
+        assert self.transport is not None
+        return self.transport
 
 
-class ProxyHeaderFactory(WrappingFactory):
+class ProxyHeaderFactory(WrappingFactory[ProxyHeaderProtocol]):
     """
     Wraps every connection of a factory in a L{ProxyHeaderProtocol}.
     """
@@ -501,7 +509,7 @@ class ProxyHeaderEndpoint:
         self.wrapped = wrapped
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
-        return self.wrapped.listen(ProxyHeaderFactory(factory))
+        return self.wrapped.listen(ProxyHeaderFactory(factory))  # type: ignore[no-untyped-call]
 
 
 def isBehindProxy(description: str) -> bool:
@@ -516,10 +524,11 @@ def serverEndpoint(reactor: object, description: str) -> IStreamServerEndpoint:
     Like L{serverFromString}, with C{haproxy:} served by
     L{ProxyHeaderEndpoint} instead of Twisted's wrapper.
     """
+    parse: Callable[[object, str], IStreamServerEndpoint] = serverFromString
     if isBehindProxy(description):
         inner = description.split(":", 1)[1] if ":" in description else ""
-        return ProxyHeaderEndpoint(serverFromString(reactor, inner))
-    return serverFromString(reactor, description)
+        return ProxyHeaderEndpoint(parse(reactor, inner))
+    return parse(reactor, description)
 
 
 def _ips(source: IAddress, destination: IAddress) -> tuple[IP, IP] | None:
