@@ -13,7 +13,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 from twisted.internet import reactor
@@ -32,6 +31,7 @@ from tests.docexamples import (
     sessions,
 )
 from tests.e2e import DEADLINE, TWISTD, GatewayProcess, freePort, spawn
+from tests.wheel import buildWheel
 
 BIN = os.path.dirname(TWISTD)
 MAN_PAGE = ROOT / "gateway" / "gateway.8"
@@ -399,32 +399,7 @@ class ManPageTests(TestCase):
         A wheel installs the page with the package (gateway/gateway.8) and
         where man finds it (share/man/man8/gateway.8 under the prefix).
         """
-        try:
-            import setuptools  # noqa: F401
-        except ImportError:
-            raise SkipTest("setuptools is needed to build the wheel offline")
-        out = self.mktemp()
-        os.makedirs(out)
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "--quiet",
-                "--no-deps",
-                "--no-build-isolation",
-                "--wheel-dir",
-                out,
-                str(ROOT),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        self.assertEqual(result.returncode, 0, result.stderr)
-        (wheel,) = [name for name in os.listdir(out) if name.endswith(".whl")]
-        names = set(zipfile.ZipFile(os.path.join(out, wheel)).namelist())
+        names = set(buildWheel(self.mktemp())[1])
         self.assertIn("gateway/gateway.8", names)
         manPath = ".data/data/share/man/man8/gateway.8"
         self.assertTrue(any(name.endswith(manPath) for name in names), names)

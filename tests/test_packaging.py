@@ -5,11 +5,12 @@ The twistd plugin is found, in the development install and in a wheel.
 import os
 import subprocess
 import sys
-import zipfile
 
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
+
+from tests.wheel import buildWheel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -41,32 +42,7 @@ class PluginTests(TestCase):
         __init__.py there, which would hide Twisted's own plugins) and every
         package of the project.
         """
-        try:
-            import setuptools  # noqa: F401
-        except ImportError:
-            raise SkipTest("setuptools is needed to build the wheel offline")
-        out = self.mktemp()
-        os.makedirs(out)
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "--quiet",
-                "--no-deps",
-                "--no-build-isolation",
-                "--wheel-dir",
-                out,
-                ROOT,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        self.assertEqual(result.returncode, 0, result.stderr)
-        (wheel,) = [name for name in os.listdir(out) if name.endswith(".whl")]
-        names = set(zipfile.ZipFile(os.path.join(out, wheel)).namelist())
+        names = set(buildWheel(self.mktemp())[1])
         self.assertIn("twisted/plugins/gateway_plugin.py", names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
         self.assertNotIn("twisted/__init__.py", names)
