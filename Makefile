@@ -118,11 +118,11 @@ format: $(BIN)/.installed
 # The comparison benchmark (see benchmarks/README.md): a few minutes in full,
 # under a minute with bench-quick. uvloop keeps the load generator cheap.
 bench: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet uvloop websockify
+	$(BIN)/python -m pip install --quiet uvloop
 	$(BIN)/python -m benchmarks.compare --twistd $(BIN)/twistd
 
 bench-quick: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet uvloop websockify
+	$(BIN)/python -m pip install --quiet uvloop
 	$(BIN)/python -m benchmarks.compare --twistd $(BIN)/twistd --quick
 
 clean:

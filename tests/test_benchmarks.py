@@ -880,7 +880,7 @@ class WebSocketPeerTests(SynchronousTestCase):
         """
         settings = peers.PeerSettings(python=sys.executable)
         if peers.websockify_command(settings) is None:
-            raise SkipTest("websockify is not installed (make bench installs it)")
+            raise SkipTest("websockify is not installed (the test extra installs it)")
         echo = start(self, "echo", "benchmarks.echo_backend")
         peer = peers.start("websockify", echo, settings)
         self.addCleanup(peer.stop)
