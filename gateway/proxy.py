@@ -382,6 +382,8 @@ class BackendProtocol(Protocol):
         self.ready.callback(self)
 
     def dataReceived(self, data: bytes) -> None:
+        # Replaced by the downstream direction's as the pair starts relaying,
+        # within the connect's own event, before any byte can be read.
         pass
 
     def readConnectionLost(self) -> None:
