@@ -515,27 +515,13 @@ class LoadgenRunTests(SynchronousTestCase):
     The load generator as the harness runs it.
     """
 
-    def run_loadgen(self, port: int, *args: str) -> dict:
-        done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.loadgen", "--port", str(port), *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=DEADLINE * 3,
-        )
-        lines = done.stdout.splitlines()
-        self.assertEqual(json.loads(lines[0])["event"], "window", done.stderr)
-        result = json.loads(lines[-1])
-        self.assertEqual(result["event"], "result")
-        self.assertEqual(done.returncode, 1 if result["errors"] else 0)
-        return result
-
     def test_int32_against_echo(self) -> None:
         """
         A tiny throughput run against the echo backend: replies, no errors.
         """
         echo = start(self, "echo", "benchmarks.echo_backend")
-        result = self.run_loadgen(
+        result = run_loadgen(
+            self,
             echo,
             "--framing",
             "int32",
@@ -559,7 +545,8 @@ class LoadgenRunTests(SynchronousTestCase):
         port = start(
             self, "naive", "benchmarks.naive_translator", "--backend-port", str(echo)
         )
-        result = self.run_loadgen(
+        result = run_loadgen(
+            self,
             port,
             "--mode",
             "latency",
@@ -846,17 +833,20 @@ class WebSocketPeerTests(SynchronousTestCase):
     The WebSocket peers, and the load generator speaking WebSocket to them.
     """
 
-    def run_loadgen(self, peer: peers.RunningPeer) -> dict:
-        done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.loadgen", "--port", str(peer.port)]
-            + ["--framing", peer.framing, "-c", "3", "-w", "16", "-s", "64"]
-            + ["-d", "0.3", "--warmup", "0.1"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=DEADLINE * 3,
+    def tinyRun(self, peer: peers.RunningPeer) -> dict:
+        result = run_loadgen(
+            self,
+            peer.port,
+            "--framing",
+            peer.framing,
+            "-c",
+            "3",
+            "-w",
+            "16",
+            "-s",
+            "64",
+            *SHORT,
         )
-        result = json.loads(done.stdout.splitlines()[-1])
         self.assertEqual(result["errors"], 0, result["error_details"])
         self.assertGreater(result["messages"], 0)
         return result
@@ -871,7 +861,7 @@ class WebSocketPeerTests(SynchronousTestCase):
         self.assertEqual(
             peers.websocket_exchange(peer.port, b"probe", DEADLINE), b"probe"
         )
-        self.run_loadgen(peer)
+        self.tinyRun(peer)
 
     def test_websockify(self) -> None:
         """
@@ -888,7 +878,7 @@ class WebSocketPeerTests(SynchronousTestCase):
         self.assertEqual(
             peers.websocket_exchange(peer.port, message, DEADLINE), message
         )
-        self.run_loadgen(peer)
+        self.tinyRun(peer)
 
     def test_report(self) -> None:
         """
