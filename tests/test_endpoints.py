@@ -20,25 +20,7 @@ from gateway.endpoints import (
     split,
     withBacklog,
 )
-
-# Words that give a Python exception away; none belongs in an operator's
-# error line.
-PYTHON_WORDS = (
-    "Traceback",
-    "__init__",
-    "positional argument",
-    "multiple values",
-    "invalid literal",
-    "Error",
-    "Errno",
-    "errno",
-    "NoneType",
-    "->",
-    "b'",
-    "_parse",
-    "keyword argument",
-    "object",
-)
+from tests.test_tap import PYTHON_WORDS
 
 
 class SplitTests(SynchronousTestCase):

@@ -309,11 +309,13 @@ PYTHON_WORDS = (
     "invalid literal",
     "Error",
     "Errno",
+    "errno",
     "NoneType",
     "->",
     "b'",
     "_parse",
     "keyword argument",
+    "object",
 )
 
 
