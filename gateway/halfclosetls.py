@@ -2,7 +2,7 @@
 Server-side TLS where either side can end its own direction of the stream.
 
 L{HalfCloseableTLSProtocol} is Twisted's TLS layer
-(L{twisted.protocols.tls.BufferingTLSTransport}) changed so that a
+(L{twisted.protocols.tls.TLSMemoryBIOProtocol}) changed so that a
 client's close_notify ends only the client's direction (Twisted's answers
 it at once and closes, losing the replies still on their way: its ticket
 5341), and so that a close never waits forever for the client's
@@ -134,7 +134,7 @@ class _Fallback:
 
 
 @implementer(IHalfCloseableProtocol)
-class HalfCloseableTLSProtocol(BufferingTLSTransport):
+class HalfCloseableTLSProtocol(TLSMemoryBIOProtocol):
     """
     Server-side TLS over one accepted connection, where either side can end
     its own direction of the stream and go on with the other.
@@ -150,6 +150,12 @@ class HalfCloseableTLSProtocol(BufferingTLSTransport):
       - C{loseConnection} also sends close_notify, and closes the socket
         once the client has answered, or L{CLOSE_NOTIFY_TIMEOUT} seconds
         later without the answer (what was written is still sent first).
+
+    Writes are not held back to be joined on the reactor's next iteration,
+    as Twisted's default L{BufferingTLSTransport} does (a C{callLater(0)}
+    and a copy per write): the gateway writes once per chunk it reads, so
+    there is nothing to join, and the delay is a reactor pass on every
+    reply.
 
     A TCP FIN with no close_notify before it cuts the TLS stream short: the
     connection ends as if it were lost (at once; or once what was written is
@@ -322,8 +328,7 @@ class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
     or Twisted's own TLS layer when the private state it needs is missing
     (see the module docstring).
 
-    @ivar clock: where the close timeout and the buffered writes are
-        scheduled.
+    @ivar clock: where the close timeout is scheduled.
     """
 
     protocol: type[TLSMemoryBIOProtocol] = HalfCloseableTLSProtocol

@@ -241,7 +241,8 @@ class MakeConnectionTests(SynchronousTestCase):
 class WriteThroughTests(SynchronousTestCase):
     """
     TLS records go out through L{gateway.writethrough}: sent during the call
-    that made them when nothing is queued on the socket.
+    that made them when nothing is queued on the socket; and a write is not
+    held back to be joined with later ones.
     """
 
     def test_handshakeFlightSentAtOnce(self) -> None:
@@ -255,6 +256,7 @@ class WriteThroughTests(SynchronousTestCase):
             creator, ServerFactory.forProtocol(_HalfCloseServer), clock
         )
         factory.wrappedFactory.connections = []
+        factory.wrappedFactory.onHandshake = lambda server: None
         protocol = factory.buildProtocol(None)
         ours, peer = socket.socketpair()
         self.addCleanup(peer.close)
@@ -279,6 +281,19 @@ class WriteThroughTests(SynchronousTestCase):
         incoming.write(flight)
         client.do_handshake()
         self.assertEqual(client.version(), "TLSv1.3")
+        protocol.dataReceived(outgoing.read())
+        # Its session tickets, if any.
+        try:
+            incoming.write(peer.recv(65536))
+        except BlockingIOError:
+            pass
+
+        # A write is a record on the wire during the call, with nothing
+        # scheduled to join it with later writes.
+        protocol.write(b"reply\n")
+        self.assertEqual(clock.getDelayedCalls(), [])
+        incoming.write(peer.recv(65536))
+        self.assertEqual(client.read(), b"reply\n")
 
 
 class MissingStateTests(SynchronousTestCase):
