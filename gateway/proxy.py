@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from gateway.websocketclient import WebSocketSettings
 
 __all__ = [
+    "CLOSED_FORMAT",
     "BackendFactory",
     "BackendProtocol",
     "ClientProtocol",
@@ -67,6 +68,7 @@ __all__ = [
     "Translator",
     "describeTLS",
     "noDelay",
+    "prerendered",
 ]
 
 
@@ -124,6 +126,30 @@ def describeTLS(
         return detail
     info = connectionInfo(transport)
     return f" {info}" if info is not None else ""
+
+
+# The close line, one per pair (SPEC section 6), as documented in
+# docs/troubleshooting.rst.
+CLOSED_FORMAT = (
+    "closed {listener} {client} via {backend} after {duration:.3f}s:"
+    " {messagesUp} messages ({bytesUp} bytes) up,"
+    " {messagesDown} messages ({bytesDown} bytes) down,"
+    " {reason}{closeCodeText}{tls}"
+)
+
+
+def prerendered(template: str, fields: dict[str, object]) -> str:
+    """
+    The log format of an event whose text is C{template} filled with
+    C{fields}, rendered now: the text itself, its braces doubled, so that
+    twisted.logger's formatting (a pure-Python PEP 3101 formatter, walking
+    every field again for each observer) has no field left to fill. The
+    fields still go on the event as keys, for the JSON log.
+
+    The text is the one twisted.logger would render: C{str.format} applies
+    the same format specs and the same C{format(value, spec)} per field.
+    """
+    return template.format_map(fields).replace("{", "{{").replace("}", "}}")
 
 
 def _canHalfClose(transport: ITransport) -> bool:
@@ -894,25 +920,24 @@ class ClientProtocol(Protocol):
             return
         duration = self.clock.seconds() - self.startedAt
         self.stats.closed(reason, duration)
+        upstream = self.upstream
+        downstream = self.downstream
+        fields = {
+            "listener": self.factory.name,
+            "client": self.clientAddress,
+            "backend": self.backendName or "none",
+            "duration": duration,
+            "messagesUp": upstream.messages,
+            "bytesUp": upstream.bytes,
+            "messagesDown": downstream.messages,
+            "bytesDown": downstream.bytes,
+            "reason": reason,
+            "closeCode": self.websocket and self.websocket.closeCode,
+            "closeCodeText": self._closeCodeText(),
+            "tls": self._tlsDetail(),
+        }
         log = self.factory.log
-        (log.debug if quiet else log.info)(
-            "closed {listener} {client} via {backend} after {duration:.3f}s:"
-            " {messagesUp} messages ({bytesUp} bytes) up,"
-            " {messagesDown} messages ({bytesDown} bytes) down,"
-            " {reason}{closeCodeText}{tls}",
-            listener=self.factory.name,
-            client=self.clientAddress,
-            backend=self.backendName or "none",
-            duration=duration,
-            messagesUp=self.upstream.messages,
-            bytesUp=self.upstream.bytes,
-            messagesDown=self.downstream.messages,
-            bytesDown=self.downstream.bytes,
-            reason=reason,
-            closeCode=self.websocket and self.websocket.closeCode,
-            closeCodeText=self._closeCodeText(),
-            tls=self._tlsDetail(),
-        )
+        (log.debug if quiet else log.info)(prerendered(CLOSED_FORMAT, fields), **fields)
         self.factory.connections.remove(self)
 
     def _closeCodeText(self) -> str:

@@ -678,6 +678,10 @@ class TLSConnectionInfo:
 
 
 def _printable(text: str) -> str:
+    if text.isprintable():
+        # The usual case (an SNI name, a subject), checked in C: the same
+        # test, character by character, as below.
+        return text
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 

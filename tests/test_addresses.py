@@ -3,10 +3,13 @@ Tests for L{gateway.addresses}: an IPv4 client seen on a dual-stack socket
 is an IPv4 client, and every address is printed from parsed values only.
 """
 
+import ipaddress
+
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.addresses import describe, describeListening, normalize
+from gateway import addresses
+from gateway.addresses import describe, describeListening, normalize, parseHost
 from gateway.proxyprotocol import V2_SIGNATURE, parseHeader, v1Header, v2Header
 
 MAPPED = IPv6Address("TCP", "::ffff:127.0.0.1", 4242)
@@ -94,6 +97,64 @@ class DescribeTests(SynchronousTestCase):
         self.assertEqual(describeListening(UNIXAddress(b"\0abstract")), "\\x00abstract")
         self.assertEqual(describeListening(IPv6Address("TCP", "::", 7000)), "[::]:7000")
         self.assertEqual(describeListening(MAPPED_HOST), "127.0.0.1:7000")
+
+
+class ParseCacheTests(SynchronousTestCase):
+    """
+    A host string is parsed once while it is among the last ones seen: a
+    connection's address is parsed several times, with the same results.
+    """
+
+    def setUp(self):
+        # Whatever other tests left there.
+        addresses._parseText.cache_clear()
+        addresses._hostText.cache_clear()
+        self.parsed = []
+        parse = ipaddress.ip_address
+
+        def counting(text):
+            self.parsed.append(text)
+            return parse(text)
+
+        self.patch(ipaddress, "ip_address", counting)
+
+    def test_parsedOnce(self):
+        """
+        Admission's parse and both log forms of one address share one parse.
+        """
+        host = "198.51.100.77"
+        address = IPv4Address("TCP", host, 4000)
+        self.assertEqual(parseHost(host), ipaddress.IPv4Address(host))
+        self.assertEqual(describe(address), f"{host}:4000")
+        self.assertEqual(describe(IPv4Address("TCP", host, 4001)), f"{host}:4001")
+        self.assertEqual(parseHost(host), ipaddress.IPv4Address(host))
+        self.assertEqual(self.parsed, [host])
+
+    def test_unparsableCached(self):
+        """
+        A host that does not parse stays unparsable, and C{unknown}.
+        """
+        address = IPv4Address("TCP", "203.0.113.300", 1)
+        self.assertEqual(describe(address), "unknown")
+        self.assertEqual(describe(address), "unknown")
+        self.assertIsNone(parseHost("203.0.113.300"))
+        self.assertEqual(self.parsed, ["203.0.113.300"])
+
+    def test_bounded(self):
+        """
+        The cache keeps the last hosts only: one parsed long ago (more hosts
+        than the cache holds) is parsed again, with the same result.
+        """
+        first = "2001:db8::1"
+        self.assertEqual(describe(IPv6Address("TCP", first, 1)), "[2001:db8::1]:1")
+        for n in range(addresses._CACHED_HOSTS):
+            parseHost(str(ipaddress.IPv4Address(0xC6336400 + n)))
+            describe(IPv4Address("TCP", str(ipaddress.IPv4Address(0xCB007100 + n)), 1))
+        for cached in (addresses._parseText, addresses._hostText):
+            self.assertEqual(cached.cache_info().currsize, addresses._CACHED_HOSTS)
+        del self.parsed[:]
+        self.assertEqual(describe(IPv6Address("TCP", first, 1)), "[2001:db8::1]:1")
+        self.assertEqual(self.parsed, [first])
 
 
 class HeadersSentTests(SynchronousTestCase):

@@ -478,12 +478,32 @@ class TroubleshootingTests(SynchronousTestCase):
         ]
         self.assertGreater(len(formats), 20, "the log calls were found")
         for path, line, text in formats:
-            parts = [part.strip() for part in re.split(r"\{[^}]*\}", text)]
-            longest = max(parts, key=len)
-            if longest:
-                self.assertIn(
-                    " ".join(longest.split()),
-                    page,
-                    f"{path.relative_to(ROOT)}:{line}: {text!r} is not explained"
-                    " in docs/troubleshooting.rst",
-                )
+            self.assertExplained(page, f"{path.relative_to(ROOT)}:{line}", text)
+
+    def test_closeLine(self):
+        """
+        The close line, whose text is rendered before it is logged (see
+        L{gateway.proxy.prerendered}), is on the page as well.
+        """
+        from gateway.proxy import CLOSED_FORMAT
+
+        page = " ".join((DOCS / "troubleshooting.rst").read_text().split())
+        self.assertExplained(page, "gateway.proxy.CLOSED_FORMAT", CLOSED_FORMAT)
+        # The page shows it whole, without the format spec and the details
+        # only some pairs have.
+        shown = re.sub(r"\{(\w+):[^}]*\}", r"{\1}", CLOSED_FORMAT)
+        self.assertIn(shown.removesuffix("{closeCodeText}{tls}"), page)
+
+    def assertExplained(self, page: str, where: str, text: str) -> None:
+        """
+        The longest fixed part of the log format C{text} (between two
+        fields) is on the troubleshooting C{page}.
+        """
+        parts = [part.strip() for part in re.split(r"\{[^}]*\}", text)]
+        longest = max(parts, key=len)
+        if longest:
+            self.assertIn(
+                " ".join(longest.split()),
+                page,
+                f"{where}: {text!r} is not explained in docs/troubleshooting.rst",
+            )

@@ -22,10 +22,11 @@ from OpenSSL import SSL
 from twisted.internet import reactor, tcp
 from twisted.internet.defer import DeferredList
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.protocols import policies, tls
 from twisted.protocols.test import test_tls as twistedTLSTests
 from twisted.protocols.tls import (
     BufferingTLSTransport,
@@ -34,6 +35,7 @@ from twisted.protocols.tls import (
 )
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import directlyProvidedBy, providedBy
 
 from gateway import halfclosetls
 from gateway.halfclosetls import HalfCloseableTLSFactory, HalfCloseableTLSProtocol
@@ -132,6 +134,109 @@ class PinTests(SynchronousTestCase):
         self.assertFalse(protocol._stock)
         self.assertFalse(protocol._lostTLSConnection)
         self.assertFalse(protocol._aborted)
+
+
+class MakeConnectionTests(SynchronousTestCase):
+    """
+    C{HalfCloseableTLSProtocol.makeConnection} leaves a connection as
+    Twisted's C{TLSMemoryBIOProtocol.makeConnection} does, without
+    declaring the transport's interfaces one at a time first: a Twisted
+    release whose C{makeConnection} sets up more fails here.
+    """
+
+    def connect(self, twisted=False):
+        """
+        A connection made by the override, or with C{twisted} by Twisted's
+        own method.
+        """
+        pki, creator = _creator(self)
+        wrapped = ServerFactory.forProtocol(_HalfCloseServer)
+        wrapped.connections = []
+        factory = HalfCloseableTLSFactory(creator, wrapped, reactor)
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        if twisted:
+            TLSMemoryBIOProtocol.makeConnection(protocol, transport)
+        else:
+            protocol.makeConnection(transport)
+        self.addCleanup(protocol.connectionLost, None)
+        return factory, protocol, transport
+
+    def test_asTwisted(self) -> None:
+        """
+        The same attributes, the same interfaces declared, the protocol
+        registered with its factory, the wrapped protocol connected to it,
+        the handshake started (nothing to send before the ClientHello).
+        """
+        ours = self.connect()
+        theirs = self.connect(twisted=True)
+        for factory, protocol, transport in (ours, theirs):
+            self.assertEqual(list(factory.protocols), [protocol])
+            self.assertIs(protocol.wrappedProtocol.transport, protocol)
+            self.assertIsInstance(protocol.__dict__["_tlsConnection"], SSL.Connection)
+            self.assertEqual(protocol._appSendBuffer, [])
+            self.assertEqual(transport.value(), b"")
+            self.assertFalse(protocol._stock)
+        self.assertEqual(set(vars(ours[1])), set(vars(theirs[1])))
+        self.assertEqual(list(providedBy(ours[1])), list(providedBy(theirs[1])))
+        self.assertEqual(
+            list(directlyProvidedBy(ours[1])), list(providedBy(StringTransport()))
+        )
+
+    def test_olderFactory(self) -> None:
+        """
+        A factory of Twisted 24.3, whose method C{_createConnection} makes
+        the OpenSSL connection, is used as it is.
+        """
+        pki, creator = _creator(self)
+        wrapped = ServerFactory.forProtocol(_HalfCloseServer)
+        wrapped.connections = []
+        factory = HalfCloseableTLSFactory(creator, wrapped, reactor)
+        made = []
+
+        def createConnection(protocol):
+            made.append(protocol)
+            return creator.serverConnectionForTLS(protocol)
+
+        factory._createConnection = createConnection
+        factory.__dict__.pop("_creatorCallable", None)
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        self.addCleanup(protocol.connectionLost, None)
+        self.assertEqual(made, [protocol])
+        self.assertIsInstance(protocol.__dict__["_tlsConnection"], SSL.Connection)
+        self.assertFalse(protocol._stock)
+
+    def test_notConnectingWrapped(self) -> None:
+        """
+        A protocol told not to connect the one it wraps is connected by
+        Twisted's own method, which does not.
+        """
+        pki, creator = _creator(self)
+        wrapped = ServerFactory.forProtocol(_HalfCloseServer)
+        wrapped.connections = []
+        factory = HalfCloseableTLSFactory(creator, wrapped, reactor)
+        protocol = factory.protocol(factory, Protocol(), False)
+        protocol.makeConnection(StringTransport())
+        self.addCleanup(protocol.connectionLost, None)
+        self.assertIsInstance(protocol.__dict__["_tlsConnection"], SSL.Connection)
+        self.assertIsNone(protocol.wrappedProtocol.transport)
+
+    def test_oneDeclaration(self) -> None:
+        """
+        The transport's interfaces are declared on the protocol once.
+        """
+        declared = []
+        original = tls.directlyProvides
+
+        def counting(*args):
+            declared.append(args)
+            return original(*args)
+
+        self.patch(tls, "directlyProvides", counting)
+        self.patch(policies, "directlyProvides", counting)
+        self.connect()
+        self.assertEqual(len(declared), 1)
 
 
 class WriteThroughTests(SynchronousTestCase):

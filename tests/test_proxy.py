@@ -16,7 +16,13 @@ from twisted.internet.testing import (
     StringTransport,
     StringTransportWithDisconnection,
 )
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import (
+    LogLevel,
+    capturedLogs,
+    eventAsJSON,
+    eventFromJSON,
+    formatEvent,
+)
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,7 +30,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway import stats
 from gateway.admission import Admission, AdmissionSettings, parseNetworks
 from gateway.codec import Translator, accelerated, framing
-from gateway.proxy import Connections, ProxyFactory
+from gateway.proxy import CLOSED_FORMAT, Connections, ProxyFactory
 
 LIMIT = 100
 
@@ -770,6 +776,90 @@ class ProxyLocalTests(SynchronousTestCase):
         client.dataReceived(b"x" * (LIMIT + 1))
         self.assertEqual(harness.attempts, [])
         self.assertEqual(harness.stats.named("closed"), [(stats.PROTOCOL_ERROR, 0.0)])
+
+
+class CloseLineTests(SynchronousTestCase):
+    """
+    The close line's event: its text is L{CLOSED_FORMAT} filled with the
+    event's own fields, which are all on the event for the JSON log.
+    """
+
+    def closedEvent(self, name="tcp:7000"):
+        harness = Harness()
+        harness.factory.name = name
+        client, clientTransport, backend, backendTransport = harness.pair()
+        client.dataReceived(b"hello\n")
+        backend.dataReceived(frame(b"hi") + frame(b"there"))
+        harness.clock.advance(1.25)
+        with capturedLogs() as events:
+            clientTransport.loseConnection()
+        [closed] = [e for e in events if "messagesUp" in e]
+        return closed
+
+    def test_text(self):
+        """
+        The line reads as the documented template renders the fields.
+        """
+        event = self.closedEvent()
+        text = formatEvent(event)
+        self.assertEqual(
+            text,
+            "closed tcp:7000 192.0.2.1:5000 via tcp:backend:9000 after 1.250s:"
+            " 1 messages (5 bytes) up, 2 messages (7 bytes) down, client_closed",
+        )
+        self.assertEqual(text, CLOSED_FORMAT.format(**event))
+        self.assertEqual(event["log_level"], LogLevel.info)
+
+    def test_fields(self):
+        """
+        Every field is on the event as a value, in the JSON log too.
+        """
+        event = eventFromJSON(eventAsJSON(self.closedEvent()))
+        self.assertEqual(
+            {key: event[key] for key in CLOSE_FIELDS},
+            {
+                "listener": "tcp:7000",
+                "client": "192.0.2.1:5000",
+                "backend": "tcp:backend:9000",
+                "duration": 1.25,
+                "messagesUp": 1,
+                "bytesUp": 5,
+                "messagesDown": 2,
+                "bytesDown": 7,
+                "reason": stats.CLIENT_CLOSED,
+                "closeCode": None,
+                "closeCodeText": "",
+                "tls": "",
+            },
+        )
+
+    def test_braces(self):
+        """
+        A field's braces are text, not a format: a listener named with
+        braces is printed as named, and so is the line read back from the
+        JSON log.
+        """
+        event = self.closedEvent("tcp:{0}:{listener}")
+        prefix = "closed tcp:{0}:{listener} 192.0.2.1:5000 via "
+        self.assertTrue(formatEvent(event).startswith(prefix), formatEvent(event))
+        again = formatEvent(eventFromJSON(eventAsJSON(event)))
+        self.assertEqual(again, formatEvent(event))
+
+
+CLOSE_FIELDS = (
+    "listener",
+    "client",
+    "backend",
+    "duration",
+    "messagesUp",
+    "bytesUp",
+    "messagesDown",
+    "bytesDown",
+    "reason",
+    "closeCode",
+    "closeCodeText",
+    "tls",
+)
 
 
 class RefusalTests(SynchronousTestCase):

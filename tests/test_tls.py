@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     load_pem_private_key,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 from OpenSSL import SSL, crypto
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
@@ -47,6 +49,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from gateway import halfclosetls
+from gateway import tls as tlsModule
 from gateway.tls import (
     NoApplicationProtocol,
     ReloadableServerTLS,
@@ -1607,6 +1610,23 @@ class ConnectionInfoTests(SynchronousTestCase):
         client = _client(_clientContext(self.pki), b"gw\x01.example\nFORGED")
         info = connectionInfo(self.handshake(client))
         self.assertEqual(info.serverName, "gw\\x01.example\\x0aFORGED")
+
+    @given(st.text())
+    def test_printable(self, value: str) -> None:
+        """
+        Text a client chose is escaped character by character, whatever it
+        holds; text with nothing to escape is kept as it is.
+        """
+        escaped = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in value)
+        self.assertEqual(tlsModule._printable(value), escaped)
+        self.assertTrue(tlsModule._printable(value).isprintable())
+
+    def test_printableKept(self) -> None:
+        """
+        A printable name, the usual case, is returned itself, not rebuilt.
+        """
+        name = "gw.example"
+        self.assertIs(tlsModule._printable(name), name)
 
     def test_noHandshake(self) -> None:
         """
