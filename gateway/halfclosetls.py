@@ -2,7 +2,7 @@
 Server-side TLS where either side can end its own direction of the stream.
 
 L{HalfCloseableTLSProtocol} is Twisted's TLS layer
-(L{twisted.protocols.tls.BufferingTLSTransport}) changed so that a
+(L{twisted.protocols.tls.TLSMemoryBIOProtocol}) changed so that a
 client's close_notify ends only the client's direction (Twisted's answers
 it at once and closes, losing the replies still on their way: its ticket
 5341), and so that a close never waits forever for the client's
@@ -14,19 +14,23 @@ L{twisted.protocols.tls.TLSMemoryBIOProtocol}:
 
   - C{_flushReceiveBIO()}, replaced by a copy that handles the client's
     close_notify (C{ZeroReturnError}) differently;
-  - C{_flushSendBIO()}, C{_shutdownTLS()} and C{_tlsShutdownFinished(reason)},
-    called as Twisted's own C{_flushReceiveBIO} calls them;
+  - C{_flushSendBIO()}, replaced by a copy that sends through
+    L{gateway.writethrough} (at once, when nothing is queued);
+  - C{_shutdownTLS()} and C{_tlsShutdownFinished(reason)}, called as
+    Twisted's own C{_flushReceiveBIO} calls them;
   - C{_tlsConnection} (the per-connection L{OpenSSL.SSL.Connection}, set by
     C{makeConnection}), C{_lostTLSConnection} and C{_aborted}, read.
 
 The tests pin them (C{tests.test_halfclosetls.PinTests}): they check that
 each name is there with the signature used here, and that Twisted's
-C{_flushReceiveBIO}, of which the override is a copy, is still the one it
-was copied from; and they run Twisted's own TLS tests with this module's
+C{_flushReceiveBIO} and C{_flushSendBIO}, of which the overrides are
+copies, are still the ones they were copied from; and they run Twisted's
+own TLS tests with this module's
 factory as the server side. A Twisted release that changes any of them
 fails there, not in production. When one of the names is missing at run time, the
 factory falls back to Twisted's own TLS layer (a connection missing
-C{_tlsConnection}, to Twisted's own C{_flushReceiveBIO}), with one warning: TLS
+C{_tlsConnection}, to Twisted's own C{_flushReceiveBIO} and
+C{_flushSendBIO}), with one warning: TLS
 connections then work as Twisted makes them, without half-close and
 without the close timeout, rather than every connection failing.
 """
@@ -54,6 +58,8 @@ from twisted.protocols.tls import (
 )
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from gateway import writethrough
 
 log = Logger(namespace="gateway.tls")
 
@@ -123,7 +129,7 @@ class _Fallback:
 
 
 @implementer(IHalfCloseableProtocol)
-class HalfCloseableTLSProtocol(BufferingTLSTransport):
+class HalfCloseableTLSProtocol(TLSMemoryBIOProtocol):
     """
     Server-side TLS over one accepted connection, where either side can end
     its own direction of the stream and go on with the other.
@@ -139,6 +145,12 @@ class HalfCloseableTLSProtocol(BufferingTLSTransport):
       - C{loseConnection} also sends close_notify, and closes the socket
         once the client has answered, or L{CLOSE_NOTIFY_TIMEOUT} seconds
         later without the answer (what was written is still sent first).
+
+    Writes are not held back to be joined on the reactor's next iteration,
+    as Twisted's default L{BufferingTLSTransport} does (a C{callLater(0)}
+    and a copy per write): the gateway writes once per chunk it reads, so
+    there is nothing to join, and the delay is a reactor pass on every
+    reply.
 
     A TCP FIN with no close_notify before it cuts the TLS stream short: the
     connection ends as if it were lost (at once; or once what was written is
@@ -167,6 +179,22 @@ class HalfCloseableTLSProtocol(BufferingTLSTransport):
 
     def _halfCloseable(self) -> bool:
         return IHalfCloseableProtocol.providedBy(self.wrappedProtocol)
+
+    def _flushSendBIO(self) -> None:
+        # TLSMemoryBIOProtocol._flushSendBIO, but the TLS records go out
+        # through gateway.writethrough: sent at once when nothing is queued
+        # on the socket, instead of on the reactor's next iteration, which
+        # costs two epoll registrations and one more pass of the loop per
+        # flight (every handshake flight and every chunk written).
+        if self._stock:
+            super()._flushSendBIO()
+            return
+        try:
+            data = self._tlsConnection.bio_read(2**15)
+        except WantReadError:
+            # There may be nothing in the send BIO right now.
+            return
+        writethrough.write(self.transport, data)
 
     def _flushReceiveBIO(self) -> None:
         # TLSMemoryBIOProtocol._flushReceiveBIO, but for what happens when the
@@ -264,8 +292,7 @@ class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
     or Twisted's own TLS layer when the private state it needs is missing
     (see the module docstring).
 
-    @ivar clock: where the close timeout and the buffered writes are
-        scheduled.
+    @ivar clock: where the close timeout is scheduled.
     """
 
     protocol: type[TLSMemoryBIOProtocol] = HalfCloseableTLSProtocol

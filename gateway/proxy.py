@@ -364,14 +364,32 @@ class BackendProtocol(Protocol):
 
     # Whether the pair took this connection: its events are the pair's.
     joined = False
+    # Made when first asked for (a plain TCP backend's pool never asks,
+    # and a Deferred is a few hundred bytes of every idle pair); until then
+    # _readyResult says how it would have fired: None while it has not.
+    _ready: Deferred[BackendProtocol] | None = None
+    _readyResult: BackendProtocol | Failure | None = None
 
     def __init__(self, client: ClientProtocol, backendName: str) -> None:
         self.client = client
         self.backendName = backendName
-        self.ready: Deferred[BackendProtocol] = Deferred(self._cancelReady)
+
+    @property
+    def ready(self) -> Deferred[BackendProtocol]:
+        if self._ready is None:
+            self._ready = Deferred(self._cancelReady)
+            if self._readyResult is not None:
+                self._ready.callback(self._readyResult)
+        return self._ready
 
     def _cancelReady(self, ready: Deferred[BackendProtocol]) -> None:
         self.transport.abortConnection()
+
+    def _fireReady(self, result: BackendProtocol | Failure) -> None:
+        if self._ready is None:
+            self._readyResult = result
+        else:
+            self._ready.callback(result)
 
     def connectionMade(self) -> None:
         noDelay(self.transport)
@@ -388,7 +406,7 @@ class BackendProtocol(Protocol):
 
     def handshakeCompleted(self) -> None:
         self.client.backendConnected(self)
-        self.ready.callback(self)
+        self._fireReady(self)
 
     def dataReceived(self, data: bytes) -> None:
         # Replaced by the downstream direction's as the pair starts relaying,
@@ -405,8 +423,8 @@ class BackendProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self.joined:
             self.client.pair.lost(stats.BACKEND)
-        elif not self.ready.called:
-            self.ready.errback(reason)
+        elif self._readyResult is None and not (self._ready and self._ready.called):
+            self._fireReady(reason)
 
 
 class BackendFactory(Factory):

@@ -3,11 +3,20 @@ Tests for L{gateway.backends}: round robin, passive health and backoff,
 driven by a L{Clock} and endpoints the test answers by hand.
 """
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    clientFromString,
+)
 from twisted.internet.error import ConnectingCancelledError, ConnectionRefusedError
+from twisted.internet.error import TimeoutError as TCPTimeoutError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.backends import (
@@ -16,8 +25,11 @@ from gateway.backends import (
     MAX_BACKOFF,
     Backend,
     BackendPool,
+    DirectTCP,
     NoBackendAvailable,
+    directTCP,
 )
+from gateway.headerfirst import HeaderFirstEndpoint
 
 CONNECT_TIMEOUT = 10.0
 
@@ -389,3 +401,210 @@ class ActiveHealthTests(SynchronousTestCase):
         factory, attempt = harness.connect()
         self.failureResultOf(attempt, NoBackendAvailable)
         self.assertNotIn("c", harness.log)
+
+
+class DirectTCPTests(SynchronousTestCase):
+    """
+    A plain TCP backend is connected with the reactor's C{connectTCP}
+    itself, with no endpoint wrapper; any other endpoint through its
+    C{connect}.
+    """
+
+    def test_pinned(self):
+        """
+        L{directTCP} reads where a C{tcp:} description connects from
+        Twisted's L{TCP4ClientEndpoint}: the private attributes it reads
+        are there in this Twisted.
+        """
+        reactor = MemoryReactorClock()
+        self.assertEqual(
+            directTCP(clientFromString(reactor, "tcp:host=127.0.0.1:port=7001")),
+            DirectTCP("127.0.0.1", 7001, None),
+        )
+        self.assertEqual(
+            directTCP(
+                clientFromString(
+                    reactor, "tcp:host=backend.example:port=7:bindAddress=127.0.0.2"
+                )
+            ),
+            DirectTCP("backend.example", 7, ("127.0.0.2", 0)),
+        )
+
+    def test_othersNot(self):
+        """
+        Any other endpoint, a subclass or wrapper of the TCP one included,
+        is not connected directly.
+        """
+        reactor = MemoryReactorClock()
+
+        class Subclass(TCP4ClientEndpoint):
+            pass
+
+        others = [
+            clientFromString(reactor, "unix:path=/run/backend.sock"),
+            TCP6ClientEndpoint(reactor, "::1", 7),
+            clientFromString(reactor, "tls:host=127.0.0.1:port=7"),
+            Subclass(reactor, "127.0.0.1", 7),
+            HeaderFirstEndpoint(clientFromString(reactor, "tcp:host=127.0.0.1:port=7")),
+            FakeEndpoint("a", []),
+        ]
+        for endpoint in others:
+            self.assertIsNone(directTCP(endpoint), endpoint)
+
+    def test_missingAttributes(self):
+        """
+        A L{TCP4ClientEndpoint} without the attributes read (another
+        Twisted) is connected through its C{connect}, as any other.
+        """
+        endpoint = TCP4ClientEndpoint(MemoryReactorClock(), "127.0.0.1", 7)
+        del endpoint._bindAddress
+        self.assertIsNone(directTCP(endpoint))
+
+
+class DirectHarness:
+    """
+    A pool of plain TCP backends on a memory reactor.
+    """
+
+    def __init__(self, count=2):
+        self.reactor = MemoryReactorClock()
+        self.stats = [RecordingBackendStats() for _ in range(count)]
+        self.backends = [
+            Backend(
+                f"tcp:127.0.0.1:{7000 + index}",
+                clientFromString(
+                    self.reactor, f"tcp:host=127.0.0.1:port={7000 + index}"
+                ),
+                stats,
+            )
+            for index, stats in enumerate(self.stats)
+        ]
+        self.pool = BackendPool(self.backends, self.reactor, CONNECT_TIMEOUT)
+
+    def connect(self):
+        factory = NamedFactory()
+        return factory, self.pool.connect(factory)
+
+    def last(self):
+        """
+        The last connectTCP call: host, port, factory, timeout, bindAddress.
+        """
+        return self.reactor.tcpClients[-1]
+
+
+class DirectConnectTests(SynchronousTestCase):
+    def test_connectTCP(self):
+        """
+        The pool calls connectTCP with the backend's address and its own
+        connect timeout; once Twisted builds the protocol, the connect
+        succeeds with the caller's factory's protocol, and the time it took
+        is recorded.
+        """
+        harness = DirectHarness()
+        factory, attempt = harness.connect()
+        host, port, clientFactory, timeout, bindAddress = harness.last()
+        self.assertEqual(
+            (host, port, timeout, bindAddress), ("127.0.0.1", 7000, 10.0, None)
+        )
+        self.assertNoResult(attempt)
+        harness.reactor.advance(0.25)
+        protocol = clientFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 7000))
+        self.assertIs(self.successResultOf(attempt), protocol)
+        self.assertIsInstance(protocol, ReadyProtocol)
+        self.assertEqual(factory.backendName, "tcp:127.0.0.1:7000")
+        self.assertEqual(harness.stats[0].connects, [0.25])
+
+    def test_connectedHoldsNothing(self):
+        """
+        Twisted's connector keeps the client factory for the connection's
+        life: once connected, it refers to nothing, and the attempt, no
+        longer referred to, holds nothing either.
+        """
+        harness = DirectHarness()
+        factory, attempt = harness.connect()
+        clientFactory = harness.last()[2]
+        held = clientFactory.attempt
+        clientFactory.buildProtocol(None)
+        self.assertIsNone(clientFactory.attempt)
+        self.assertEqual([held.pool, held.connector, held.backend], [None, None, None])
+        self.assertEqual((held.candidates, held.tried), ([], []))
+        self.assertFalse(hasattr(clientFactory, "__dict__"))
+
+    def test_failover(self):
+        """
+        A refused or timed-out connect is the backend's failure, logged and
+        counted, and the next backend is tried.
+        """
+        harness = DirectHarness(3)
+        factory, attempt = harness.connect()
+        first = harness.last()
+        with capturedLogs() as events:
+            first[2].clientConnectionFailed(
+                harness.reactor.connectors[-1], Failure(ConnectionRefusedError())
+            )
+            second = harness.last()
+            second[2].clientConnectionFailed(
+                harness.reactor.connectors[-1],
+                Failure(TCPTimeoutError(string="User timeout")),
+            )
+        self.assertEqual([first[1], second[1], harness.last()[1]], [7000, 7001, 7002])
+        self.assertEqual([stats.failures for stats in harness.stats], [1, 1, 0])
+        self.assertEqual(
+            [event["backend"] for event in events],
+            ["tcp:127.0.0.1:7000", "tcp:127.0.0.1:7001"],
+        )
+        self.assertIn("ConnectionRefusedError", events[0]["error"])
+        self.assertIn("TimeoutError", events[1]["error"])
+        harness.last()[2].buildProtocol(None)
+        self.successResultOf(attempt)
+
+    def test_everyOneFailed(self):
+        """
+        When every backend failed, the connect fails naming them.
+        """
+        harness = DirectHarness(2)
+        factory, attempt = harness.connect()
+        for _ in range(2):
+            harness.last()[2].clientConnectionFailed(
+                harness.reactor.connectors[-1], Failure(ConnectionRefusedError())
+            )
+        failure = self.failureResultOf(attempt, NoBackendAvailable)
+        self.assertEqual(
+            str(failure.value),
+            "every backend failed: tcp:127.0.0.1:7000, tcp:127.0.0.1:7001",
+        )
+
+    def test_abandoned(self):
+        """
+        Cancelling the connect stops the connector; the failure Twisted
+        then reports is not the backend's, and nothing else is tried.
+        """
+        harness = DirectHarness(2)
+        factory, attempt = harness.connect()
+        connector = harness.reactor.connectors[-1]
+        with capturedLogs() as events:
+            attempt.cancel()
+            harness.last()[2].clientConnectionFailed(
+                connector, Failure(ConnectionRefusedError())
+            )
+        self.failureResultOf(attempt, CancelledError)
+        self.assertTrue(connector.stoppedConnecting)
+        self.assertEqual(len(harness.reactor.tcpClients), 1)
+        self.assertEqual(harness.stats[0].failures, 0)
+        self.assertEqual(harness.backends[0].retryAt, 0.0)
+        self.assertEqual(events, [])
+
+    def test_clockWithoutTCP(self):
+        """
+        Given a clock that is not a reactor, the pool connects even a TCP
+        backend through its endpoint.
+        """
+        reactor = MemoryReactorClock()
+        endpoint = clientFromString(reactor, "tcp:host=127.0.0.1:port=7000")
+        pool = BackendPool(
+            [Backend("a", endpoint, RecordingBackendStats())], Clock(), CONNECT_TIMEOUT
+        )
+        pool.connect(NamedFactory())
+        factory = reactor.tcpClients[-1][2]
+        self.assertNotIsInstance(factory, NamedFactory)
+        self.assertEqual(reactor.tcpClients[-1][3], 30)

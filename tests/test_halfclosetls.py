@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import socket
 import ssl
 import textwrap
 
 from OpenSSL import SSL
-from twisted.internet import reactor
+from twisted.internet import reactor, tcp
 from twisted.internet.defer import DeferredList
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ServerFactory
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.test import test_tls as twistedTLSTests
@@ -30,6 +31,7 @@ from twisted.protocols.tls import (
     TLSMemoryBIOFactory,
     TLSMemoryBIOProtocol,
 )
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway import halfclosetls
@@ -45,6 +47,11 @@ from tests.tlsclient import CLOSE_NOTIFY, TLSClient
 # change over, and put the new digest here.
 FLUSH_RECEIVE_BIO_SHA256 = (
     "2105d14b4edd4c1de946ff49931adec36148b8d20f80c4702619c106d2749768"
+)
+# Likewise of its _flushSendBIO, copied with the write to the socket going
+# through gateway.writethrough (Twisted 26.10's).
+FLUSH_SEND_BIO_SHA256 = (
+    "9b2043777ab2ef33ffb0becc7f18edd7b8203e5a40e34ca4a9f78d20912edc50"
 )
 
 
@@ -97,6 +104,15 @@ class PinTests(SynchronousTestCase):
             " change over to gateway.halfclosetls",
         )
 
+    def test_copiedSendUnchanged(self) -> None:
+        source = textwrap.dedent(inspect.getsource(TLSMemoryBIOProtocol._flushSendBIO))
+        self.assertEqual(
+            hashlib.sha256(source.encode("utf-8")).hexdigest(),
+            FLUSH_SEND_BIO_SHA256,
+            "Twisted's TLSMemoryBIOProtocol._flushSendBIO changed: carry the"
+            " change over to gateway.halfclosetls",
+        )
+
     def test_instanceState(self) -> None:
         """
         C{makeConnection} leaves the OpenSSL connection in C{_tlsConnection}
@@ -115,6 +131,64 @@ class PinTests(SynchronousTestCase):
         self.assertFalse(protocol._stock)
         self.assertFalse(protocol._lostTLSConnection)
         self.assertFalse(protocol._aborted)
+
+
+class WriteThroughTests(SynchronousTestCase):
+    """
+    TLS records go out through L{gateway.writethrough}: sent during the call
+    that made them when nothing is queued on the socket; and a write is not
+    held back to be joined with later ones.
+    """
+
+    def test_handshakeFlightSentAtOnce(self) -> None:
+        """
+        The server's answer to a ClientHello is on the wire as soon as the
+        ClientHello is read, and the socket does not wait to be writable.
+        """
+        pki, creator = _creator(self)
+        clock = MemoryReactorClock()
+        factory = HalfCloseableTLSFactory(
+            creator, ServerFactory.forProtocol(_HalfCloseServer), clock
+        )
+        factory.wrappedFactory.connections = []
+        factory.wrappedFactory.onHandshake = lambda server: None
+        protocol = factory.buildProtocol(None)
+        ours, peer = socket.socketpair()
+        self.addCleanup(peer.close)
+        self.addCleanup(ours.close)
+        peer.setblocking(False)
+        transport = tcp.Server(ours, protocol, ("127.0.0.1", 40000), None, 1, clock)
+        protocol.makeConnection(transport)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        client = context.wrap_bio(incoming, outgoing, server_hostname="gw.example")
+        with self.assertRaises(ssl.SSLWantReadError):
+            client.do_handshake()
+        protocol.dataReceived(outgoing.read())
+
+        flight = peer.recv(65536)
+        self.assertGreater(len(flight), 0)
+        self.assertNotIn(transport, clock.getWriters())
+        incoming.write(flight)
+        client.do_handshake()
+        self.assertEqual(client.version(), "TLSv1.3")
+        protocol.dataReceived(outgoing.read())
+        # Its session tickets, if any.
+        try:
+            incoming.write(peer.recv(65536))
+        except BlockingIOError:
+            pass
+
+        # A write is a record on the wire during the call, with nothing
+        # scheduled to join it with later writes.
+        protocol.write(b"reply\n")
+        self.assertEqual(clock.getDelayedCalls(), [])
+        incoming.write(peer.recv(65536))
+        self.assertEqual(client.read(), b"reply\n")
 
 
 class MissingStateTests(SynchronousTestCase):

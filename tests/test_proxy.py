@@ -250,6 +250,43 @@ class ConnectTests(SynchronousTestCase):
         self.assertEqual(harness.cancelled, [harness.attempts[0][0]])
         self.assertEqual(harness.stats.named("closed"), [(stats.CLIENT_CLOSED, 0.0)])
 
+    def test_readyAskedLate(self):
+        """
+        A backend protocol's C{ready} (L{gateway.backends.BackendConnection})
+        is made only when asked for; asked after the connection is up, it
+        has fired with the protocol, and asked after a connection lost
+        before it was up, it has failed with the reason.
+        """
+        harness = Harness()
+        harness.connectClient()
+        backend, backendTransport = harness.connectBackend()
+        self.assertIs(self.successResultOf(backend.ready), backend)
+
+        harness.connectClient()
+        backendFactory = harness.attempts[1][0]
+        lost = backendFactory.buildProtocol(None)
+        lost.connectionLost(Failure(ConnectionRefusedError()))
+        self.failureResultOf(lost.ready, ConnectionRefusedError)
+
+    def test_readyAskedEarly(self):
+        """
+        Asked for before the connection is up, C{ready} fires once it is,
+        and fails if the connection is lost first.
+        """
+        harness = Harness()
+        harness.connectClient()
+        backend = harness.attempts[0][0].buildProtocol(None)
+        ready = backend.ready
+        self.assertNoResult(ready)
+        backend.makeConnection(HalfCloseableTransport())
+        self.assertIs(self.successResultOf(ready), backend)
+
+        harness.connectClient()
+        lost = harness.attempts[1][0].buildProtocol(None)
+        ready = lost.ready
+        lost.connectionLost(Failure(ConnectionRefusedError()))
+        self.failureResultOf(ready, ConnectionRefusedError)
+
     def test_connectionLimit(self):
         """
         Past the limit, a connection is accepted, counted and closed at once,
