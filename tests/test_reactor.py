@@ -12,7 +12,10 @@ import select
 import sys
 from collections.abc import Callable
 
+from twisted.internet import posixbase
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.error import ConnectionFdescWentAway
+from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.test import (
     test_core,
     test_fdset,
@@ -128,7 +131,7 @@ class DispatchTests(SynchronousTestCase):
 
         class Poller:
             def poll(self, timeout, maxEvents):
-                return [(1, 1), (3, 1), (2, 1)]
+                return [(1, 4), (3, 4), (2, 4)]
 
             def close(self):
                 pass
@@ -167,6 +170,147 @@ class InstallTests(SynchronousTestCase):
         self.assertIsInstance(reactor, gatewayReactor.GatewayReactor)
 
 
+class Descriptor:
+    """
+    A descriptor whose C{fileno()} and C{doRead()} give what a test says.
+    """
+
+    def __init__(self, fileno=7, read=None, raises=None):
+        self._fileno = fileno
+        self.read = read
+        self.raises = raises
+        self.reads = 0
+
+    def fileno(self):
+        return self._fileno
+
+    def doRead(self):
+        self.reads += 1
+        if self.raises is not None:
+            raise self.raises
+        return self.read
+
+    def doWrite(self):
+        raise AssertionError("a read event was handled as a write")
+
+
+class ReadEventTests(SynchronousTestCase):
+    """
+    A read event alone (C{EPOLLIN}) is handled by L{GatewayReactor.doPoll}
+    itself, exactly as Twisted's C{_doReadOrWrite} handles it: the same
+    C{_disconnectSelectable} call, the same logged error.
+    """
+
+    def outcome(self, reactorType, descriptor):
+        """
+        The C{_disconnectSelectable} calls and logged errors of one read
+        event for C{descriptor}, on a reactor of C{reactorType}.
+        """
+        reactor = reactorType()
+        self.addCleanup(gatewayReactor._close, reactor)
+        calls = []
+        reactor._disconnectSelectable = lambda selectable, why, isRead: calls.append(
+            (selectable, why, isRead)
+        )
+        if reactorType is gatewayReactor.GatewayReactor:
+            reactor._doReadOrWrite = lambda selectable, fd, event: self.fail(
+                "dispatched to _doReadOrWrite"
+            )
+
+            class Poller:
+                def poll(self, timeout, maxEvents):
+                    return [(7, select.EPOLLIN)]
+
+                def close(self):
+                    pass
+
+            reactor._poller.close()
+            reactor._poller = Poller()
+            reactor._selectables = {7: descriptor}
+            reactor.doPoll(0)
+        else:
+            reactor._doReadOrWrite(descriptor, 7, select.EPOLLIN)
+        errors = [
+            failure.type for failure in self.flushLoggedErrors(RuntimeError, KeyError)
+        ]
+        return calls, errors
+
+    def sameAsStock(self, **kwargs):
+        inline = self.outcome(gatewayReactor.GatewayReactor, Descriptor(**kwargs))
+        descriptor = Descriptor(**kwargs)
+        stock = self.outcome(EPollReactor, descriptor)
+        # The same descriptor object is named in both, for comparison.
+        inline = ([(descriptor,) + call[1:] for call in inline[0]], inline[1])
+        self.assertEqual(inline, stock)
+        return inline
+
+    def test_readNothingToDo(self):
+        """
+        A read that leaves the connection up disconnects nothing.
+        """
+        self.assertEqual(self.sameAsStock(), ([], []))
+
+    def test_readEndsConnection(self):
+        """
+        A read that returns a reason disconnects the descriptor for it, as
+        a read (a half-closeable one then hears only its read side end).
+        """
+        [(_, why, isRead)], errors = self.sameAsStock(read=CONNECTION_DONE)
+        self.assertIs(why, CONNECTION_DONE)
+        self.assertTrue(isRead)
+        self.assertEqual(errors, [])
+
+    def test_readRaises(self):
+        """
+        What C{doRead} raises is logged, and the descriptor disconnected
+        with it, not as a read.
+        """
+        error = RuntimeError("read broke")
+        [(_, why, isRead)], errors = self.sameAsStock(raises=error)
+        self.assertIs(why, error)
+        self.assertFalse(isRead)
+        self.assertEqual(errors, [RuntimeError])
+
+    def test_lostFileDescriptor(self):
+        """
+        A descriptor whose C{fileno()} is -1 is not read but disconnected,
+        with Twisted's reason for a lost file descriptor.
+        """
+        [(_, why, isRead)], errors = self.sameAsStock(fileno=-1)
+        self.assertIsInstance(why, ConnectionFdescWentAway)
+        self.assertFalse(isRead)
+
+    def test_otherEventsDispatched(self):
+        """
+        Any other event (a write, a hang-up, a read with either) goes to
+        C{_doReadOrWrite}.
+        """
+        reactor = gatewayReactor.GatewayReactor()
+        self.addCleanup(gatewayReactor._close, reactor)
+        seen = []
+        reactor._doReadOrWrite = lambda selectable, fd, event: seen.append(event)
+        events = [
+            select.EPOLLOUT,
+            select.EPOLLIN | select.EPOLLOUT,
+            select.EPOLLIN | select.EPOLLHUP,
+            select.EPOLLHUP,
+            select.EPOLLERR,
+        ]
+
+        class Poller:
+            def poll(self, timeout, maxEvents):
+                return [(7, event) for event in events]
+
+            def close(self):
+                pass
+
+        reactor._poller.close()
+        reactor._poller = Poller()
+        reactor._selectables = {7: Descriptor()}
+        reactor.doPoll(0)
+        self.assertEqual(seen, events)
+
+
 class PinTests(SynchronousTestCase):
     """
     The private state of Twisted's epoll reactor that L{GatewayReactor}
@@ -188,6 +332,28 @@ class PinTests(SynchronousTestCase):
         )
         self.assertIsInstance(reactor._poller, select.epoll)
         self.assertIsInstance(reactor._selectables, dict)
+
+    def test_disconnectSelectableSignature(self):
+        reactor = EPollReactor()
+        self.addCleanup(gatewayReactor._close, reactor)
+        self.assertEqual(
+            tuple(inspect.signature(reactor._disconnectSelectable).parameters),
+            ("selectable", "why", "isRead", "faildict"),
+        )
+        self.assertIsInstance(posixbase._NO_FILEDESC, ConnectionFdescWentAway)
+        self.assertEqual(EPollReactor._POLL_IN, select.EPOLLIN)
+
+    def test_missingNoFileDescriptorReason(self):
+        """
+        Without Twisted's reason for a lost file descriptor, the reactor
+        cannot run.
+        """
+        reactor = gatewayReactor.GatewayReactor()
+        self.addCleanup(gatewayReactor._close, reactor)
+        self.patch(gatewayReactor, "_NO_FILEDESC", None)
+        self.assertEqual(
+            gatewayReactor.missingPrivateState(reactor), ["posixbase._NO_FILEDESC"]
+        )
 
     def test_missingDetected(self):
         """
