@@ -244,8 +244,6 @@ class Direction:
     @ivar messages: messages sent on so far. C{bytes}: their payload bytes.
     @ivar lastRead: when the last chunk was read (the clock's seconds).
     @ivar ended: whether the sending side has ended its stream.
-    @ivar write: writes to C{target} (L{writethrough.writer}); None until
-        the first chunk is written.
     """
 
     # Two per open connection: slots keep them small.
@@ -263,7 +261,6 @@ class Direction:
         "source",
         "feeding",
         "ended",
-        "write",
     )
 
     def __init__(
@@ -286,7 +283,6 @@ class Direction:
         self.source: ITransport | None = None
         self.feeding = False
         self.ended = False
-        self.write: Callable[[bytes], None] | None = None
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -299,12 +295,7 @@ class Direction:
             if target is None:
                 self._wait(out)
             else:
-                write = self.write
-                if write is None:
-                    # Made on the first chunk written, not in link, which
-                    # the WebSocket directions replace.
-                    write = self.write = writethrough.writer(target)
-                write(out)
+                writethrough.write(target, out)
             self.messages += messages
             self.bytes += payload
             self.count(messages, payload)

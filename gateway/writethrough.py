@@ -15,8 +15,7 @@ bytes leave in order, a full socket buffer still ends in Twisted's queue and
 pauses the producer feeding it, and an error is left for the transport to
 meet again on its next send and handle its usual way. Every other transport
 (TLS, a protocol wrapper, a test's string transport) gets its own
-C{write()}. L{writer} makes the same function for one transport, for the
-per-chunk path of a pair, which writes to the same transport every time.
+C{write()}.
 
 This reads state Twisted keeps private: of
 C{twisted.internet.abstract.FileDescriptor}, C{_tempDataLen} (set per
@@ -28,8 +27,6 @@ changes them fails there rather than in the gateway; and should one be
 missing at run time all the same, L{write} logs one warning and from then on
 writes through C{transport.write}, Twisted's own path: slower, never broken.
 """
-
-from collections.abc import Callable
 
 from twisted.internet.interfaces import ITransport
 from twisted.internet.tcp import Connection
@@ -64,6 +61,8 @@ def canSendNow(transport: Connection) -> bool:
 
     @raise AttributeError: Twisted's private state is not what it was.
     """
+    # L{write} has these checks inlined: a change here goes there too (the
+    # tests put a transport in each of these states and check both).
     return (
         not transport._tempDataLen
         and not transport.dataBuffer
@@ -78,9 +77,6 @@ def canSendNow(transport: Connection) -> bool:
 
 def _disable(transport: Connection, error: AttributeError) -> None:
     global _enabled
-    if not _enabled:
-        # Another transport's writer met it first and said so.
-        return
     _enabled = False
     missing = [name for name in PRIVATE_ATTRIBUTES if not hasattr(transport, name)]
     log.warn(
@@ -98,7 +94,17 @@ def write(transport: ITransport, data: bytes) -> None:
     """
     if _enabled and isinstance(transport, Connection):
         try:
-            direct = canSendNow(transport)
+            # canSendNow, inlined: this is every pair's per-chunk path.
+            direct = (
+                not transport._tempDataLen
+                and not transport.dataBuffer
+                and transport.connected
+                and not transport.disconnecting
+                and not transport._writeDisconnecting
+                and not transport._aborting
+                and not transport.producerPaused
+                and not transport.TLS
+            )
             if direct:
                 send = transport.socket.send
         except AttributeError as error:
@@ -117,57 +123,3 @@ def write(transport: ITransport, data: bytes) -> None:
                 return
             data = data[sent:]
     transport.write(data)
-
-
-def writer(transport: ITransport) -> Callable[[bytes], None]:
-    """
-    A function that writes its bytes to C{transport} as L{write} does,
-    for a caller that writes to the same transport chunk after chunk.
-
-    It is L{write} with what does not change between chunks looked up once:
-    whether the transport is a TCP connection at all, and its socket's
-    C{send}. (A connection keeps its socket object all its life; once it is
-    closed, C{connected} is false and C{send} is not called.) Every chunk
-    still checks the transport's queue and state first, as L{canSendNow}
-    does, inlined: this is the per-chunk path of every pair.
-    """
-    if not (_enabled and isinstance(transport, Connection)):
-        return transport.write
-    try:
-        if not transport.connected:
-            # Closed already, and without its socket: Twisted's write,
-            # which drops the bytes.
-            return transport.write
-        send = transport.socket.send
-    except AttributeError as error:
-        _disable(transport, error)
-        return transport.write
-
-    def writeThrough(data: bytes) -> None:
-        if _enabled:
-            try:
-                direct = (
-                    not transport._tempDataLen
-                    and not transport.dataBuffer
-                    and transport.connected
-                    and not transport.disconnecting
-                    and not transport._writeDisconnecting
-                    and not transport._aborting
-                    and not transport.producerPaused
-                    and not transport.TLS
-                )
-            except AttributeError as error:
-                _disable(transport, error)
-                direct = False
-            if direct:
-                try:
-                    sent = send(data)
-                except OSError:
-                    # As in write: the transport meets the error again.
-                    sent = 0
-                if sent == len(data):
-                    return
-                data = data[sent:]
-        transport.write(data)
-
-    return writeThrough

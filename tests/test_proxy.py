@@ -9,7 +9,6 @@ from twisted.internet import tcp, unix
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
-from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.testing import (
@@ -30,8 +29,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import stats
 from gateway.admission import Admission, AdmissionSettings, parseNetworks
-from gateway.codec import Translator, accelerated, framing, translator
-from gateway.proxy import CLOSED_FORMAT, Connections, Direction, ProxyFactory
+from gateway.codec import Translator, accelerated, framing
+from gateway.proxy import CLOSED_FORMAT, Connections, ProxyFactory
 
 LIMIT = 100
 
@@ -1103,62 +1102,3 @@ class DescribeTLSTests(SynchronousTestCase):
         from gateway.proxy import describeTLS
 
         self.assertEqual(describeTLS(StringTransport(), True, None), "")
-
-
-class DirectionWriteTests(SynchronousTestCase):
-    """
-    A direction writes each chunk's translation to its target through one
-    L{gateway.writethrough.writer}, made for that target.
-    """
-
-    def setUp(self):
-        ours, self.peer = socket.socketpair()
-        self.addCleanup(self.peer.close)
-        self.addCleanup(ours.close)
-        self.peer.setblocking(False)
-        self.reactor = MemoryReactorClock()
-        self.target = tcp.Server(
-            ours, Protocol(), ("127.0.0.1", 40000), None, 1, self.reactor
-        )
-        self.source = StringTransport()
-        self.direction = Direction(
-            stats.CLIENT,
-            translator(framing("lf", LIMIT), framing("int32", LIMIT)),
-            lambda messages, payload: None,
-            self.reactor.seconds,
-            lambda peer, error: None,
-        )
-
-    def test_sentAtOnce(self):
-        """
-        A TCP target with nothing queued gets the translation during the
-        call: it never queues it nor waits to be writable.
-        """
-        self.direction.link(self.source, self.target)
-        self.direction.dataReceived(b"one\ntwo\n")
-        self.direction.dataReceived(b"three\n")
-        self.assertEqual(
-            self.peer.recv(65536), frame(b"one") + frame(b"two") + frame(b"three")
-        )
-        self.assertNotIn(self.target, self.reactor.getWriters())
-
-    def test_queuedBehind(self):
-        """
-        Once the target has bytes queued, translations queue behind them.
-        """
-        self.direction.link(self.source, self.target)
-        self.target.write(b"first")
-        self.direction.dataReceived(b"one\n")
-        self.assertRaises(BlockingIOError, self.peer.recv, 65536)
-        self.assertIsNone(self.target.doWrite())
-        self.assertEqual(self.peer.recv(65536), b"first" + frame(b"one"))
-
-    def test_otherTargets(self):
-        """
-        A target that is not a TCP connection is written to through its own
-        C{write}.
-        """
-        target = StringTransport()
-        self.direction.link(self.source, target)
-        self.direction.dataReceived(b"one\n")
-        self.assertEqual(target.value(), frame(b"one"))

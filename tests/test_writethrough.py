@@ -54,12 +54,6 @@ class WriteThroughTests(SynchronousTestCase):
             ours, Protocol(), ("127.0.0.1", 40000), None, 1, self.reactor
         )
 
-    def write(self, transport, data: bytes) -> None:
-        """
-        Write as the gateway does, through L{writethrough.write}.
-        """
-        writethrough.write(transport, data)
-
     def received(self) -> bytes:
         """
         Everything the peer can read now.
@@ -118,7 +112,7 @@ class WriteThroughTests(SynchronousTestCase):
         The bytes for a transport with nothing queued are sent during the call, and the
         transport never waits to be writable.
         """
-        self.write(self.transport, b"hello")
+        writethrough.write(self.transport, b"hello")
         self.assertEqual(self.received(), b"hello")
         self.assertFalse(self.queued())
         self.assertTrue(writethrough.canSendNow(self.transport))
@@ -130,7 +124,7 @@ class WriteThroughTests(SynchronousTestCase):
         """
         self.transport.write(b"first ")
         self.assertFalse(writethrough.canSendNow(self.transport))
-        self.write(self.transport, b"second")
+        writethrough.write(self.transport, b"second")
         self.assertEqual(self.received(), b"")
         self.assertEqual(self.drain(), b"first second")
         self.assertTrue(writethrough.canSendNow(self.transport))
@@ -142,7 +136,7 @@ class WriteThroughTests(SynchronousTestCase):
         """
         self.shrinkBuffers()
         payload = bytes(range(256)) * (BIG // 256)
-        self.write(self.transport, payload)
+        writethrough.write(self.transport, payload)
         self.assertTrue(self.queued())
         self.assertEqual(self.drain(), payload)
 
@@ -151,7 +145,7 @@ class WriteThroughTests(SynchronousTestCase):
         When the kernel takes nothing (EAGAIN), the bytes are queued whole.
         """
         filler = self.fillKernelBuffers()
-        self.write(self.transport, b"after")
+        writethrough.write(self.transport, b"after")
         self.assertTrue(self.queued())
         self.assertEqual(self.drain(), filler + b"after")
 
@@ -164,9 +158,9 @@ class WriteThroughTests(SynchronousTestCase):
         producer = Producer()
         self.transport.registerProducer(producer, True)
         self.shrinkBuffers()
-        self.write(self.transport, b"x" * BIG)
+        writethrough.write(self.transport, b"x" * BIG)
         self.assertTrue(producer.paused)
-        self.write(self.transport, b"y")
+        writethrough.write(self.transport, b"y")
         self.assertEqual(self.received()[-1:], b"x")
         self.assertEqual(self.drain()[-2:], b"xy")
         self.assertFalse(producer.paused)
@@ -176,10 +170,10 @@ class WriteThroughTests(SynchronousTestCase):
         A send that fails leaves the bytes queued, for the transport to meet
         the error on its next send and report the connection lost.
         """
-        self.write(self.transport, b"unread")
+        writethrough.write(self.transport, b"unread")
         # Closing a socket with unread bytes resets the connection.
         self.peer.close()
-        self.write(self.transport, b"lost")
+        writethrough.write(self.transport, b"lost")
         self.assertTrue(self.queued())
         self.assertIsInstance(self.transport.doWrite(), ConnectionLost)
 
@@ -190,7 +184,7 @@ class WriteThroughTests(SynchronousTestCase):
         """
         self.transport.loseConnection()
         self.assertFalse(writethrough.canSendNow(self.transport))
-        self.write(self.transport, b"last")
+        writethrough.write(self.transport, b"last")
         self.assertEqual(self.received(), b"")
         self.assertIsNotNone(self.transport.doWrite())
         self.assertEqual(self.received(), b"last")
@@ -202,7 +196,7 @@ class WriteThroughTests(SynchronousTestCase):
         """
         self.transport.loseWriteConnection()
         self.assertFalse(writethrough.canSendNow(self.transport))
-        self.write(self.transport, b"last")
+        writethrough.write(self.transport, b"last")
         self.assertEqual(self.received(), b"")
         self.transport.doWrite()
         self.assertEqual(self.received(), b"last")
@@ -213,7 +207,7 @@ class WriteThroughTests(SynchronousTestCase):
         """
         self.transport.abortConnection()
         self.assertFalse(writethrough.canSendNow(self.transport))
-        self.write(self.transport, b"dropped")
+        writethrough.write(self.transport, b"dropped")
         self.assertEqual(self.received(), b"")
 
     def test_disconnected(self):
@@ -222,7 +216,7 @@ class WriteThroughTests(SynchronousTestCase):
         """
         self.transport.connectionLost(Failure(ConnectionDone()))
         self.assertFalse(writethrough.canSendNow(self.transport))
-        self.write(self.transport, b"dropped")
+        writethrough.write(self.transport, b"dropped")
         self.assertEqual(self.received(), b"")
 
     def test_otherTransports(self):
@@ -231,7 +225,7 @@ class WriteThroughTests(SynchronousTestCase):
         own C{write}.
         """
         transport = StringTransport()
-        self.write(transport, b"hello")
+        writethrough.write(transport, b"hello")
         self.assertEqual(transport.value(), b"hello")
 
     def test_transportKinds(self):
@@ -244,54 +238,6 @@ class WriteThroughTests(SynchronousTestCase):
 
         for kind in (tcp.Server, tcp.Client, unix.Server, unix.Client):
             self.assertTrue(issubclass(kind, tcp.Connection), kind)
-
-
-class WriterTests(WriteThroughTests):
-    """
-    L{writethrough.writer}'s function behaves as L{writethrough.write} in
-    every case: one function per transport, made once and called per chunk.
-    """
-
-    def setUp(self):
-        super().setUp()
-        self.writers = {}
-
-    def write(self, transport, data: bytes) -> None:
-        write = self.writers.get(id(transport))
-        if write is None:
-            write = self.writers[id(transport)] = writethrough.writer(transport)
-        write(data)
-
-    def test_otherTransportsOwnWrite(self):
-        """
-        A transport that is not a TCP connection gets its own C{write}.
-        """
-        transport = StringTransport()
-        self.assertEqual(writethrough.writer(transport), transport.write)
-
-    def test_madeBeforeTheConnectionEnds(self):
-        """
-        A writer made while the connection was open sends nothing once the
-        connection is lost, although it holds the socket's C{send}.
-        """
-        write = writethrough.writer(self.transport)
-        self.transport.connectionLost(Failure(ConnectionDone()))
-        write(b"dropped")
-        self.assertEqual(self.received(), b"")
-
-    def test_madeAfterTheConnectionEnds(self):
-        """
-        A writer made for a connection already lost (its socket gone) is
-        the transport's own C{write}, and the fast path stays on for the
-        others.
-        """
-        self.patch(writethrough, "_enabled", True)
-        self.transport.connectionLost(Failure(ConnectionDone()))
-        write = writethrough.writer(self.transport)
-        self.assertEqual(write, self.transport.write)
-        write(b"dropped")
-        self.assertEqual(self.received(), b"")
-        self.assertTrue(writethrough._enabled)
 
 
 class PinTests(SynchronousTestCase):
@@ -409,40 +355,5 @@ class FallbackTests(SynchronousTestCase):
         self.addCleanup(ours.close)
         whole = tcp.Server(ours, Protocol(), ("127.0.0.1", 1), None, 1, self.reactor)
         writethrough.write(whole, b"three")
-        self.assertIn(whole, self.reactor.getWriters())
-        self.assertEqual(len(self.warnings()), 1)
-
-
-class WriterFallbackTests(FallbackTests):
-    """
-    A writer meets a transport lacking the private state as L{writethrough.write}
-    does, and one made earlier for a whole transport falls back with it.
-    """
-
-    def setUp(self):
-        super().setUp()
-        self.writers = {}
-        self.patch(writethrough, "write", self.write)
-
-    def write(self, transport, data: bytes) -> None:
-        write = self.writers.get(id(transport))
-        if write is None:
-            write = self.writers[id(transport)] = writethrough.writer(transport)
-        write(data)
-
-    def test_earlierWriterFallsBack(self):
-        """
-        A writer made for a whole transport before the fallback queues
-        through the transport's C{write} after it, and the gateway warns
-        only once.
-        """
-        ours, peer = socket.socketpair()
-        self.addCleanup(peer.close)
-        self.addCleanup(ours.close)
-        whole = tcp.Server(ours, Protocol(), ("127.0.0.1", 1), None, 1, self.reactor)
-        early = writethrough.writer(whole)
-        self.write(self.transport, b"one")
-        self.write(self.transport, b"two")
-        early(b"three")
         self.assertIn(whole, self.reactor.getWriters())
         self.assertEqual(len(self.warnings()), 1)
