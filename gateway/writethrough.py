@@ -61,8 +61,6 @@ def canSendNow(transport: Connection) -> bool:
 
     @raise AttributeError: Twisted's private state is not what it was.
     """
-    # L{write} has these checks inlined: a change here goes there too (the
-    # tests put a transport in each of these states and check both).
     return (
         not transport._tempDataLen
         and not transport.dataBuffer
@@ -94,17 +92,7 @@ def write(transport: ITransport, data: bytes) -> None:
     """
     if _enabled and isinstance(transport, Connection):
         try:
-            # canSendNow, inlined: this is every pair's per-chunk path.
-            direct = (
-                not transport._tempDataLen
-                and not transport.dataBuffer
-                and transport.connected
-                and not transport.disconnecting
-                and not transport._writeDisconnecting
-                and not transport._aborting
-                and not transport.producerPaused
-                and not transport.TLS
-            )
+            direct = canSendNow(transport)
             if direct:
                 send = transport.socket.send
         except AttributeError as error:
