@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import NotConnectingError
 from twisted.internet.interfaces import (
     IAddress,
     IConnector,
@@ -369,7 +370,11 @@ class _Attempt:
         if isinstance(pending, Deferred):
             pending.cancel()
         elif pending is not None:
-            pending.stopConnecting()
+            try:
+                pending.stopConnecting()
+            except NotConnectingError:
+                # Connected or failed in the meantime: nothing to stop.
+                pass
 
     def _over(self) -> None:
         # Kept by the connector for the connection's life: hold nothing.

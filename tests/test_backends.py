@@ -10,7 +10,11 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     clientFromString,
 )
-from twisted.internet.error import ConnectingCancelledError, ConnectionRefusedError
+from twisted.internet.error import (
+    ConnectingCancelledError,
+    ConnectionRefusedError,
+    NotConnectingError,
+)
 from twisted.internet.error import TimeoutError as TCPTimeoutError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
@@ -593,6 +597,23 @@ class DirectConnectTests(SynchronousTestCase):
         self.assertEqual(harness.stats[0].failures, 0)
         self.assertEqual(harness.backends[0].retryAt, 0.0)
         self.assertEqual(events, [])
+
+    def test_abandonedNotConnecting(self):
+        """
+        Abandoning a connect whose connector is no longer connecting (it
+        says so with L{NotConnectingError}) fails the connect all the same,
+        and raises nothing to the caller.
+        """
+        harness = DirectHarness(1)
+        factory, attempt = harness.connect()
+        connector = harness.reactor.connectors[-1]
+
+        def stopConnecting():
+            raise NotConnectingError()
+
+        connector.stopConnecting = stopConnecting
+        attempt.cancel()
+        self.failureResultOf(attempt, CancelledError)
 
     def test_clockWithoutTCP(self):
         """
