@@ -26,16 +26,15 @@ L{twisted.protocols.tls.TLSMemoryBIOProtocol}:
 
 The tests pin them (C{tests.test_halfclosetls.PinTests}): they check that
 each name is there with the signature used here, and that Twisted's
-C{_flushReceiveBIO} and C{_flushSendBIO}, of which the overrides are
-copies, are still the ones they were copied from; and they run Twisted's
-own TLS tests with this module's
-factory as the server side. A Twisted release that changes any of them
-fails there, not in production. When one of the names is missing at run time, the
-factory falls back to Twisted's own TLS layer (a connection missing
-C{_tlsConnection}, to Twisted's own C{_flushReceiveBIO} and
-C{_flushSendBIO}), with one warning: TLS
-connections then work as Twisted makes them, without half-close and
-without the close timeout, rather than every connection failing.
+C{_flushReceiveBIO} and C{_flushSendBIO}, of which the overrides are copies,
+are still the ones they were copied from; and they run Twisted's own TLS
+tests with this module's factory as the server side. A Twisted release that
+changes any of them fails there, not in production. When one of the names is
+missing at run time, the factory falls back to Twisted's own TLS layer (a
+connection missing C{_tlsConnection}, to Twisted's own C{_flushReceiveBIO}
+and C{_flushSendBIO}), with one warning: TLS connections then work as
+Twisted makes them, without half-close and without the close timeout, rather
+than every connection failing.
 """
 
 from __future__ import annotations
