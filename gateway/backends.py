@@ -220,11 +220,14 @@ class DirectTCP:
 
     @ivar host: a host name or IPv4 address, as the endpoint had it.
     @ivar port: the TCP port.
+    @ivar timeout: the endpoint's own connect timeout, in seconds (its
+        C{timeout=} parameter, 30 by default): the pool's applies too.
     @ivar bindAddress: the local C{(host, port)} to bind first, or None.
     """
 
     host: str
     port: int
+    timeout: float
     bindAddress: tuple[str, int] | None
 
 
@@ -246,15 +249,17 @@ def directTCP(endpoint: IStreamClientEndpoint) -> DirectTCP | None:
         return None
     host = getattr(endpoint, "_host", None)
     port = getattr(endpoint, "_port", None)
+    timeout = getattr(endpoint, "_timeout", None)
     bindAddress = getattr(endpoint, "_bindAddress", _MISSING)
     if (
         not isinstance(host, str)
         or not isinstance(port, int)
+        or not isinstance(timeout, int | float)
         or bindAddress is _MISSING
         or not (bindAddress is None or isinstance(bindAddress, tuple))
     ):
         return None
-    return DirectTCP(host, port, bindAddress)
+    return DirectTCP(host, port, timeout, bindAddress)
 
 
 _MISSING = object()
@@ -305,7 +310,8 @@ class _Attempt:
                 direct.port,
                 # Not a ClientFactory, but has all of it that connectTCP uses.
                 _DirectFactory(self),  # type: ignore[arg-type]
-                timeout=pool._connectTimeout,
+                # The endpoint's own timeout applied under the pool's.
+                timeout=min(pool._connectTimeout, direct.timeout),
                 bindAddress=direct.bindAddress,
             )
             return

@@ -423,15 +423,16 @@ class DirectTCPTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         self.assertEqual(
             directTCP(clientFromString(reactor, "tcp:host=127.0.0.1:port=7001")),
-            DirectTCP("127.0.0.1", 7001, None),
+            DirectTCP("127.0.0.1", 7001, 30, None),
         )
         self.assertEqual(
             directTCP(
                 clientFromString(
-                    reactor, "tcp:host=backend.example:port=7:bindAddress=127.0.0.2"
+                    reactor,
+                    "tcp:host=backend.example:port=7:bindAddress=127.0.0.2:timeout=4",
                 )
             ),
-            DirectTCP("backend.example", 7, ("127.0.0.2", 0)),
+            DirectTCP("backend.example", 7, 4, ("127.0.0.2", 0)),
         )
 
     def test_othersNot(self):
@@ -517,6 +518,18 @@ class DirectConnectTests(SynchronousTestCase):
         self.assertIsInstance(protocol, ReadyProtocol)
         self.assertEqual(factory.backendName, "tcp:127.0.0.1:7000")
         self.assertEqual(harness.stats[0].connects, [0.25])
+
+    def test_endpointTimeout(self):
+        """
+        A backend description's own C{timeout=} shorter than the pool's
+        connect timeout still applies, as it did through the endpoint.
+        """
+        harness = DirectHarness(1)
+        harness.backends[0].endpoint = clientFromString(
+            harness.reactor, "tcp:host=127.0.0.1:port=7000:timeout=3"
+        )
+        harness.connect()
+        self.assertEqual(harness.last()[3], 3)
 
     def test_connectedHoldsNothing(self):
         """
