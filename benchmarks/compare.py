@@ -416,7 +416,8 @@ def describe(run: Run, reps: int) -> str:
     where = f"[rep {run.rep + 1}/{reps}] {run.scenario} {run.peer}"
     if not run.ok:
         return f"{where}: FAILED {run.failure}"
-    text = f"{where}: {run.msg_per_s:,.0f} msg/s"
+    churn = any(s.key == run.scenario and s.mode == "churn" for s in SCENARIOS)
+    text = f"{where}: {run.msg_per_s:,.0f} {'conn/s' if churn else 'msg/s'}"
     if not math.isnan(run.proxy_cpu):
         text += f", proxy CPU {run.proxy_cpu:.0f}%"
     if run.other_cpu > NOISY:
@@ -545,7 +546,13 @@ def report(
         out.append("")
 
     def ratios(title: str, compared: list[tuple[Scenario, str, list[str]]]) -> None:
-        out.append(f"## {title} msg/s ÷ peer msg/s, per repetition")
+        out.append(f"## {title} ÷ peer, per repetition")
+        out.append("")
+        out.append(
+            "Each ratio is of msg/s (conn/s in the connection scenarios) in"
+            " one repetition; the median is of those ratios, not the ratio"
+            " of the medians above."
+        )
         out.append("")
         header = ["scenario", "peer"] + [f"rep {i + 1}" for i in range(plan.reps)]
         header.append("median")
@@ -568,8 +575,9 @@ def report(
         out.extend(table(header, rows))
         out.append("")
         out.append(
-            f"\\* other processes used more than {NOISY:g} % CPU during one of "
-            "the two runs: that ratio is suspect, and left out of the median "
+            f"\\* other processes used more than {NOISY:g} % CPU during the "
+            "gateway's run or the peer's run of that repetition: that ratio is"
+            " suspect, and left out of the median "
             "unless all are. Likewise, the medians in the tables above are "
             "of the undisturbed runs when there are any (runs used)."
         )
@@ -581,7 +589,9 @@ def report(
     for scenario in plan.scenarios:
         names = plan.peers_of(scenario)
         baseline = pick_baseline(names)
-        others = [p for p in names if p != baseline]
+        # The WebSocket peers' clients speak another framing: they are
+        # compared with each other below.
+        others = [p for p in names if p != baseline and p not in peers.WEBSOCKET_PEERS]
         if baseline and others:
             compared.append((scenario, baseline, others))
     if compared:

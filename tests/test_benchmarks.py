@@ -687,6 +687,37 @@ class HarnessTests(SynchronousTestCase):
         self.assertIn("## c. req/resp", text)
         self.assertIn("| a | naive | 3.00 | 3.00 | 3.00 |", text)
 
+    def test_report_websocket_apart(self) -> None:
+        """
+        The WebSocket peers, whose clients speak another framing, are
+        compared with each other, not with the byte-stream gateway; each
+        repetition's progress line gives the scenario's unit.
+        """
+        plan = compare.Plan(
+            peers=["gateway", "naive", *peers.WEBSOCKET_PEERS],
+            scenarios=[s for s in compare.SCENARIOS if s.key in "an"],
+            reps=1,
+            duration=1.0,
+            warmup=0.1,
+            idle_pairs=0,
+            settle=0.0,
+            loadgen_procs=1,
+        )
+        runs = [
+            compare.Run(peer, s.key, 0, msg_per_s=100.0)
+            for s in plan.scenarios
+            for peer in plan.peers_of(s)
+        ]
+        text = compare.report(plan, runs, [], {}, peers.PeerSettings())
+        first, second = peers.WEBSOCKET_PEERS[:2]
+        self.assertNotIn(f"| a | {first} |", text)
+        self.assertIn(f"| a | {second} | 1.00 | 1.00 |", text)
+        self.assertIn("| a | naive | 1.00 | 1.00 |", text)
+        churn = compare.Run("gateway", "n", 0, msg_per_s=10.0)
+        self.assertIn("10 conn/s", compare.describe(churn, 1))
+        steady = compare.Run("gateway", "a", 0, msg_per_s=10.0)
+        self.assertIn("10 msg/s", compare.describe(steady, 1))
+
     def test_report_scenario_peers(self) -> None:
         """
         Scenarios with their own peers (h, n, t) report those, in connections
