@@ -115,8 +115,8 @@ format: $(BIN)/.installed
 	$(BIN)/ruff check --fix gateway twisted tests benchmarks docs
 	$(BIN)/ruff format gateway twisted tests benchmarks docs
 
-# The comparison benchmark (see benchmarks/README.md): a few minutes in full,
-# under a minute with bench-quick. uvloop keeps the load generator cheap.
+# The comparison benchmark (see benchmarks/README.md): about 20 minutes in
+# full, about a minute with bench-quick. uvloop keeps the load generator cheap.
 bench: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet uvloop
 	$(BIN)/python -m benchmarks.compare --twistd $(BIN)/twistd
