@@ -335,14 +335,16 @@ class Direction:
     def link(self, source: ITransport, target: ITransport) -> None:
         """
         Start writing to C{target} what is read from C{source}, which
-        becomes C{target}'s streaming producer; send what waited.
+        becomes C{target}'s streaming producer; send what waited (the
+        first message of a client that sends at once, usually), through
+        the same write-through path as every chunk after it.
         """
         self.source = source
         self.target = target
         target.registerProducer(source, True)  # type: ignore[attr-defined]
         self.feeding = True
         if self.pending:
-            target.write(b"".join(self.pending))
+            writethrough.write(target, b"".join(self.pending))
         self.pending = None
 
     def unlink(self) -> None:

@@ -342,7 +342,7 @@ class WebSocketUpstream(Direction):
         )
         self.feeding = True
         if self.pending:
-            target.write(b"".join(self.pending))
+            writethrough.write(target, b"".join(self.pending))
         self.pending = None
 
 
@@ -386,7 +386,7 @@ class WebSocketDownstream(Direction):
         )
         self.feeding = True
         if self.pending:
-            target.write(b"".join(self.pending))
+            writethrough.write(target, b"".join(self.pending))
         self.pending = None
 
     def shut(self) -> None:

@@ -9,6 +9,7 @@ from twisted.internet import tcp, unix
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
+from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.testing import (
@@ -29,8 +30,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import stats
 from gateway.admission import Admission, AdmissionSettings, parseNetworks
-from gateway.codec import Translator, accelerated, framing
-from gateway.proxy import CLOSED_FORMAT, Connections, ProxyFactory
+from gateway.codec import Translator, accelerated, framing, translator
+from gateway.proxy import CLOSED_FORMAT, Connections, Direction, ProxyFactory
 
 LIMIT = 100
 
@@ -1102,3 +1103,34 @@ class DescribeTLSTests(SynchronousTestCase):
         from gateway.proxy import describeTLS
 
         self.assertEqual(describeTLS(StringTransport(), True, None), "")
+
+
+class LinkTests(SynchronousTestCase):
+    """
+    What a client sent before its backend was connected goes out as every
+    chunk after it does.
+    """
+
+    def test_pendingSentAtOnce(self):
+        """
+        Linking a direction sends what waited during the call, over a real
+        TCP transport with nothing queued, without waiting to be writable.
+        """
+        reactor = MemoryReactorClock()
+        ours, peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        ours.setblocking(False)
+        peer.setblocking(False)
+        target = tcp.Server(ours, Protocol(), ("127.0.0.1", 40000), None, 1, reactor)
+        direction = Direction(
+            stats.CLIENT,
+            translator(framing("lf", LIMIT), framing("int32", LIMIT)),
+            lambda messages, payload: None,
+            reactor.seconds,
+            lambda peer, error: None,
+        )
+        direction.dataReceived(b"early\n")
+        direction.link(StringTransport(), target)
+        self.assertEqual(peer.recv(100), frame(b"early"))
+        self.assertNotIn(target, reactor.getWriters())
