@@ -620,6 +620,24 @@ class LoadgenRunTests(SynchronousTestCase):
         self.assertEqual((result["opened"], result["errors"]), (5, 0))
 
 
+def reportPlan(
+    peerNames: list[str], scenarios: list[compare.Scenario], reps: int
+) -> compare.Plan:
+    """
+    A plan for building a report from made-up runs: nothing is started.
+    """
+    return compare.Plan(
+        peers=peerNames,
+        scenarios=scenarios,
+        reps=reps,
+        duration=1.0,
+        warmup=0.1,
+        idle_pairs=0,
+        settle=0.0,
+        loadgen_procs=1,
+    )
+
+
 class HarnessTests(SynchronousTestCase):
     """
     Pieces of the comparison script.
@@ -667,16 +685,7 @@ class HarnessTests(SynchronousTestCase):
         The report has a table per scenario and the ratios of the baseline
         to each peer, per repetition.
         """
-        plan = compare.Plan(
-            peers=["gateway", "naive"],
-            scenarios=list(compare.SCENARIOS),
-            reps=2,
-            duration=1.0,
-            warmup=0.1,
-            idle_pairs=0,
-            settle=0.0,
-            loadgen_procs=1,
-        )
+        plan = reportPlan(["gateway", "naive"], list(compare.SCENARIOS), reps=2)
         runs = [
             compare.Run(peer, s.key, rep, msg_per_s=rate, proxy_cpu=100.0)
             for s in compare.SCENARIOS
@@ -693,15 +702,10 @@ class HarnessTests(SynchronousTestCase):
         compared with each other, not with the byte-stream gateway; each
         repetition's progress line gives the scenario's unit.
         """
-        plan = compare.Plan(
-            peers=["gateway", "naive", *peers.WEBSOCKET_PEERS],
-            scenarios=[s for s in compare.SCENARIOS if s.key in "an"],
+        plan = reportPlan(
+            ["gateway", "naive", *peers.WEBSOCKET_PEERS],
+            [s for s in compare.SCENARIOS if s.key in "an"],
             reps=1,
-            duration=1.0,
-            warmup=0.1,
-            idle_pairs=0,
-            settle=0.0,
-            loadgen_procs=1,
         )
         runs = [
             compare.Run(peer, s.key, 0, msg_per_s=100.0)
@@ -724,16 +728,7 @@ class HarnessTests(SynchronousTestCase):
         per second for the churn ones, with the TLS gateway as the baseline
         of the TLS scenarios.
         """
-        plan = compare.Plan(
-            peers=["gateway", "naive"],
-            scenarios=list(compare.SCENARIOS),
-            reps=1,
-            duration=1.0,
-            warmup=0.1,
-            idle_pairs=0,
-            settle=0.0,
-            loadgen_procs=1,
-        )
+        plan = reportPlan(["gateway", "naive"], list(compare.SCENARIOS), reps=1)
         rates = {"gateway-tls": 80.0, "haproxy-tls": 100.0, "stunnel": 160.0}
         rates.update({"gateway": 50.0, "haproxy": 100.0, "direct": 200.0})
         runs = [
@@ -759,16 +754,7 @@ class HarnessTests(SynchronousTestCase):
         A run during which other processes were busy is starred and left
         out of the medians.
         """
-        plan = compare.Plan(
-            peers=["gateway", "naive"],
-            scenarios=[compare.SCENARIOS[0]],
-            reps=3,
-            duration=1.0,
-            warmup=0.1,
-            idle_pairs=0,
-            settle=0.0,
-            loadgen_procs=1,
-        )
+        plan = reportPlan(["gateway", "naive"], [compare.SCENARIOS[0]], reps=3)
         # Rep 2's gateway run shared the machine: half its usual rate.
         rates = {("gateway", 1): 150.0}
         busy = compare.NOISY * 2
