@@ -452,25 +452,12 @@ _FLIGHT_BYTES = 65536
 
 def _connectInMemory(server: SSL.Connection, client: SSL.Connection) -> None:
     """
-    Move bytes between two connections until neither has more to say.
+    Move bytes between two connections until neither has more to say
+    (L{_handshake}); a handshake that fails raises its error.
     """
-    server.set_accept_state()
-    client.set_connect_state()
-    moved = True
-    while moved:
-        for connection in (client, server):
-            try:
-                connection.do_handshake()
-            except SSL.WantReadError:
-                pass
-        moved = False
-        for source, destination in ((client, server), (server, client)):
-            try:
-                data = source.bio_read(_FLIGHT_BYTES)
-            except SSL.WantReadError:
-                continue
-            destination.bio_write(data)
-            moved = True
+    for error in _handshake(server, client):
+        if error is not None:
+            raise error
 
 
 class SettingsTests(SynchronousTestCase):
